@@ -1,0 +1,161 @@
+"""Host-side callbacks, run between compiled chunks: metrics file, TensorBoard, progress bar,
+checkpoints, attention snapshots. A callback sees the trainer and the newest record; it must not
+block long, since the device waits for it."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class Callback:
+    def on_start(self, trainer) -> None: ...
+    def on_log(self, trainer, record: dict, outputs: dict) -> None: ...
+    def on_end(self, trainer) -> None: ...
+
+
+class MetricsFile(Callback):
+    """metrics.jsonl: one JSON record per log step, flushed at once so a killed run keeps its curve."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = None
+
+    def on_start(self, trainer):
+        self.file = open(self.path, "a")
+
+    def on_log(self, trainer, record, outputs):
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def on_end(self, trainer):
+        if self.file:
+            self.file.close()
+
+
+class TensorBoard(Callback):
+    """Event files readable by TensorBoard, one sub-directory per seed so seeds overlay."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.writers = []
+
+    def on_start(self, trainer):
+        from tensorboardX import SummaryWriter
+        self.writers = [SummaryWriter(str(self.directory / f"seed_{s}")) for s in trainer.seeds]
+
+    def on_log(self, trainer, record, outputs):
+        step = record["step"]
+        for i, w in enumerate(self.writers):
+            w.add_scalar("lr", record["lr"], step)
+            for k, v in record.items():
+                if not isinstance(v, list):
+                    continue
+                v = np.asarray(v[i])
+                if v.ndim == 0:
+                    w.add_scalar(f"loss/{k}" if "loss" in k else k, float(v), step)
+                elif v.ndim == 2:   # (L, H) per-head score
+                    for l in range(v.shape[0]):
+                        for h in range(v.shape[1]):
+                            w.add_scalar(f"{k}/L{l}H{h}", float(v[l, h]), step)
+
+    def on_end(self, trainer):
+        for w in self.writers:
+            w.close()
+
+
+class ProgressBar(Callback):
+    def __init__(self):
+        self.bar = None
+
+    def on_start(self, trainer):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=trainer.cfg.train.steps, initial=trainer.step, unit="step", dynamic_ncols=True,
+                        desc=f"train ({len(trainer.seeds)} seed{'s' if len(trainer.seeds) > 1 else ''})")
+
+    def on_log(self, trainer, record, outputs):
+        self.bar.update(record["step"] - self.bar.n)
+        post = {"loss": np.mean(record["train_loss"])} if "train_loss" in record else {}
+        if "loss_repeat" in record:
+            post["rep_loss"] = np.mean(record["loss_repeat"])
+            post["induction"] = np.max(np.mean(record["induction"], 0))
+        self.bar.set_postfix({k: f"{v:.3f}" for k, v in post.items()}, refresh=False)
+
+    def on_end(self, trainer):
+        if self.bar:
+            self.bar.close()
+
+
+class Checkpointer(Callback):
+    """Saves every `every` steps (0: never) and at the end, keeping the newest `keep`."""
+
+    def __init__(self, checkpoints, every: int):
+        self.checkpoints, self.every, self.last = checkpoints, every, None
+
+    def on_log(self, trainer, record, outputs):
+        step = record["step"]
+        if step and self.every and step % self.every == 0:
+            self._save(trainer)
+
+    def _save(self, trainer):
+        if self.last != trainer.step:
+            self.checkpoints.save(trainer.step, trainer.state)
+            self.last = trainer.step
+
+    def on_end(self, trainer):
+        # A diverged run keeps its last good checkpoint instead of saving NaNs over it.
+        if trainer.state is not None and not trainer.status.startswith("failed") and trainer.step:
+            self._save(trainer)
+        self.checkpoints.close()
+
+
+class AttentionSnapshots(Callback):
+    """Keeps the attention of probe sequence 0 (seed 0) at every log step, in float16, so the
+    patterns before and after the transition can be plotted once it has been detected."""
+
+    def __init__(self, max_kept: int = 400):
+        self.steps, self.patterns, self.max_kept = [], [], max_kept
+
+    def on_log(self, trainer, record, outputs):
+        if "attention" not in outputs:
+            return
+        self.steps.append(record["step"])
+        self.patterns.append(np.asarray(outputs["attention"][0], np.float16))
+        if len(self.steps) > self.max_kept:   # thin out evenly, always keeping the first
+            self.steps, self.patterns = self.steps[::2], self.patterns[::2]
+
+    def select(self, summary: dict) -> tuple[list[int], list[str]]:
+        """Indices and labels: start, before and after the loss transition (if any), final."""
+        steps = np.asarray(self.steps)
+        picks = [(0, "start")]
+        agg = summary.get("phase", {}).get("loss_repeat", {}).get("per_seed", [{}])[0]
+        if agg.get("detected"):
+            before = np.flatnonzero(steps <= agg["onset"])
+            after = np.flatnonzero(steps >= agg["end"])
+            if len(before):
+                picks.append((int(before[-1]), "before"))
+            if len(after):
+                picks.append((int(after[0]), "after"))
+        else:
+            picks.append((len(steps) // 2, "middle"))
+        picks.append((len(steps) - 1, "final"))
+        seen, out = set(), []
+        for i, lab in picks:
+            if i not in seen:
+                seen.add(i)
+                out.append((i, lab))
+        return [i for i, _ in out], [lab for _, lab in out]
+
+    def save(self, path: Path, summary: dict, probe, n_repeats: int) -> None:
+        if not self.steps:
+            return
+        idx, labels = self.select(summary)
+        np.savez_compressed(path, steps=np.asarray(self.steps)[idx],
+                            patterns=np.stack([self.patterns[i] for i in idx]).astype(np.float32),
+                            labels=np.asarray(labels), tokens=np.asarray(probe.tokens[0]),
+                            repeat_start=int(probe.repeat_start[0]), repeat_len=int(probe.repeat_len[0]),
+                            n_repeats=n_repeats)

@@ -1,0 +1,70 @@
+"""Entry points: `lab-train` (a Hydra app) and `lab-plot`.
+
+JAX is imported only inside the app, after the config is known, so XLA's CPU threading can
+still be chosen from `train.xla_cpu_threads`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from lab.config import ConfigError, register_configs
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+log = logging.getLogger("lab")
+
+
+def _train_app(cfg) -> dict | None:
+    from lab.runtime import configure_xla_threads
+    configure_xla_threads(cfg.train)
+    from lab.runner import run
+    from lab.train import TrainingDiverged
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        result = run(cfg, run_dir)
+    except (ConfigError, TrainingDiverged) as e:
+        kind = "config error" if isinstance(e, ConfigError) else "training failed"
+        msg = f"{kind}: {e}"
+        if multirun:   # one bad job must not stop the sweep; its summary.json records the failure
+            log.error("%s [%s]", msg, run_dir)
+            return {"status": f"failed: {e}"}
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at step; outputs so far are in {run_dir}. Continue with:\n"
+              f"  lab-train {' '.join(hc.overrides.task)} train.resume=true hydra.run.dir={run_dir}",
+              file=sys.stderr)
+        sys.exit(130)
+    print(f"{result.summary.get('verdict', result.summary['status'])}\nrun directory: {run_dir}")
+    return result.summary
+
+
+def train_main() -> None:
+    register_configs()
+    hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")(_train_app)()
+
+
+def plot_main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="lab-plot", description="Redraw every plot of a run from its saved metrics.")
+    parser.add_argument("run_dir", nargs="+", type=Path, help="run directories (each holds metrics.jsonl)")
+    parser.add_argument("--out", type=Path, default=None, help="write the PNGs here instead of <run_dir>/plots")
+    args = parser.parse_args(argv)
+    from lab.plots import plot_run
+    status = 0
+    for d in args.run_dir:
+        if not (d / "metrics.jsonl").is_file():
+            print(f"error: {d} is not a run directory (no metrics.jsonl)", file=sys.stderr)
+            status = 2
+            continue
+        for p in plot_run(d, args.out):
+            print(p)
+    sys.exit(status)

@@ -1,0 +1,175 @@
+"""Structured-config schemas: every config group has a dataclass, so Hydra rejects an
+unknown key or a wrong type at startup, naming the key. `validate` adds the checks that
+need several keys at once (e.g. d_model divisible by n_heads)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A config value the lab cannot run with; the message is one line naming the key."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    seq_len: int = 64          # tokens per sequence, BOS included
+
+
+@dataclass
+class InductionTaskConfig(TaskConfig):
+    """Repeated random tokens: a segment of random length n, at a random start, repeated."""
+    name: str = "induction"
+    vocab_size: int = 64       # random tokens are drawn from [0, vocab_size); BOS is an extra id
+    bos: bool = True
+    min_repeat_len: int = 4    # n ~ U{min_repeat_len, max_repeat_len}, drawn per sequence
+    max_repeat_len: int = 24
+    n_repeats: Optional[int] = None  # copies of the segment in a row; null: tile it to the end of the sequence
+    probe_size: int = 64       # fixed probe batch the measures are computed on
+    probe_seed: int = 12345
+
+
+@dataclass
+class ModelConfig:
+    n_layers: int = 2
+    n_heads: int = 4
+    d_model: int = 64
+    d_head: Optional[int] = None      # default d_model // n_heads
+    attn_only: bool = True
+    d_mlp: Optional[int] = None       # default 4 * d_model
+    layer_norm: bool = True           # pre-LayerNorm in each block and before the unembedding
+    pos_embed: str = "learned"        # learned | sinusoidal | rope | none
+    rope_base: float = 10000.0
+    init_std: float = 0.02
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"                # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0         # adamw only
+    b1: float = 0.9
+    b2: float = 0.999
+    momentum: float = 0.0             # sgd only
+    schedule: str = "constant"        # constant | warmup_cosine | warmup_rsqrt
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0         # warmup_cosine: final lr / peak lr
+    grad_clip: Optional[float] = None # global-norm clipping; null disables
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    seed: int = 0                     # first seed; seeds run are seed .. seed + seeds - 1
+    seeds: int = 1                    # independent seeds trained as one program (vmap)
+    log_every: int = 25               # steps per compiled chunk; measures are logged after each
+    checkpoint_every: int = 1000      # 0 disables periodic checkpoints (the final one is always written)
+    keep_checkpoints: int = 2
+    resume: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+    xla_cpu_threads: str = "single"   # single | multi: XLA's CPU threading (tiny models run faster single)
+    compile_cache: Optional[str] = "~/.cache/induction-lab/jax"  # persistent compile cache; null disables
+
+
+@dataclass
+class PhaseConfig:
+    smooth: int = 5                   # moving-average window (log points) for threshold and steepest change
+    loss_threshold_frac: float = 0.5  # repeat-loss threshold = frac * ln(vocab_size), the chance loss
+    loss_min_drop_frac: float = 0.3   # a loss phase change must drop >= frac * chance loss
+    score_threshold: float = 0.4      # induction / previous-token score threshold
+    score_min_rise: float = 0.2       # a score phase change must rise by >= this
+    min_r2: float = 0.8               # sigmoid fit quality needed to call it a phase change
+    max_width_frac: float = 0.35      # 10-90 % of the transition must span < this fraction of the run
+
+
+@dataclass
+class MeasuresConfig:
+    enabled: bool = True
+    icl_early: Optional[int] = None   # defaults scale Olsson's tokens 50 and 500 of 512 to seq_len
+    icl_late: Optional[int] = None
+    attention_snapshots: bool = True  # keep probe-0 attention per log step to plot before/after
+    phase: PhaseConfig = field(default_factory=PhaseConfig)
+
+
+@dataclass
+class Config:
+    task: TaskConfig = MISSING
+    model: ModelConfig = MISSING
+    optim: OptimConfig = MISSING
+    train: TrainConfig = MISSING
+    measures: MeasuresConfig = MISSING
+    out_dir: str = "."
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="task", name="schema_induction", node=InductionTaskConfig)
+    cs.store(group="model", name="schema_model", node=ModelConfig)
+    cs.store(group="optim", name="schema_optim", node=OptimConfig)
+    cs.store(group="train", name="schema_train", node=TrainConfig)
+    cs.store(group="measures", name="schema_measures", node=MeasuresConfig)
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value) -> None:
+    if value is None or value <= 0:
+        raise ConfigError(f"{key}={value!r} must be positive")
+
+
+def validate(cfg) -> None:
+    """Cross-key checks Hydra's schema cannot express; raises ConfigError with one line."""
+    m, t, o, tr = cfg.model, cfg.task, cfg.optim, cfg.train
+    for key in ("n_layers", "n_heads", "d_model"):
+        _positive(f"model.{key}", m[key])
+    if m.d_head is None and m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; "
+                          "change one, or set model.d_head explicitly")
+    if m.d_head is not None:
+        _positive("model.d_head", m.d_head)
+    _choice("model.pos_embed", m.pos_embed, ("learned", "sinusoidal", "rope", "none"))
+    if m.pos_embed == "rope" and (m.d_head or m.d_model // m.n_heads) % 2:
+        raise ConfigError("model.pos_embed=rope needs an even head dimension (d_head)")
+    _choice("optim.name", o.name, ("adam", "adamw", "sgd"))
+    _choice("optim.schedule", o.schedule, ("constant", "warmup_cosine", "warmup_rsqrt"))
+    _positive("optim.lr", o.lr)
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
+    if o.grad_clip is not None:
+        _positive("optim.grad_clip", o.grad_clip)
+    for key in ("steps", "batch_size", "seeds", "log_every"):
+        _positive(f"train.{key}", tr[key])
+    if tr.checkpoint_every < 0:
+        raise ConfigError(f"train.checkpoint_every={tr.checkpoint_every} must be >= 0 (0 disables)")
+    _positive("train.keep_checkpoints", tr.keep_checkpoints)
+    _choice("train.xla_cpu_threads", tr.xla_cpu_threads, ("single", "multi"))
+    _positive("task.seq_len", t.seq_len)
+    if t.name == "induction":
+        _positive("task.vocab_size", t.vocab_size)
+        _positive("task.probe_size", t.probe_size)
+        copies = 2 if t.n_repeats is None else t.n_repeats
+        if copies < 2:
+            raise ConfigError(f"task.n_repeats={t.n_repeats} must be >= 2 (a segment and at least one repeat)")
+        if not 1 <= t.min_repeat_len <= t.max_repeat_len:
+            raise ConfigError(f"task.min_repeat_len={t.min_repeat_len}, task.max_repeat_len={t.max_repeat_len}: "
+                              "need 1 <= min_repeat_len <= max_repeat_len")
+        room = t.seq_len - int(t.bos)
+        if copies * t.max_repeat_len > room:
+            raise ConfigError(f"task.seq_len={t.seq_len} cannot hold {copies} copies of "
+                              f"task.max_repeat_len={t.max_repeat_len} tokens{' after BOS' if t.bos else ''}; "
+                              f"raise seq_len to >= {copies * t.max_repeat_len + int(t.bos)} or lower max_repeat_len")
+    ms = cfg.measures
+    for key in ("icl_early", "icl_late"):
+        v = ms[key]
+        if v is not None and not 0 <= v < t.seq_len - 1:
+            raise ConfigError(f"measures.{key}={v} must be a position in [0, {t.seq_len - 2}]")

@@ -1,0 +1,179 @@
+"""A decoder-only transformer in Flax NNX with named hook sites (see lab/hooks.py).
+
+Shapes: q, k, v, z are (batch, pos, head, d_head); scores and pattern are (batch, head, query, key);
+`attn.out` is the per-head output (batch, pos, head, d_model), computed only when hooked.
+`Model` wraps the NNX module in a pure functional API (params as a plain dict), which is what the
+trainer jits and vmaps over seeds.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lab.hooks import Hooks, resolve_names
+
+
+def _normal(rngs: nnx.Rngs, shape, std):
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape))
+
+
+class LayerNorm(nnx.Module):
+    """Plain LayerNorm; written out because it compiles to faster CPU code than nnx.LayerNorm here."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        self.scale, self.bias, self.eps = nnx.Param(jnp.ones(d)), nnx.Param(jnp.zeros(d)), eps
+
+    def __call__(self, x):
+        x = x - x.mean(-1, keepdims=True)
+        return x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps) * self.scale[...] + self.bias[...]
+
+
+def _norm(d: int, enabled: bool, rngs: nnx.Rngs):
+    return LayerNorm(d) if enabled else None
+
+
+def _apply_norm(norm, x):
+    return x if norm is None else norm(x)
+
+
+def sinusoidal_table(seq_len: int, d: int) -> jax.Array:
+    pos = jnp.arange(seq_len)[:, None]
+    freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, d, 2) / d)
+    table = jnp.zeros((seq_len, d))
+    table = table.at[:, 0::2].set(jnp.sin(pos * freq))
+    return table.at[:, 1::2].set(jnp.cos(pos * freq)[:, : d // 2])
+
+
+def rotary(x: jax.Array, base: float) -> jax.Array:
+    """Rotate pairs (x[2i], x[2i+1]) of each head vector by angle pos * base^(-2i/d)."""
+    T, d = x.shape[1], x.shape[-1]
+    angle = jnp.arange(T)[:, None] * base ** (-jnp.arange(0, d, 2) / d)   # (T, d/2)
+    cos, sin = jnp.cos(angle)[None, :, None], jnp.sin(angle)[None, :, None]
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).reshape(x.shape)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg, d_head: int, rngs: nnx.Rngs):
+        D, H, s = cfg.d_model, cfg.n_heads, cfg.init_std
+        self.W_Q = _normal(rngs, (D, H, d_head), s)
+        self.W_K = _normal(rngs, (D, H, d_head), s)
+        self.W_V = _normal(rngs, (D, H, d_head), s)
+        self.W_O = _normal(rngs, (H, d_head, D), s)
+        self.rope_base = cfg.rope_base if cfg.pos_embed == "rope" else None
+
+    def __call__(self, x, hooks: Hooks, p: str):
+        q = hooks(f"{p}.q", jnp.einsum("btd,dhe->bthe", x, self.W_Q[...]))
+        k = hooks(f"{p}.k", jnp.einsum("btd,dhe->bthe", x, self.W_K[...]))
+        v = hooks(f"{p}.v", jnp.einsum("btd,dhe->bthe", x, self.W_V[...]))
+        if self.rope_base is not None:
+            q, k = rotary(q, self.rope_base), rotary(k, self.rope_base)
+        T = x.shape[1]
+        scores = jnp.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
+        causal = jnp.tril(jnp.ones((T, T), bool))
+        scores = hooks(f"{p}.scores", jnp.where(causal, scores, -1e30))
+        pattern = hooks(f"{p}.pattern", jax.nn.softmax(scores, axis=-1))
+        z = hooks(f"{p}.z", jnp.einsum("bhqk,bkhe->bqhe", pattern, v))
+        if hooks.wants(f"{p}.out"):
+            out = hooks(f"{p}.out", jnp.einsum("bqhe,hed->bqhd", z, self.W_O[...]))
+            return out.sum(axis=2)
+        hooks.seen.append(f"{p}.out")
+        return jnp.einsum("bqhe,hed->bqd", z, self.W_O[...])
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg, rngs: nnx.Rngs):
+        D, M, s = cfg.d_model, cfg.d_mlp or 4 * cfg.d_model, cfg.init_std
+        self.W_in, self.b_in = _normal(rngs, (D, M), s), nnx.Param(jnp.zeros(M))
+        self.W_out, self.b_out = _normal(rngs, (M, D), s), nnx.Param(jnp.zeros(D))
+
+    def __call__(self, x, hooks: Hooks, p: str):
+        pre = hooks(f"{p}.pre", x @ self.W_in[...] + self.b_in[...])
+        post = hooks(f"{p}.post", jax.nn.gelu(pre))
+        return hooks(f"{p}.out", post @ self.W_out[...] + self.b_out[...])
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg, d_head: int, rngs: nnx.Rngs):
+        self.ln1 = _norm(cfg.d_model, cfg.layer_norm, rngs)
+        self.attn = Attention(cfg, d_head, rngs)
+        if not cfg.attn_only:
+            self.ln2 = _norm(cfg.d_model, cfg.layer_norm, rngs)
+            self.mlp = MLP(cfg, rngs)
+        self.attn_only = cfg.attn_only
+
+    def __call__(self, x, hooks: Hooks, p: str):
+        x = hooks(f"{p}.resid_pre", x)
+        x = hooks(f"{p}.resid_mid", x + self.attn(_apply_norm(self.ln1, x), hooks, f"{p}.attn"))
+        if not self.attn_only:
+            x = x + self.mlp(_apply_norm(self.ln2, x), hooks, f"{p}.mlp")
+        return hooks(f"{p}.resid_post", x)
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg, vocab_size: int, seq_len: int, rngs: nnx.Rngs):
+        D, s = cfg.d_model, cfg.init_std
+        d_head = cfg.d_head or D // cfg.n_heads
+        self.W_E = _normal(rngs, (vocab_size, D), s)
+        self.pos_kind = cfg.pos_embed
+        if cfg.pos_embed == "learned":
+            self.W_pos = _normal(rngs, (seq_len, D), s)
+        self.blocks = nnx.List([Block(cfg, d_head, rngs) for _ in range(cfg.n_layers)])
+        self.ln_final = _norm(D, cfg.layer_norm, rngs)
+        self.W_U = _normal(rngs, (D, vocab_size), s)
+
+    def __call__(self, tokens, hooks: Hooks):
+        T = tokens.shape[1]
+        x = hooks("embed", self.W_E[...][tokens])
+        if self.pos_kind == "learned":
+            x = x + hooks("pos_embed", self.W_pos[...][:T])[None]
+        elif self.pos_kind == "sinusoidal":
+            x = x + hooks("pos_embed", sinusoidal_table(T, x.shape[-1]))[None]
+        for l, block in enumerate(self.blocks):
+            x = block(x, hooks, f"blocks.{l}")
+        x = hooks("final", _apply_norm(self.ln_final, x))
+        return hooks("logits", x @ self.W_U[...])
+
+
+class Model:
+    """Pure functional face of `Transformer`: `init(key) -> params`, `apply(params, tokens, ...)`."""
+
+    def __init__(self, cfg, vocab_size: int, seq_len: int):
+        self.cfg, self.vocab_size, self.seq_len = cfg, vocab_size, seq_len
+        abstract = nnx.eval_shape(lambda: Transformer(cfg, vocab_size, seq_len, nnx.Rngs(0)))
+        self.graphdef, _ = nnx.split(abstract)
+        self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
+        self.hook_names = self._trace_hook_names()
+
+    def init(self, key: jax.Array) -> dict:
+        return nnx.to_pure_dict(nnx.state(Transformer(self.cfg, self.vocab_size, self.seq_len, nnx.Rngs(key))))
+
+    def apply(self, params: dict, tokens: jax.Array, interventions: Optional[dict] = None,
+              cache_names: Iterable[str] = ()):
+        """Logits (B, T, vocab) and the cache {site: activation} for the requested sites."""
+        hooks = Hooks(interventions, cache_names)
+        logits = nnx.merge(self.graphdef, params)(tokens, hooks)
+        hooks.check_used()
+        return logits, hooks.cache
+
+    def _trace_hook_names(self) -> list[str]:
+        hooks = Hooks()
+        params = jax.eval_shape(self.init, jax.random.key(0))
+        tokens = jax.ShapeDtypeStruct((1, self.seq_len), jnp.int32)
+        jax.eval_shape(lambda p, t: nnx.merge(self.graphdef, p)(t, hooks), params, tokens)
+        return list(dict.fromkeys(hooks.seen))
+
+    def run_with_cache(self, params: dict, tokens, names: Iterable[str] = ("*",),
+                       interventions: Optional[dict] = None):
+        """Like TransformerLens: (logits, {name: activation}); names may be globs."""
+        names = resolve_names(names, self.hook_names)
+        tokens = getattr(tokens, "tokens", tokens)
+        return jax.jit(self.apply, static_argnames="cache_names")(params, tokens, interventions, tuple(names))
+
+    def run_with_hooks(self, params: dict, tokens, interventions: dict):
+        resolve_names(interventions, self.hook_names)
+        return self.apply(params, getattr(tokens, "tokens", tokens), interventions)[0]

@@ -1,0 +1,93 @@
+"""Run one config end to end: train, write metrics/TensorBoard/checkpoints, detect phase changes,
+write summary.json and plots. `run(cfg)` is the notebook entry point; `lab-train` calls it."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import jax
+from omegaconf import OmegaConf
+
+from lab.callbacks import AttentionSnapshots, Checkpointer, MetricsFile, ProgressBar, TensorBoard
+from lab.config import ConfigError
+from lab.runtime import configure_compile_cache
+from lab.summary import summarize
+from lab.train import RunResult, Trainer, records_to_arrays
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_config(overrides: Sequence[str] = (), config_name: str = "config"):
+    """Compose the Hydra config as `lab-train` would, e.g. load_config(["model.n_layers=1"])."""
+    from hydra import compose, initialize_config_dir
+    from lab.config import register_configs
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+def _read_records(path: Path, up_to: int) -> list[dict]:
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:   # a line cut by a kill
+            continue
+        if rec["step"] <= up_to:
+            records.append(rec)
+    return records
+
+
+def _copies_in_probe0(trainer) -> int:
+    start, n = int(trainer.probe.repeat_start[0]), int(trainer.probe.repeat_len[0])
+    return trainer.task.n_repeats or -(-(trainer.task.seq_len - start) // n)
+
+
+def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True) -> RunResult:
+    """Train `cfg`. With `run_dir`, write every output there (and resume from it if train.resume)."""
+    configure_compile_cache(cfg.train)
+    trainer = Trainer(cfg)
+    snapshots = AttentionSnapshots()
+    callbacks = [snapshots]
+    checkpoints = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = run_dir / "metrics.jsonl"
+        from lab.checkpoint import Checkpoints
+        checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
+        if cfg.train.resume:
+            step, state = checkpoints.restore(jax.eval_shape(trainer.init_state)) \
+                if checkpoints.latest_step() is not None else (None, None)
+            if step is None:
+                raise ConfigError(f"train.resume=true but {run_dir / 'checkpoints'} holds no checkpoint; "
+                                  "drop train.resume or point hydra.run.dir at the run to resume")
+            trainer.state, trainer.step = state, step
+            trainer.records = _read_records(metrics_path, step) if metrics_path.exists() else []
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in trainer.records))
+            log.info("resumed from step %d", step)
+        elif metrics_path.exists() and metrics_path.stat().st_size:
+            raise ConfigError(f"{run_dir} already holds a run; set train.resume=true to continue it, "
+                              "or choose another output directory")
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        callbacks += [MetricsFile(metrics_path), Checkpointer(checkpoints, cfg.train.checkpoint_every)]
+        if cfg.train.tensorboard:
+            callbacks.append(TensorBoard(run_dir / "tensorboard"))
+    if cfg.train.progress:
+        callbacks.append(ProgressBar())
+    trainer.callbacks = callbacks
+    try:
+        trainer.fit()
+    finally:
+        summary = summarize(records_to_arrays(trainer.records), cfg, trainer.task.chance_loss,
+                            trainer.seeds, trainer.status) if trainer.records else {"status": trainer.status}
+        if run_dir is not None:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            snapshots.save(run_dir / "attention.npz", summary, trainer.probe, _copies_in_probe0(trainer))
+            if plots and trainer.records:
+                from lab.plots import plot_run
+                plot_run(run_dir)
+    return RunResult(cfg, trainer, summary, run_dir, trainer.metrics())

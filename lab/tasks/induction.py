@@ -1,0 +1,80 @@
+"""Repeated random tokens (Olsson et al. 2022) with a repeat of random length and start.
+
+Each sequence is [BOS] + uniform random tokens, in which a segment S of length n, starting at
+position `start`, is repeated `n_repeats` times back to back: tokens[start + c*n + j] = S[j]; with n_repeats null the
+segment is tiled to the end of the sequence (at least two copies). n ~ U{min_repeat_len..max_repeat_len}
+and start ~ U{first..seq_len - copies*n} are drawn per sequence, because with a fixed offset a model can copy by position instead of forming the
+previous-token + induction circuit (DESIGN.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+
+class TokenBatch(NamedTuple):
+    tokens: jax.Array        # (B, T) int32
+    prev_occ: jax.Array      # (B, T) position of the same token one copy earlier, -1 if none
+    repeat_target: jax.Array # (B, T) bool: the token at i+1 is predictable by induction from i
+    repeat_start: jax.Array  # (B,)
+    repeat_len: jax.Array    # (B,)
+
+    @property
+    def induction_target(self) -> jax.Array:
+        """(B, T) the key position an ideal induction head attends to from query i: prev_occ + 1."""
+        return jnp.where(self.prev_occ >= 0, self.prev_occ + 1, -1)
+
+
+@dataclass(frozen=True)
+class InductionTask:
+    seq_len: int
+    vocab_size: int
+    bos: bool
+    min_repeat_len: int
+    max_repeat_len: int
+    n_repeats: Optional[int]
+    probe_size: int
+    probe_seed: int
+
+    @classmethod
+    def from_config(cls, cfg) -> "InductionTask":
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+
+    @property
+    def model_vocab_size(self) -> int:
+        return self.vocab_size + int(self.bos)   # BOS is the extra id `vocab_size`
+
+    @property
+    def chance_loss(self) -> float:
+        import math
+        return math.log(self.vocab_size)
+
+    def _sample_one(self, key: jax.Array) -> TokenBatch:
+        T = self.seq_len
+        k_tok, k_len, k_start = jax.random.split(key, 3)
+        tokens = jax.random.randint(k_tok, (T,), 0, self.vocab_size, dtype=jnp.int32)
+        n = jax.random.randint(k_len, (), self.min_repeat_len, self.max_repeat_len + 1)
+        first = int(self.bos)
+        start = jax.random.randint(k_start, (), first, T - (self.n_repeats or 2) * n + 1)
+        span = T - start if self.n_repeats is None else self.n_repeats * n
+        pos = jnp.arange(T)
+        rel = pos - start
+        in_span = (rel >= 0) & (rel < span)
+        tokens = jnp.where(in_span, tokens[start + jnp.where(in_span, rel % n, 0)], tokens)
+        if self.bos:
+            tokens = tokens.at[0].set(self.vocab_size)
+        later_copy = in_span & (rel >= n)
+        prev_occ = jnp.where(later_copy, pos - n, -1)
+        # i+1 must still lie in the span, else the next token is fresh noise
+        repeat_target = later_copy & (rel + 1 < span)
+        return TokenBatch(tokens, prev_occ, repeat_target, start, n)
+
+    def sample(self, key: jax.Array, batch_size: int) -> TokenBatch:
+        return jax.vmap(self._sample_one)(jax.random.split(key, batch_size))
+
+    def probe(self) -> TokenBatch:
+        """The fixed probe batch the measures are evaluated on (same for every seed and run)."""
+        return jax.jit(self.sample, static_argnums=1)(jax.random.PRNGKey(self.probe_seed), self.probe_size)

@@ -1,0 +1,184 @@
+"""The trainer: a pure, jitted training step, `log_every` steps per dispatch (lax.scan), seeds as a
+leading axis (vmap), progress measures on the probe set at the end of every chunk, and host-side
+callbacks between chunks. Read top to bottom: build -> init_state -> fit.
+
+`python -m lab.train` is the same as `lab-train`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lab.config import validate
+from lab.measures import icl_positions, probe_measures, token_losses
+from lab.model import Model
+from lab.optim import make_optimizer
+from lab.tasks import make_task
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+PER_STEP = ("train_loss", "grad_norm")   # returned by the scan per step, logged as chunk means
+
+
+class Trainer:
+    def __init__(self, cfg, callbacks: Optional[list] = None):
+        validate(cfg)
+        self.cfg = cfg
+        self.task = make_task(cfg.task)
+        self.model = Model(cfg.model, self.task.model_vocab_size, cfg.task.seq_len)
+        self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
+        self.seeds = list(range(cfg.train.seed, cfg.train.seed + cfg.train.seeds))
+        self.probe = self.task.probe()
+        self.icl_early, self.icl_late = icl_positions(cfg.task.seq_len, cfg.measures.icl_early, cfg.measures.icl_late)
+        self.callbacks = list(callbacks or [])
+        # site -> Intervention, shared by all seeds; a traced argument, so changing values never recompiles
+        self.interventions: dict = {}
+        self.step = 0
+        self.state = None
+        self.records: list[dict] = []
+        self.status = "running"
+        self._chunk_fns: dict[int, callable] = {}
+        self._t0 = time.perf_counter()
+
+    # ---- pure functions (one seed; vmapped over seeds) ----
+    def init_one(self, seed_key: jax.Array) -> dict:
+        k_init, k_data = jax.random.split(seed_key)
+        params = self.model.init(jax.random.wrap_key_data(k_init))
+        return {"params": params, "opt_state": self.optimizer.init(params), "key": k_data}
+
+    def loss_fn(self, params, tokens, interventions):
+        logits, _ = self.model.apply(params, tokens, interventions)
+        return token_losses(logits, tokens).mean()
+
+    def train_step(self, state: dict, interventions: dict):
+        key, k_batch = jax.random.split(state["key"])
+        batch = self.task.sample(k_batch, self.cfg.train.batch_size)
+        loss, grads = jax.value_and_grad(self.loss_fn)(state["params"], batch.tokens, interventions)
+        updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "opt_state": opt_state, "key": key}, (loss, optax.tree.norm(grads))
+
+    def measures(self, params) -> dict:
+        if not self.cfg.measures.enabled:
+            return {}
+        return probe_measures(self.model, params, self.probe, self.icl_early, self.icl_late,
+                              exclude_bos=self.task.bos, snapshot=self.cfg.measures.attention_snapshots)
+
+    def chunk(self, state: dict, interventions: dict, n_steps: int):
+        step = lambda s, _: self.train_step(s, interventions)
+        state, (losses, gnorms) = jax.lax.scan(step, state, None, length=n_steps)
+        return state, {"train_loss": losses, "grad_norm": gnorms, **self.measures(state["params"])}
+
+    # ---- compiled programs ----
+    def chunk_fn(self, n_steps: int):
+        """(state[S], interventions) -> (state[S], outputs[S]); one compile per chunk length."""
+        if n_steps not in self._chunk_fns:
+            fn = jax.vmap(partial(self.chunk, n_steps=n_steps), in_axes=(0, None))
+            self._chunk_fns[n_steps] = jax.jit(fn, donate_argnums=0)
+        return self._chunk_fns[n_steps]
+
+    def init_state(self) -> dict:
+        keys = jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])
+        return jax.jit(jax.vmap(self.init_one))(keys)
+
+    # ---- the loop ----
+    def fit(self) -> "Trainer":
+        if self.state is None:
+            self.state = self.init_state()
+        for cb in self.callbacks:
+            cb.on_start(self)
+        if self.step == 0 and self.cfg.measures.enabled:
+            self._log(0, jax.device_get(jax.jit(jax.vmap(self.measures))(self.state["params"])))
+        try:
+            while self.step < self.cfg.train.steps:
+                n = min(self.cfg.train.log_every, self.cfg.train.steps - self.step)
+                self.state, out = self.chunk_fn(n)(self.state, self.interventions)
+                out = jax.device_get(out)
+                bad = ~np.isfinite(out["train_loss"])
+                if bad.any():
+                    seed_i, step_i = np.argwhere(bad)[0]
+                    self.status = f"failed: non-finite training loss at step {self.step + step_i + 1} (seed {self.seeds[seed_i]})"
+                    raise TrainingDiverged(self.status + "; lower optim.lr or set optim.grad_clip")
+                self.step += n
+                self._log(self.step, out)
+            self.status = "completed"
+        except KeyboardInterrupt:
+            self.status = f"interrupted at step {self.step}"
+            raise
+        finally:
+            for cb in self.callbacks:
+                cb.on_end(self)
+        return self
+
+    def _log(self, step: int, out: dict) -> None:
+        record = {"step": step, "time": round(time.perf_counter() - self._t0, 3),
+                  "lr": float(self.schedule(max(step - 1, 0)))}
+        for k, v in out.items():
+            if k == "attention":
+                continue
+            record[k] = (np.asarray(v).mean(axis=1) if k in PER_STEP else np.asarray(v)).tolist()
+        self.records.append(record)
+        for cb in self.callbacks:
+            cb.on_log(self, record, out)
+
+    # ---- results ----
+    def metrics(self) -> dict[str, np.ndarray]:
+        return records_to_arrays(self.records)
+
+
+def records_to_arrays(records: list[dict]) -> dict[str, np.ndarray]:
+    """Stack metrics records into arrays with a leading log-step axis (missing values -> NaN)."""
+    keys = dict.fromkeys(k for r in records for k in r)
+    out = {}
+    for k in keys:
+        vals = [r.get(k) for r in records]
+        ref = next(np.asarray(v, float) for v in vals if v is not None)
+        out[k] = np.stack([np.asarray(v, float) if v is not None else np.full_like(ref, np.nan) for v in vals])
+    return out
+
+
+@dataclass
+class RunResult:
+    """What `lab.run(cfg)` returns: the trained parameters (leading seed axis), metrics and summary."""
+    cfg: object
+    trainer: Trainer
+    summary: dict
+    run_dir: Optional[Path] = None
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> Model:
+        return self.trainer.model
+
+    @property
+    def params(self) -> dict:
+        return self.trainer.state["params"]
+
+    def seed_params(self, i: int = 0) -> dict:
+        """Parameters of the i-th seed of this run (index, not seed value)."""
+        return jax.tree.map(lambda x: x[i], self.params)
+
+    def run_with_cache(self, tokens=None, names=("*",), seed_index: int = 0, interventions=None):
+        """Named activations of one seed's model, on `tokens` (default: the probe batch)."""
+        tokens = self.trainer.probe if tokens is None else tokens
+        return self.model.run_with_cache(self.seed_params(seed_index), tokens, names, interventions)
+
+
+def main() -> None:   # `python -m lab.train`
+    from lab.cli import train_main
+    train_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+import os
+
+# Tests run on CPU, single-threaded XLA (fast for tiny models, and two test processes don't fight).
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+# One persistent compile cache for the whole test session: tiny runs that differ only in data
+# (seed values, output dirs) compile once, also across the CLI subprocesses.
+CACHE = os.environ.setdefault("LAB_TEST_COMPILE_CACHE", tempfile.mkdtemp(prefix="lab-test-cache-"))
+
+TINY = ["task.seq_len=24", "task.vocab_size=12", "task.min_repeat_len=3", "task.max_repeat_len=8",
+        "task.probe_size=8", "model.d_model=16", "model.n_heads=2", "train=tiny", f"train.compile_cache={CACHE}",
+        "train.tensorboard=false"]
+
+
+@pytest.fixture
+def tiny_overrides():
+    return list(TINY)

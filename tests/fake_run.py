@@ -1,0 +1,155 @@
+"""Fabricate a run directory in the trainer's output format, for testing the plots
+without training anything.
+
+The curves are sigmoids in the step: repeated-part loss drops from chance, an induction
+head rises with it, and a previous-token head rises a little earlier, as in a real run.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+VOCAB = 64
+LOG_EVERY = 50
+N_REPEATS = 2
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _layout(T: int) -> tuple[int, int]:
+    """(repeat_start, repeat_len) of probe sequence 0: BOS, a short prefix, then the copies."""
+    start = min(3, T // 4)
+    return start, max(1, min(10, (T - start) // N_REPEATS))
+
+
+def _phase(detected, mid, width, threshold_step, steepest):
+    if not detected:
+        return {"detected": False, "reason": "sigmoid fit r2 0.12 < 0.8", "threshold_step": None,
+                "steepest_step": None, "onset": None, "midpoint": None, "width": None, "end": None,
+                "r2": 0.12}
+    spread = width * math.log(9)  # 10 % and 90 % points of the sigmoid
+    return {"detected": True, "reason": "", "threshold_step": threshold_step, "steepest_step": steepest,
+            "onset": mid - spread, "midpoint": mid, "width": 2 * spread, "end": mid + spread, "r2": 0.97}
+
+
+def _aggregate(per_seed):
+    hits = [p for p in per_seed if p["detected"]]
+    agg = {"n_detected": len(hits), "n_seeds": len(per_seed)}
+    for key in ("midpoint", "onset", "threshold_step"):
+        vals = [p[key] for p in hits if p[key] is not None]
+        agg[f"{key}_mean"] = float(np.mean(vals)) if vals else None
+        agg[f"{key}_std"] = float(np.std(vals)) if vals else None
+    return agg
+
+
+def _attention(sig_ind, sig_prev, L, H, T, ind_head, prev_head):
+    """Causal patterns: uniform attention blended into the ideal induction / prev-token target."""
+    start, n = _layout(T)
+    uniform = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]
+    ind_target, prev_target = np.zeros((T, T)), np.zeros((T, T))
+    for i in range(T):
+        rel = i - start
+        ind_target[i, i - n + 1 if n <= rel < N_REPEATS * n else 0] = 1.0  # else park on BOS
+        prev_target[i, max(i - 1, 0)] = 1.0
+    pats = np.broadcast_to(uniform, (L, H, T, T)).copy()
+    pats[ind_head] = (1 - sig_ind) * uniform + sig_ind * ind_target
+    pats[prev_head] = (1 - sig_prev) * uniform + sig_prev * prev_target
+    return pats
+
+
+def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=True, with_attention=True,
+                  detected=True):
+    """Write metrics.jsonl, summary.json and (optionally) attention.npz under `path`.
+
+    `steps` is the number of log records (one every LOG_EVERY training steps).
+    `with_phase=False` leaves phase and thresholds out of summary.json; `detected=False`
+    makes flat curves and a summary that reports no phase change.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    S, L, H = seeds, layers, heads
+    step_values = np.arange(steps) * LOG_EVERY
+    total = steps * LOG_EVERY
+    chance = math.log(VOCAB)
+    width = total * 0.04
+    mids = total * 0.5 + rng.normal(0, total * 0.03, S)
+    amp = 1.0 if detected else 0.0
+    ind_head = (L - 1, min(2, H - 1))
+    prev_head = (0, min(1, H - 1))  # with one layer and one head both roles fall on one head
+
+    positions = np.arange(1, T)
+    repeat_frac = np.clip((positions - 8) / T, 0, 0.6)  # share of probe sequences in a repeat there
+    lines, loss_repeat_all = [], []
+    for step in step_values:
+        sig = amp * _sigmoid((step - mids) / width)                 # (S,)
+        sig_prev = amp * _sigmoid((step - mids + 3 * width) / width)
+        noise = lambda scale, *shape: rng.normal(0, scale, shape or (S,))  # noqa: E731
+        loss_repeat = chance * 0.97 - (chance * 0.97 - 0.3) * sig + noise(0.03)
+        loss = 0.7 * chance + 0.3 * loss_repeat + noise(0.02)
+        loss_by_pos = chance * (1 - repeat_frac) + loss_repeat[:, None] * repeat_frac + noise(0.05, S, T - 1)
+
+        induction = np.clip(0.05 + noise(0.02, S, L, H), 0, 1)
+        prev = np.clip(0.1 + noise(0.03, S, L, H), 0, 1)
+        induction[:, ind_head[0], ind_head[1]] = 0.05 + 0.75 * sig
+        induction[:, L - 1, 0] += 0.25 * sig  # a weaker second induction head
+        prev[:, prev_head[0], prev_head[1]] = 0.1 + 0.8 * sig_prev
+        copying = -0.1 + noise(0.05, S, L, H)
+        copying[:, ind_head[0], ind_head[1]] += 0.7 * sig
+
+        lines.append({
+            "step": int(step), "time": float(step) * 0.01, "lr": 1e-3,
+            "train_loss": (loss + noise(0.05)).tolist(), "loss": loss.tolist(),
+            "loss_repeat": loss_repeat.tolist(), "acc_repeat": (0.02 + 0.93 * sig).tolist(),
+            "icl_score": (-(chance - loss_repeat) * 0.8).tolist(), "loss_by_pos": loss_by_pos.tolist(),
+            "induction": induction.tolist(), "prev_token": prev.tolist(),
+            "prev_token_corrected": (prev - 0.08).tolist(), "copying": copying.tolist(),
+        })
+        loss_repeat_all.append(loss_repeat)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    summary = {"seeds": list(range(S)), "n_layers": L, "n_heads": H, "steps": total,
+               "strongest_induction_head": list(ind_head), "strongest_prev_token_head": list(prev_head),
+               "chance_loss": chance}
+    if with_phase:
+        threshold = 2.0
+        loss_repeat_all = np.array(loss_repeat_all)
+        per_seed = []
+        for s in range(S):
+            below = np.nonzero(loss_repeat_all[:, s] < threshold)[0]
+            crossed = int(step_values[below[0]]) if len(below) else None
+            steepest = int(step_values[np.argmin(np.abs(step_values - mids[s]))])
+            per_seed.append(_phase(detected, float(mids[s]), width, crossed, steepest))
+        induction_phase = {}
+        for l in range(L):
+            for h in range(H):
+                seeds_phase = [_phase(detected and (l, h) == ind_head, float(mids[s]), width, None, None)
+                               for s in range(S)]
+                induction_phase[f"L{l}H{h}"] = {"per_seed": seeds_phase, "aggregate": _aggregate(seeds_phase)}
+        summary["phase"] = {"loss_repeat": {"per_seed": per_seed, "aggregate": _aggregate(per_seed)},
+                            "induction": induction_phase}
+        summary["thresholds"] = {"loss_repeat": threshold, "induction": 0.4}
+    (path / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    if with_attention:
+        idx = [0, max(0, int(np.searchsorted(step_values, mids[0] - 4 * width)) - 1),
+               min(steps - 1, int(np.searchsorted(step_values, mids[0] + 4 * width))), steps - 1]
+        snap_steps = step_values[idx]
+        patterns = np.stack([
+            _attention(amp * _sigmoid((s - mids[0]) / width), amp * _sigmoid((s - mids[0] + 3 * width) / width),
+                       L, H, T, ind_head, prev_head)
+            for s in snap_steps]).astype(np.float32)
+        start, n = _layout(T)
+        tokens = rng.integers(0, VOCAB, T)
+        tokens[0] = VOCAB  # BOS
+        for c in range(1, N_REPEATS):
+            tokens[start + c * n:start + (c + 1) * n] = tokens[start:start + n]
+        np.savez(path / "attention.npz", steps=snap_steps, patterns=patterns, tokens=tokens,
+                 labels=np.array(["start", "before", "after", "final"]), repeat_start=start,
+                 repeat_len=n, n_repeats=N_REPEATS)
+    return path

@@ -1,0 +1,71 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from lab.config import ModelConfig
+from lab.hooks import Intervention, UnknownHookError
+from lab.model import Model
+
+
+def tiny_model(**kw):
+    cfg = OmegaConf.structured(ModelConfig(n_layers=2, n_heads=2, d_model=16, **kw))
+    return Model(cfg, vocab_size=11, seq_len=12)
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope", "none"])
+@pytest.mark.parametrize("attn_only", [True, False])
+def test_forward_shapes_and_cache(pos, attn_only):
+    m = tiny_model(pos_embed=pos, attn_only=attn_only, layer_norm=not attn_only)
+    params = m.init(jax.random.key(0))
+    tokens = jnp.arange(24).reshape(2, 12) % 11
+    logits, cache = m.run_with_cache(params, tokens, ["blocks.*.attn.pattern", "blocks.1.attn.out", "blocks.0.attn.q"])
+    assert logits.shape == (2, 12, 11)
+    assert cache["blocks.0.attn.pattern"].shape == (2, 2, 12, 12)
+    assert cache["blocks.0.attn.q"].shape == (2, 12, 2, 8)
+    assert cache["blocks.1.attn.out"].shape == (2, 12, 2, 16)
+    np.testing.assert_allclose(cache["blocks.1.attn.pattern"].sum(-1), 1.0, rtol=1e-5)
+    assert np.all(np.triu(np.asarray(cache["blocks.0.attn.pattern"]), 1) == 0)   # causal
+    assert ("blocks.0.mlp.post" in m.hook_names) == (not attn_only)
+
+
+def test_unknown_hook_names_the_site():
+    m = tiny_model()
+    params = m.init(jax.random.key(0))
+    with pytest.raises(UnknownHookError, match="blocks.5.attn.pattern"):
+        m.run_with_cache(params, jnp.zeros((1, 12), jnp.int32), ["blocks.5.attn.pattern"])
+
+
+def test_intervention_replaces_masked_part_and_gradients_flow_elsewhere():
+    m = tiny_model()
+    params = m.init(jax.random.key(1))
+    tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, 11)
+    T = 12
+    ideal = jnp.eye(T, k=-1).at[0, 0].set(1.0)                   # previous-token pattern
+    mask = jnp.zeros((1, 2, 1, 1), bool).at[:, 0].set(True)      # head 0 of layer 0 only
+    ivs = {"blocks.0.attn.pattern": Intervention(mask, ideal[None, None])}
+
+    clean, _ = m.apply(params, tokens)
+    logits, cache = m.apply(params, tokens, ivs, cache_names=["blocks.0.attn.pattern"])
+    assert not np.allclose(clean, logits)                          # the replacement changes the output
+    np.testing.assert_array_equal(cache["blocks.0.attn.pattern"][:, 0], jnp.broadcast_to(ideal, (2, T, T)))
+
+    def loss(p):
+        return m.apply(p, tokens, ivs)[0].sum()
+    g = jax.grad(loss)(params)["blocks"][0]["attn"]
+    # the clamped head's pattern no longer depends on its queries; the free head's does
+    assert np.all(np.asarray(g["W_Q"][:, 0]) == 0)
+    assert np.any(np.asarray(g["W_Q"][:, 1]) != 0)
+    assert np.any(np.asarray(g["W_V"][:, 0]) != 0)                # values still learn through the clamp
+
+
+def test_strength_interpolates():
+    m = tiny_model()
+    params = m.init(jax.random.key(1))
+    tokens = jnp.zeros((1, 12), jnp.int32)
+    zero = {"blocks.0.resid_post": Intervention(jnp.array(True), jnp.zeros(16), 0.5)}
+    _, clean = m.apply(params, tokens, cache_names=["blocks.0.resid_post"])
+    _, half = m.apply(params, tokens, {"blocks.0.resid_post": zero["blocks.0.resid_post"]},
+                      cache_names=["blocks.0.resid_post"])
+    np.testing.assert_allclose(half["blocks.0.resid_post"], 0.5 * clean["blocks.0.resid_post"], rtol=1e-5)

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from lab import phase
+
+STEPS = np.arange(0, 5001, 50)
+
+
+def sigmoid_curve(mid=2000, width=100, hi=4.0, lo=0.5):
+    return lo + (hi - lo) / (1 + np.exp((STEPS - mid) / width))
+
+
+def test_sigmoid_drop_is_found_where_it_is():
+    r = phase.detect(STEPS, sigmoid_curve(), direction="decrease", threshold=2.0, min_amplitude=1.0)
+    assert r["detected"], r["reason"]
+    assert abs(r["midpoint"] - 2000) < 20 and abs(r["width"] - 100) < 20
+    assert abs(r["onset"] - (2000 - 100 * np.log(9))) < 40
+    assert r["threshold_step"] in (2050, 2100)          # 2.0 is crossed just after the midpoint (2.25)
+    assert abs(r["steepest_step"] - 2000) <= 100
+
+
+def test_flat_curve_is_no_phase_change():
+    rng = np.random.default_rng(0)
+    y = 0.05 + 0.01 * rng.standard_normal(len(STEPS))
+    r = phase.detect(STEPS, y, direction="increase", threshold=0.4, min_amplitude=0.2)
+    assert not r["detected"] and "no phase change" in r["reason"]
+    assert r["threshold_step"] is None
+
+
+def test_noisy_sigmoid_rise():
+    rng = np.random.default_rng(1)
+    y = 1 - sigmoid_curve(mid=3000, width=150, hi=1, lo=0) + 0.05 * rng.standard_normal(len(STEPS))
+    r = phase.detect(STEPS, y, direction="increase", threshold=0.5, min_amplitude=0.2)
+    assert r["detected"], r["reason"]
+    assert abs(r["midpoint"] - 3000) < 100
+
+
+def test_slow_drift_is_not_abrupt():
+    y = 4.0 - 3.0 * STEPS / STEPS[-1]
+    r = phase.detect(STEPS, y, direction="decrease", min_amplitude=1.0)
+    assert not r["detected"]
+
+
+def test_wrong_direction_is_not_detected():
+    r = phase.detect(STEPS, sigmoid_curve(), direction="increase", min_amplitude=0.5)
+    assert not r["detected"]
+
+
+def test_too_few_points():
+    assert not phase.detect([0, 1], [1, 0])["detected"]
+
+
+def test_aggregate_over_seeds():
+    runs = [phase.detect(STEPS, sigmoid_curve(mid=m), direction="decrease", min_amplitude=1.0, threshold=2.0)
+            for m in (1500, 2500)]
+    runs.append(phase.detect(STEPS, np.full(len(STEPS), 4.0), direction="decrease", min_amplitude=1.0))
+    agg = phase.aggregate(runs)
+    assert agg["n_seeds"] == 3 and agg["n_detected"] == 2
+    assert agg["midpoint_mean"] == pytest.approx(2000, abs=20)
+    assert agg["midpoint_std"] == pytest.approx(500, abs=20)
+
+
+def test_smooth_keeps_length_and_constant():
+    y = np.full(10, 3.0)
+    assert np.allclose(phase.smooth(y, 5), y) and len(phase.smooth(np.arange(7.0), 4)) == 7

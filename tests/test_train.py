@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import lab
+from lab.config import ConfigError
+
+LAB_TRAIN = [sys.executable, "-m", "lab.train"]
+
+
+def test_seed_axis_equals_separate_runs(tiny_overrides):
+    both = lab.run(lab.load_config(tiny_overrides + ["train.seeds=2", "train.seed=3"]))
+    assert both.trainer.seeds == [3, 4]
+    for i, seed in enumerate((3, 4)):
+        single = lab.run(lab.load_config(tiny_overrides + [f"train.seed={seed}"]))
+        for key in ("train_loss", "loss_repeat", "induction"):
+            np.testing.assert_allclose(both.metrics[key][:, i], single.metrics[key][:, 0], rtol=2e-5, atol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+                     both.seed_params(i), single.seed_params(0))
+    assert not np.allclose(both.metrics["train_loss"][:, 0], both.metrics["train_loss"][:, 1])
+
+
+def test_metrics_shapes_and_run_with_cache(tiny_overrides):
+    r = lab.run(lab.load_config(tiny_overrides + ["train.seeds=2"]))
+    m = r.metrics
+    n_logs = 40 // 10 + 1                                   # step 0 and every log_every
+    assert m["step"].tolist() == [0, 10, 20, 30, 40]
+    assert m["loss_repeat"].shape == (n_logs, 2) and m["induction"].shape == (n_logs, 2, 2, 2)
+    assert m["loss_by_pos"].shape == (n_logs, 2, 23)
+    logits, cache = r.run_with_cache(names=["blocks.1.attn.pattern"], seed_index=1)
+    assert logits.shape == (8, 24, 13) and cache["blocks.1.attn.pattern"].shape == (8, 2, 24, 24)
+    assert r.summary["status"] == "completed" and len(r.summary["phase"]["loss_repeat"]["per_seed"]) == 2
+
+
+def test_config_errors_name_the_key(tiny_overrides):
+    with pytest.raises(ConfigError, match="model.d_model=15 is not divisible by model.n_heads=2"):
+        lab.run(lab.load_config(tiny_overrides + ["model.d_model=15"]))
+    with pytest.raises(ConfigError, match="task.seq_len=24 cannot hold"):
+        lab.run(lab.load_config(tiny_overrides + ["task.max_repeat_len=12"]))
+
+
+def test_cli_mistyped_key_fails_clearly(tmp_path):
+    p = subprocess.run(LAB_TRAIN + ["model.n_layer=3", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True)
+    assert p.returncode != 0
+    assert "n_layer" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run(LAB_TRAIN + ["train.steps=many", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True)
+    assert p.returncode != 0 and "train.steps" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_run_writes_outputs_then_resumes_and_replots(tmp_path, tiny_overrides):
+    run_dir = tmp_path / "run"
+    common = tiny_overrides + ["train.checkpoint_every=20", f"hydra.run.dir={run_dir}"]
+    p = subprocess.run(LAB_TRAIN + common, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for name in ("metrics.jsonl", "summary.json", "config.yaml", ".hydra/config.yaml", "attention.npz",
+                 "plots/loss.png", "plots/heads_heatmap.png", "plots/attention.png"):
+        assert (run_dir / name).exists(), name
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 10, 20, 30, 40]
+    assert sorted(int(d.name) for d in (run_dir / "checkpoints").iterdir()) == [20, 40]
+
+    # rerunning into a finished run is refused, with the fix in the message
+    p = subprocess.run(LAB_TRAIN + common, capture_output=True, text=True)
+    assert p.returncode == 2 and "train.resume=true" in p.stderr
+
+    # resuming from step 20 reproduces the uninterrupted run exactly
+    import shutil
+    shutil.rmtree(run_dir / "checkpoints" / "40")
+    p = subprocess.run(LAB_TRAIN + common + ["train.resume=true"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    resumed = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [0, 10, 20, 30, 40]
+    for a, b in zip(records, resumed):
+        assert a.get("train_loss") == b.get("train_loss") and a["induction"] == b["induction"]
+
+    for png in (run_dir / "plots").iterdir():
+        png.unlink()
+    p = subprocess.run([sys.executable, "-c", "from lab.cli import plot_main; plot_main()", str(run_dir)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (run_dir / "plots" / "loss.png").stat().st_size > 10_000
