@@ -40,7 +40,7 @@ def _train_app(cfg) -> dict | None:
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     except KeyboardInterrupt:
-        print(f"\ninterrupted at step; outputs so far are in {run_dir}. Continue with:\n"
+        print(f"\ninterrupted; the checkpoint and metrics so far are in {run_dir}. Continue with:\n"
               f"  lab-train {' '.join(hc.overrides.task)} train.resume=true hydra.run.dir={run_dir}",
               file=sys.stderr)
         sys.exit(130)

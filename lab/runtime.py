@@ -8,7 +8,7 @@ import sys
 
 log = logging.getLogger(__name__)
 
-SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 
 
 def configure_xla_threads(train_cfg) -> None:
@@ -19,7 +19,7 @@ def configure_xla_threads(train_cfg) -> None:
     if "jax" in sys.modules:
         log.debug("JAX already imported; XLA CPU threading can no longer be changed in this process")
         return
-    os.environ["XLA_FLAGS"] = f"{flags} {SINGLE_THREAD_FLAGS}".strip()
+    os.environ["XLA_FLAGS"] = f"{SINGLE_THREAD_FLAGS} {flags}".strip()
 
 
 _cache_dir = None

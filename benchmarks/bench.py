@@ -1,0 +1,119 @@
+"""Speed benchmark of the default experiment (prints figures; asserts nothing).
+
+    python benchmarks/bench.py                 # XLA single-threaded (the lab's default on CPU)
+    python benchmarks/bench.py --threads multi # XLA's multi-threaded CPU path
+
+Reports, for the default config with measures on: compile time, steps/s and seed-steps/s for
+seeds = 1 and 8, model-FLOP utilisation (FLOPs of one training step -- forward, backward and update,
+without measures -- from XLA's compiled cost analysis, times seed-steps/s, over a float32 matmul peak
+measured in this process with the same threading), peak memory, the wall time from start to the
+detected phase change, and the 1-layer control's verdict.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--threads", choices=["single", "multi"], default="single")
+parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
+parser.add_argument("--chunks", type=int, default=8, help="timed chunks of train.log_every steps per setting")
+parser.add_argument("--no-phase", action="store_true", help="skip the full runs (time to phase change, 1-layer control)")
+parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
+args = parser.parse_args()
+if args.threads == "single":
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import lab  # noqa: E402
+from lab.train import Trainer  # noqa: E402
+
+
+def matmul_peak(n: int = 1024, reps: int = 20) -> float:
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = np.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def step_flops(trainer: Trainer) -> float:
+    state = jax.tree.map(lambda x: x[0], jax.eval_shape(trainer.init_state))
+    compiled = jax.jit(lambda s: trainer.train_step(s, {})).lower(state).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+def peak_memory() -> str:
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if stats and "peak_bytes_in_use" in stats:
+        return f"device peak {stats['peak_bytes_in_use'] / 2**20:.0f} MiB, host RSS peak {host:.0f} MiB"
+    return f"host RSS peak {host:.0f} MiB"
+
+
+def throughput(overrides: list[str], seeds: int) -> dict:
+    cfg = lab.load_config(overrides + [f"train.seeds={seeds}", "train.progress=false"])
+    trainer = Trainer(cfg)
+    state = trainer.init_state()
+    fn = trainer.chunk_fn(cfg.train.log_every)
+    t = time.perf_counter()
+    state, out = fn(state, {})
+    jax.block_until_ready(out)
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(args.chunks):
+        state, out = fn(state, {})
+    jax.block_until_ready(out)
+    dt = time.perf_counter() - t
+    steps = args.chunks * cfg.train.log_every
+    return {"compile_s": compile_s, "steps_per_s": steps / dt, "seed_steps_per_s": steps * seeds / dt,
+            "flops": step_flops(trainer), "trainer": trainer}
+
+
+def main() -> None:
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
+          f"XLA threading: {args.threads}, cores: {os.cpu_count()}")
+    peak = matmul_peak()
+    print(f"float32 matmul peak (1024^2, this process): {peak / 1e9:.1f} GFLOP/s")
+    base = None
+    for seeds in args.seeds:
+        r = throughput(list(args.overrides), seeds)
+        base = base or r
+        mfu = r["flops"] * r["seed_steps_per_s"] / peak
+        print(f"seeds={seeds:<3d} compile+first chunk {r['compile_s']:5.1f} s | {r['steps_per_s']:7.1f} steps/s | "
+              f"{r['seed_steps_per_s']:8.1f} seed-steps/s ({r['seed_steps_per_s'] / base['seed_steps_per_s']:.2f}x seeds=1) | "
+              f"train step {r['flops'] / 1e9:.3f} GFLOP | MFU {mfu:6.1%}")
+    print(peak_memory())
+    if args.no_phase:
+        return
+    for name, extra in (("default (2-layer)", []), ("1-layer control", ["model=attn_only_1l"])):
+        t0 = time.perf_counter()
+        res = lab.run(lab.load_config(list(args.overrides) + extra + ["train.progress=false"]))
+        wall = time.perf_counter() - t0
+        loss = res.summary["phase"]["loss_repeat"]["per_seed"][0]
+        m = res.metrics
+        line = f"{name}: {res.summary['verdict']}; total wall {wall:.1f} s"
+        if loss["detected"]:
+            # wall time (since the trainer started, compile included) at the first log step past the midpoint
+            i = int(np.searchsorted(m["step"], loss["midpoint"]))
+            line += f"; phase-change midpoint step {loss['midpoint']:.0f} reached after {m['time'][i]:.1f} s"
+        fin = res.summary["final"]
+        line += f"; final max induction score {max(fin['induction_per_head'].values()):.2f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
