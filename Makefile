@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml
 
 # Train the default experiment (token induction, 2-layer attention-only) and write its plots.
 run: $(STAMP)
-	$(BIN)/lab-train hydra.run.dir=outputs/default $(ARGS)
-	@echo "plots: outputs/default/plots"
+	$(BIN)/lab-train $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

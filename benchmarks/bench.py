@@ -48,7 +48,7 @@ def matmul_peak(n: int = 1024, reps: int = 20) -> float:
 
 
 def step_flops(trainer: Trainer) -> float:
-    state = jax.tree.map(lambda x: x[0], jax.eval_shape(trainer.init_state))
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(trainer.init_state))
     compiled = jax.jit(lambda s: trainer.train_step(s, {})).lower(state).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

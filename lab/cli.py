@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -20,12 +21,18 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 log = logging.getLogger("lab")
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _train_app(cfg) -> dict | None:
     from lab.runtime import configure_xla_threads
     configure_xla_threads(cfg.train)
     from lab.runner import run
     from lab.train import TrainingDiverged
 
+    # SIGTERM (e.g. SLURM's pre-emption, `kill`) stops like Ctrl-C: checkpoint, summary, then exit.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN

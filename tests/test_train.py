@@ -25,8 +25,26 @@ def test_seed_axis_equals_separate_runs(tiny_overrides):
     assert not np.allclose(both.metrics["train_loss"][:, 0], both.metrics["train_loss"][:, 1])
 
 
-def test_metrics_shapes_and_run_with_cache(tiny_overrides):
-    r = lab.run(lab.load_config(tiny_overrides + ["train.seeds=2"]))
+def read_tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """Parse TensorBoard event files (TFRecord framing: length, crc, Event proto, crc)."""
+    import struct
+    from tensorboardX.proto.event_pb2 import Event
+    out: dict = {}
+    for f in directory.glob("events.out.tfevents.*"):
+        data = f.read_bytes()
+        i = 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            ev = Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+    return out
+
+
+def test_metrics_shapes_run_with_cache_and_tensorboard(tiny_overrides, tmp_path):
+    cfg = lab.load_config(tiny_overrides + ["train.seeds=2", "train.tensorboard=true"])
+    r = lab.run(cfg, tmp_path, plots=False)
     m = r.metrics
     n_logs = 40 // 10 + 1                                   # step 0 and every log_every
     assert m["step"].tolist() == [0, 10, 20, 30, 40]
@@ -35,6 +53,10 @@ def test_metrics_shapes_and_run_with_cache(tiny_overrides):
     logits, cache = r.run_with_cache(names=["blocks.1.attn.pattern"], seed_index=1)
     assert logits.shape == (8, 24, 13) and cache["blocks.1.attn.pattern"].shape == (8, 2, 24, 24)
     assert r.summary["status"] == "completed" and len(r.summary["phase"]["loss_repeat"]["per_seed"]) == 2
+    tb = read_tensorboard_scalars(tmp_path / "tensorboard" / "seed_1")
+    assert [s for s, _ in tb["loss/loss_repeat"]] == [0, 10, 20, 30, 40]
+    np.testing.assert_allclose([v for _, v in tb["loss/loss_repeat"]], m["loss_repeat"][:, 1], rtol=1e-6)
+    assert len(tb["induction/L1H0"]) == n_logs
 
 
 def test_config_errors_name_the_key(tiny_overrides):
@@ -84,3 +106,24 @@ def test_cli_run_writes_outputs_then_resumes_and_replots(tmp_path, tiny_override
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (run_dir / "plots" / "loss.png").stat().st_size > 10_000
+
+
+def test_sigterm_saves_checkpoint_and_says_how_to_resume(tmp_path, tiny_overrides):
+    import signal
+    import time
+    run_dir = tmp_path / "run"
+    args = tiny_overrides + ["train.steps=100000", "train.log_every=5", "train.checkpoint_every=0",
+                             f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(LAB_TRAIN + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "train.resume=true" in err and f"hydra.run.dir={run_dir}" in err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"].startswith("interrupted")
+    steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
+    assert [int(d.name) for d in (run_dir / "checkpoints").iterdir()] == [steps[-1]]
