@@ -56,6 +56,12 @@ def _train_app(cfg) -> dict | None:
 
 
 def train_main() -> None:
+    from lab.config import check_override_keys
+    try:
+        check_override_keys([a for a in sys.argv[1:] if not a.startswith("-")])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     register_configs()
     hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")(_train_app)()
 

@@ -117,6 +117,46 @@ def register_configs() -> None:
     cs.store(group="measures", name="schema_measures", node=MeasuresConfig)
 
 
+GROUP_SCHEMAS = {"task": [InductionTaskConfig], "model": [ModelConfig], "optim": [OptimConfig],
+                 "train": [TrainConfig], "measures": [MeasuresConfig]}
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """Reject `group.key=value` overrides whose key no schema has, suggesting the nearest key.
+    Runs before Hydra so the message can say "did you mean"; `+key=` (append) is left to Hydra."""
+    import difflib
+    from dataclasses import fields, is_dataclass
+
+    for override in overrides:
+        if "=" not in override or override[0] in "+~" or override.startswith("hydra"):
+            continue
+        path = override.split("=", 1)[0].split(".")
+        if path[0] not in GROUP_SCHEMAS or len(path) < 2:
+            continue
+        for schema in GROUP_SCHEMAS[path[0]]:
+            node, ok = schema, True
+            for i, part in enumerate(path[1:]):
+                names = {f.name: f for f in fields(node)}
+                if part not in names:
+                    ok = False
+                    break
+                default = names[part].default_factory() if callable(names[part].default_factory) else None
+                if i < len(path) - 2:
+                    if not is_dataclass(default):
+                        ok = False
+                        break
+                    node = type(default)
+            if ok:
+                break
+        else:
+            prefix = ".".join(path[:-1])
+            names = [f.name for f in fields(node)]
+            close = difflib.get_close_matches(path[-1], names, n=1)
+            hint = (f"; did you mean '{prefix}.{close[0]}'?" if close
+                    else f"; keys of {prefix}: {', '.join(names)}")
+            raise ConfigError(f"unknown config key '{'.'.join(path)}'{hint}")
+
+
 def _choice(key: str, value, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")

@@ -46,8 +46,9 @@ def _copies_in_probe0(trainer) -> int:
     return trainer.task.n_repeats or -(-(trainer.task.seq_len - start) // n)
 
 
-def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True) -> RunResult:
-    """Train `cfg`. With `run_dir`, write every output there (and resume from it if train.resume)."""
+def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_callbacks: Sequence = ()) -> RunResult:
+    """Train `cfg`. With `run_dir`, write every output there (and resume from it if train.resume).
+    `extra_callbacks` (lab.callbacks.Callback) run between compiled chunks after the built-in ones."""
     configure_compile_cache(cfg.train)
     trainer = Trainer(cfg)
     snapshots = AttentionSnapshots()
@@ -78,7 +79,7 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True) -> RunRes
             callbacks.append(TensorBoard(run_dir / "tensorboard"))
     if cfg.train.progress:
         callbacks.append(ProgressBar())
-    trainer.callbacks = callbacks
+    trainer.callbacks = callbacks + list(extra_callbacks)
     try:
         trainer.fit()
     finally:

@@ -1,0 +1,36 @@
+import pytest
+from omegaconf import OmegaConf
+
+from lab.config import ConfigError, OptimConfig, check_override_keys
+from lab.optim import make_schedule
+
+
+def schedule(**kw):
+    return make_schedule(OmegaConf.structured(OptimConfig(**kw)), total_steps=1000)
+
+
+def test_schedules_by_hand():
+    assert float(schedule(lr=0.1)(500)) == pytest.approx(0.1)
+    s = schedule(lr=0.1, schedule="warmup_cosine", warmup_steps=100)
+    assert float(s(0)) == 0.0 and float(s(50)) == pytest.approx(0.05) and float(s(100)) == pytest.approx(0.1)
+    assert float(s(550)) == pytest.approx(0.05, rel=1e-4)          # half-way through the cosine
+    r = schedule(lr=0.1, schedule="warmup_rsqrt", warmup_steps=100)
+    assert float(r(49)) == pytest.approx(0.05) and float(r(99)) == pytest.approx(0.1)
+    assert float(r(399)) == pytest.approx(0.05)                    # lr * sqrt(100 / 400)
+    w = schedule(lr=0.1, warmup_steps=10)
+    assert float(w(5)) == pytest.approx(0.05) and float(w(500)) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.n_layer=3", "did you mean 'model.n_layers'"),
+    ("measures.phase.smoth=3", "did you mean 'measures.phase.smooth'"),
+    ("train.zzz=1", "keys of train: steps"),
+])
+def test_unknown_keys_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_override_keys([override])
+
+
+def test_known_and_hydra_keys_pass():
+    check_override_keys(["model.n_layers=1", "measures.phase.smooth=3", "hydra.run.dir=x", "+extra=1",
+                         "model=attn_only_1l", "task.n_repeats=null"])   # raises nothing
