@@ -66,7 +66,8 @@ class TrainConfig:
     steps: int = 1500
     batch_size: int = 64
     seed: int = 0                     # first seed; seeds run are seed .. seed + seeds - 1
-    seeds: int = 1                    # independent seeds trained as one program (vmap)
+    seeds: int = 1                    # independent seeds trained as one compiled program
+    seed_axis: str = "auto"           # vmap | map | auto (vmap on GPU/TPU; map, i.e. a loop inside the program, on CPU)
     log_every: int = 25               # steps per compiled chunk; measures are logged after each
     checkpoint_every: int = 1000      # 0 disables periodic checkpoints (the final one is always written)
     keep_checkpoints: int = 2
@@ -193,6 +194,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"train.checkpoint_every={tr.checkpoint_every} must be >= 0 (0 disables)")
     _positive("train.keep_checkpoints", tr.keep_checkpoints)
     _choice("train.xla_cpu_threads", tr.xla_cpu_threads, ("single", "multi"))
+    _choice("train.seed_axis", tr.seed_axis, ("auto", "vmap", "map"))
     _positive("task.seq_len", t.seq_len)
     if t.name == "induction":
         _positive("task.vocab_size", t.vocab_size)

@@ -81,10 +81,21 @@ class Trainer:
         return state, {"train_loss": losses, "grad_norm": gnorms, **self.measures(state["params"])}
 
     # ---- compiled programs ----
+    def over_seeds(self, fn):
+        """Lift a one-seed function of (per-seed x, shared y) to the leading seed axis. vmap batches
+        the seeds' matmuls (best on accelerators); on CPU, where batched small matmuls run slower
+        than the same matmuls one after another, `lax.map` loops over seeds inside the program."""
+        mode = self.cfg.train.seed_axis
+        if mode == "auto":
+            mode = "map" if jax.default_backend() == "cpu" else "vmap"
+        if mode == "vmap":
+            return jax.vmap(fn, in_axes=(0, None))
+        return lambda xs, shared: jax.lax.map(lambda x: fn(x, shared), xs)
+
     def chunk_fn(self, n_steps: int):
         """(state[S], interventions) -> (state[S], outputs[S]); one compile per chunk length."""
         if n_steps not in self._chunk_fns:
-            fn = jax.vmap(partial(self.chunk, n_steps=n_steps), in_axes=(0, None))
+            fn = self.over_seeds(partial(self.chunk, n_steps=n_steps))
             self._chunk_fns[n_steps] = jax.jit(fn, donate_argnums=0)
         return self._chunk_fns[n_steps]
 

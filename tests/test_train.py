@@ -14,15 +14,16 @@ LAB_TRAIN = [sys.executable, "-m", "lab.train"]
 
 
 def test_seed_axis_equals_separate_runs(tiny_overrides):
-    both = lab.run(lab.load_config(tiny_overrides + ["train.seeds=2", "train.seed=3"]))
-    assert both.trainer.seeds == [3, 4]
-    for i, seed in enumerate((3, 4)):
-        single = lab.run(lab.load_config(tiny_overrides + [f"train.seed={seed}"]))
-        for key in ("train_loss", "loss_repeat", "induction"):
-            np.testing.assert_allclose(both.metrics[key][:, i], single.metrics[key][:, 0], rtol=2e-5, atol=1e-6)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
-                     both.seed_params(i), single.seed_params(0))
-    assert not np.allclose(both.metrics["train_loss"][:, 0], both.metrics["train_loss"][:, 1])
+    singles = [lab.run(lab.load_config(tiny_overrides + [f"train.seed={seed}"])) for seed in (3, 4)]
+    for axis in ("map", "vmap"):
+        both = lab.run(lab.load_config(tiny_overrides + ["train.seeds=2", "train.seed=3", f"train.seed_axis={axis}"]))
+        assert both.trainer.seeds == [3, 4]
+        for i, single in enumerate(singles):
+            for key in ("train_loss", "loss_repeat", "induction"):
+                np.testing.assert_allclose(both.metrics[key][:, i], single.metrics[key][:, 0], rtol=2e-5, atol=1e-6)
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+                         both.seed_params(i), single.seed_params(0))
+        assert not np.allclose(both.metrics["train_loss"][:, 0], both.metrics["train_loss"][:, 1])
 
 
 def read_tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
