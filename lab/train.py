@@ -110,7 +110,8 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_start(self)
         if self.step == 0 and self.cfg.measures.enabled:
-            self._log(0, jax.device_get(jax.jit(jax.vmap(self.measures))(self.state["params"])))
+            measure = self.over_seeds(lambda params, _: self.measures(params))
+            self._log(0, jax.device_get(jax.jit(measure)(self.state["params"], None)))
         try:
             while self.step < self.cfg.train.steps:
                 n = min(self.cfg.train.log_every, self.cfg.train.steps - self.step)
@@ -126,6 +127,10 @@ class Trainer:
             self.status = "completed"
         except KeyboardInterrupt:
             self.status = f"interrupted at step {self.step}"
+            raise
+        except Exception as e:
+            if not self.status.startswith("failed"):
+                self.status = f"failed at step {self.step}: {type(e).__name__}: {e}"
             raise
         finally:
             for cb in self.callbacks:

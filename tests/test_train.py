@@ -138,3 +138,13 @@ def test_sigterm_saves_checkpoint_and_says_how_to_resume(tmp_path, tiny_override
     assert summary["status"].startswith("interrupted")
     steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
     assert [int(d.name) for d in (run_dir / "checkpoints").iterdir()] == [steps[-1]]
+
+
+def test_divergence_stops_the_run_and_marks_it_failed(tiny_overrides, tmp_path):
+    from lab.train import TrainingDiverged
+    cfg = lab.load_config(tiny_overrides + ["optim=sgd", "optim.lr=1e30"])
+    with pytest.raises(TrainingDiverged, match="non-finite training loss at step"):
+        lab.run(cfg, tmp_path, plots=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"].startswith("failed: non-finite training loss")
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
