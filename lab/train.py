@@ -6,7 +6,10 @@ callbacks between chunks. Read top to bottom: build -> init_state -> fit.
 """
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -49,6 +52,7 @@ class Trainer:
         self.records: list[dict] = []
         self.status = "running"
         self._chunk_fns: dict[int, callable] = {}
+        self._stop_signal: Optional[int] = None
         self._t0 = time.perf_counter()
 
     # ---- pure functions (one seed; vmapped over seeds) ----
@@ -104,7 +108,32 @@ class Trainer:
         return jax.jit(jax.vmap(self.init_one))(keys)
 
     # ---- the loop ----
+    @contextmanager
+    def _deferred_interrupts(self):
+        """Ctrl-C / SIGTERM during a chunk stop the run after the chunk, never inside it: the chunk
+        donates the old state's buffers, so stopping mid-call would leave nothing to checkpoint.
+        A second signal stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt(f"signal {signum}")
+            self._stop_signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
     def fit(self) -> "Trainer":
+        with self._deferred_interrupts():
+            return self._fit()
+
+    def _fit(self) -> "Trainer":
         if self.state is None:
             self.state = self.init_state()
         for cb in self.callbacks:
@@ -124,6 +153,8 @@ class Trainer:
                     raise TrainingDiverged(self.status + "; lower optim.lr or set optim.grad_clip")
                 self.step += n
                 self._log(self.step, out)
+                if self._stop_signal is not None:
+                    raise KeyboardInterrupt(f"signal {self._stop_signal}")
             self.status = "completed"
         except KeyboardInterrupt:
             self.status = f"interrupted at step {self.step}"
