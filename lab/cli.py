@@ -26,6 +26,7 @@ def _raise_interrupt(signum, frame):
 
 
 def _train_app(cfg) -> dict | None:
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)   # "no TPU" notices on every start
     from lab.runtime import configure_xla_threads
     configure_xla_threads(cfg.train)
     from lab.runner import run
