@@ -67,18 +67,28 @@ def train_main() -> None:
     hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")(_train_app)()
 
 
+def _run_dirs(path: Path) -> list[Path]:
+    """A run directory, or every run directory below a multirun/sweep directory."""
+    if (path / "metrics.jsonl").is_file():
+        return [path]
+    return sorted(p.parent for p in path.glob("*/metrics.jsonl"))
+
+
 def plot_main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="lab-plot", description="Redraw every plot of a run from its saved metrics.")
-    parser.add_argument("run_dir", nargs="+", type=Path, help="run directories (each holds metrics.jsonl)")
+    parser.add_argument("run_dir", nargs="+", type=Path,
+                        help="run directories (each holds metrics.jsonl), or multirun directories holding runs")
     parser.add_argument("--out", type=Path, default=None, help="write the PNGs here instead of <run_dir>/plots")
     args = parser.parse_args(argv)
     from lab.plots import plot_run
     status = 0
     for d in args.run_dir:
-        if not (d / "metrics.jsonl").is_file():
-            print(f"error: {d} is not a run directory (no metrics.jsonl)", file=sys.stderr)
+        runs = _run_dirs(d)
+        if not runs:
+            print(f"error: {d} is not a run directory (no metrics.jsonl in it or in its subdirectories)", file=sys.stderr)
             status = 2
-            continue
-        for p in plot_run(d, args.out):
-            print(p)
+        for run in runs:
+            out = args.out / run.name if args.out and len(runs) > 1 else args.out
+            for p in plot_run(run, out):
+                print(p)
     sys.exit(status)

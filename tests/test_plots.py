@@ -115,3 +115,17 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match="line 4"):
         load_metrics(run)
+
+
+def test_lab_plot_cli_on_a_run_and_a_multirun_dir(tmp_path, capsys):
+    from lab.cli import plot_main
+    for job in ("0", "1"):
+        make_fake_run(tmp_path / "sweep" / job, seeds=1, steps=12)
+    with pytest.raises(SystemExit) as exit_:
+        plot_main([str(tmp_path / "sweep")])
+    assert exit_.value.code == 0
+    assert (tmp_path / "sweep" / "0" / "plots" / "loss.png").is_file()
+    assert (tmp_path / "sweep" / "1" / "plots" / "loss.png").is_file()
+    with pytest.raises(SystemExit) as exit_:
+        plot_main([str(tmp_path / "nowhere")])
+    assert exit_.value.code == 2 and "not a run directory" in capsys.readouterr().err
