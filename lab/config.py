@@ -108,54 +108,59 @@ class Config:
     out_dir: str = "."
 
 
+# Each config group's schemas, by the name it is stored under in Hydra's ConfigStore.
+GROUP_SCHEMAS = {"task": {"schema_induction": InductionTaskConfig}, "model": {"schema_model": ModelConfig},
+                 "optim": {"schema_optim": OptimConfig}, "train": {"schema_train": TrainConfig},
+                 "measures": {"schema_measures": MeasuresConfig}}
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="task", name="schema_induction", node=InductionTaskConfig)
-    cs.store(group="model", name="schema_model", node=ModelConfig)
-    cs.store(group="optim", name="schema_optim", node=OptimConfig)
-    cs.store(group="train", name="schema_train", node=TrainConfig)
-    cs.store(group="measures", name="schema_measures", node=MeasuresConfig)
+    for group, schemas in GROUP_SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=group, name=name, node=node)
 
 
-GROUP_SCHEMAS = {"task": [InductionTaskConfig], "model": [ModelConfig], "optim": [OptimConfig],
-                 "train": [TrainConfig], "measures": [MeasuresConfig]}
+def _first_unknown(schema, keys: list[str]):
+    """(depth, dataclass) where the dotted `keys` leave `schema`, or None if the schema has them
+    (or they go below a field that is not a config node, which Hydra will judge)."""
+    from dataclasses import fields, is_dataclass
+
+    node = schema
+    for depth, key in enumerate(keys):
+        field_ = {f.name: f for f in fields(node)}.get(key)
+        if field_ is None:
+            return depth, node
+        if depth < len(keys) - 1:
+            default = field_.default_factory() if callable(field_.default_factory) else None
+            if not is_dataclass(default):
+                return None
+            node = type(default)
+    return None
 
 
 def check_override_keys(overrides: list[str]) -> None:
     """Reject `group.key=value` overrides whose key no schema has, suggesting the nearest key.
     Runs before Hydra so the message can say "did you mean"; `+key=` (append) is left to Hydra."""
     import difflib
-    from dataclasses import fields, is_dataclass
+    from dataclasses import fields
 
     for override in overrides:
-        if "=" not in override or override[0] in "+~" or override.startswith("hydra"):
+        if "=" not in override or override[0] in "+~":
             continue
         path = override.split("=", 1)[0].split(".")
         if path[0] not in GROUP_SCHEMAS or len(path) < 2:
             continue
-        for schema in GROUP_SCHEMAS[path[0]]:
-            node, ok = schema, True
-            for i, part in enumerate(path[1:]):
-                names = {f.name: f for f in fields(node)}
-                if part not in names:
-                    ok = False
-                    break
-                default = names[part].default_factory() if callable(names[part].default_factory) else None
-                if i < len(path) - 2:
-                    if not is_dataclass(default):
-                        ok = False
-                        break
-                    node = type(default)
-            if ok:
-                break
-        else:
-            prefix = ".".join(path[:-1])
-            names = [f.name for f in fields(node)]
-            close = difflib.get_close_matches(path[-1], names, n=1)
-            hint = (f"; did you mean '{prefix}.{close[0]}'?" if close
-                    else f"; keys of {prefix}: {', '.join(names)}")
-            raise ConfigError(f"unknown config key '{'.'.join(path)}'{hint}")
+        misses = [_first_unknown(schema, path[1:]) for schema in GROUP_SCHEMAS[path[0]].values()]
+        if None in misses:
+            continue
+        depth, node = misses[0]
+        prefix, key = ".".join(path[:depth + 1]), path[depth + 1]
+        names = [f.name for f in fields(node)]
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"; did you mean '{prefix}.{close[0]}'?" if close else f"; keys of {prefix}: {', '.join(names)}"
+        raise ConfigError(f"unknown config key '{'.'.join(path)}'{hint}")
 
 
 def _choice(key: str, value, allowed) -> None:

@@ -34,3 +34,8 @@ def test_unknown_keys_are_named(override, message):
 def test_known_and_hydra_keys_pass():
     check_override_keys(["model.n_layers=1", "measures.phase.smooth=3", "hydra.run.dir=x", "+extra=1",
                          "model=attn_only_1l", "task.n_repeats=null"])   # raises nothing
+
+
+def test_unknown_key_is_named_at_the_level_it_goes_wrong():
+    with pytest.raises(ConfigError, match="unknown config key 'measures.phse.smooth'; did you mean 'measures.phase'"):
+        check_override_keys(["measures.phse.smooth=3"])
