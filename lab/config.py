@@ -4,7 +4,7 @@ need several keys at once (e.g. d_model divisible by n_heads)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -99,12 +99,41 @@ class MeasuresConfig:
 
 
 @dataclass
+class ClampConfig:
+    """One clamp ("artificial optogenetics"): fix an activation to a value for a window of steps.
+    Applied as where(mask, s*value + (1-s)*x, x) with s from the strength schedule; see lab/clamps.py."""
+    site: str = MISSING               # hook site, globs allowed: blocks.0.attn.pattern, blocks.*.attn.z, logits
+    value: str = MISSING              # prev_token | induction | zero | mean | resample | preserve | graft | perfect_copy | scale
+    heads: Any = None                 # null: every head; a list of head indices; "auto": chosen from the measures
+    layers: Optional[List[int]] = None   # keep only these layers of a glob site
+    batch: Optional[List[int]] = None    # batch items touched; null: all
+    queries: Optional[List[int]] = None  # query positions (positions, for sites without a key axis); negatives count from the end
+    keys: Optional[List[int]] = None     # key positions (pattern and scores sites only)
+    start: int = 0                    # window [start, stop) in training steps
+    stop: Optional[int] = None        # null: to the end of training
+    strength: float = 1.0             # peak blend s between the value (1) and the model's own activation (0)
+    schedule: str = "constant"        # constant | linear | cosine (ramp up over ramp_steps) | release (ramp down to stop)
+    ramp_steps: int = 0
+    pattern_strength: float = 1.0     # ideal patterns: weight on the target key; the rest stays on the query itself
+    factor: float = 1.0               # scale: the activation is multiplied by this
+    apply: str = "both"               # train | eval (measures only) | both | measure (logged as extra metrics only)
+    grad: bool = False                # mean / resample / preserve: let gradients flow through the clean pass
+    source: Optional[str] = None      # graft, or heads=auto: a run directory whose checkpoint supplies the values/heads
+    source_step: Optional[int] = None # that run's checkpoint step; null: its newest
+    copy_from: Optional[str] = None   # perfect_copy: the head, e.g. L1H0, whose attention builds the logits
+    auto_k: int = 1                   # heads=auto: heads chosen per seed
+    auto_step: Optional[int] = None   # heads=auto without source: choose from the measures logged at this step (default: start)
+    auto_measure: Optional[str] = None  # heads=auto: rank by this per-head measure (default: by value kind)
+
+
+@dataclass
 class Config:
     task: TaskConfig = MISSING
     model: ModelConfig = MISSING
     optim: OptimConfig = MISSING
     train: TrainConfig = MISSING
     measures: MeasuresConfig = MISSING
+    clamps: Dict[str, Any] = field(default_factory=dict)   # named ClampConfigs (checked by validate); presets in clamp/
     out_dir: str = "."
 
 
@@ -117,6 +146,8 @@ GROUP_SCHEMAS = {"task": {"schema_induction": InductionTaskConfig}, "model": {"s
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
+    # presets in clamp/ type their entries with `- /clamp_schema@clamps.<name>: schema_clamp`
+    cs.store(group="clamp_schema", name="schema_clamp", node=ClampConfig)
     for group, schemas in GROUP_SCHEMAS.items():
         for name, node in schemas.items():
             cs.store(group=group, name=name, node=node)
@@ -142,14 +173,20 @@ def _first_unknown(schema, keys: list[str]):
 
 def check_override_keys(overrides: list[str]) -> None:
     """Reject `group.key=value` overrides whose key no schema has, suggesting the nearest key.
-    Runs before Hydra so the message can say "did you mean"; `+key=` (append) is left to Hydra."""
-    import difflib
+    Runs before Hydra so the message can say "did you mean"; `+key=` (append) is left to Hydra
+    (and `+clamps.<name>={...}` to normalize_clamps)."""
     from dataclasses import fields
 
     for override in overrides:
         if "=" not in override or override[0] in "+~":
             continue
         path = override.split("=", 1)[0].split(".")
+        if path[0] == "clamps" and len(path) > 2:
+            names = [f.name for f in fields(ClampConfig)]
+            if path[2] not in names:
+                raise ConfigError(f"unknown config key '{'.'.join(path)}'"
+                                  f"{_did_you_mean(path[2], names, '.'.join(path[:2]))}")
+            continue
         if path[0] not in GROUP_SCHEMAS or len(path) < 2:
             continue
         misses = [_first_unknown(schema, path[1:]) for schema in GROUP_SCHEMAS[path[0]].values()]
@@ -158,9 +195,42 @@ def check_override_keys(overrides: list[str]) -> None:
         depth, node = misses[0]
         prefix, key = ".".join(path[:depth + 1]), path[depth + 1]
         names = [f.name for f in fields(node)]
-        close = difflib.get_close_matches(key, names, n=1)
-        hint = f"; did you mean '{prefix}.{close[0]}'?" if close else f"; keys of {prefix}: {', '.join(names)}"
-        raise ConfigError(f"unknown config key '{'.'.join(path)}'{hint}")
+        raise ConfigError(f"unknown config key '{'.'.join(path)}'{_did_you_mean(key, names, prefix)}")
+
+
+def _did_you_mean(key: str, names: list[str], prefix: str) -> str:
+    import difflib
+    close = difflib.get_close_matches(key, names, n=1)
+    return f"; did you mean '{prefix}.{close[0]}'?" if close else f"; keys of {prefix}: {', '.join(names)}"
+
+
+def normalize_clamps(cfg) -> None:
+    """Type every entry of cfg.clamps as a ClampConfig (filling defaults), so a clamp added as
+    `+clamps.name={...}` is checked like a preset: an unknown key or a wrong type fails here."""
+    from dataclasses import fields
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    clamps = cfg.get("clamps") or {}
+    names = [f.name for f in fields(ClampConfig)]
+    typed = {}
+    for name, c in clamps.items():
+        if not OmegaConf.is_dict(c):
+            raise ConfigError(f"clamps.{name}={c!r} must be a mapping, e.g. +clamps.{name}="
+                              "'{site: blocks.0.attn.pattern, value: prev_token, heads: [0]}'")
+        for key in c:
+            if key not in names:
+                raise ConfigError(f"unknown config key 'clamps.{name}.{key}'{_did_you_mean(key, names, f'clamps.{name}')}")
+        for key in ("site", "value"):
+            if c.get(key) is None or OmegaConf.is_missing(c, key):
+                raise ConfigError(f"clamps.{name}.{key} is required (see `{key}` in lab/config.py ClampConfig)")
+        try:
+            typed[name] = OmegaConf.merge(OmegaConf.structured(ClampConfig), c)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"clamps.{name}: {str(e).splitlines()[0]}") from None
+    if clamps:
+        with open_dict(cfg):
+            cfg.clamps = typed
 
 
 def _choice(key: str, value, allowed) -> None:
@@ -175,6 +245,7 @@ def _positive(key: str, value) -> None:
 
 def validate(cfg) -> None:
     """Cross-key checks Hydra's schema cannot express; raises ConfigError with one line."""
+    normalize_clamps(cfg)
     m, t, o, tr = cfg.model, cfg.task, cfg.optim, cfg.train
     for key in ("n_layers", "n_heads", "d_model"):
         _positive(f"model.{key}", m[key])

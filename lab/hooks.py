@@ -2,15 +2,16 @@
 
 Every activation the model computes passes through `hooks(name, x)`, with TransformerLens-style
 names (`blocks.0.attn.pattern`, ...). An intervention is data, not code: a mask, a replacement
-value and a strength, applied as `where(mask, s*value + (1-s)*x, x)`. Masks, values and
-strengths are traced arrays, so changing them between steps never recompiles; only changing
+value (or a function of this pass's activations, e.g. "perfect copy" logits from a head's pattern)
+and a strength; a site may hold a list of them, applied in order as `where(mask, s*value + (1-s)*x, x)`.
+Masks, values and strengths are traced arrays, so changing them between steps never recompiles; only changing
 *which* sites are intervened on does (keep idle sites present with an all-False mask).
 Gradients flow through x wherever the mask is False (and with weight 1-s where it is True).
 """
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, NamedTuple, Union
+from typing import Callable, Iterable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 
 class Intervention(NamedTuple):
     mask: jax.Array                 # bool, broadcastable to the site's activation
-    value: jax.Array                # broadcastable to the site's activation
+    value: Union[jax.Array, Callable]  # broadcastable to the site's activation, or fn(x, cache) -> value
     strength: Union[float, jax.Array] = 1.0
 
 
@@ -60,9 +61,12 @@ class Hooks:
 
     def __call__(self, name: str, x: jax.Array) -> jax.Array:
         self.seen.append(name)
-        if name in self.interventions:
-            iv = self.interventions[name]
-            x = apply_intervention(x, iv if isinstance(iv, Intervention) else Intervention(*iv))
+        ivs = self.interventions.get(name, [])
+        for iv in ivs if isinstance(ivs, list) else [ivs]:   # several on one site apply in order
+            iv = iv if isinstance(iv, Intervention) else Intervention(*iv)
+            if callable(iv.value):   # a value computed in this pass, from x or from earlier sites
+                iv = iv._replace(value=iv.value(x, self.cache))
+            x = apply_intervention(x, iv)
         if name in self.cache_names:
             self.cache[name] = x
         return x

@@ -96,10 +96,12 @@ def copying_score(params: dict, layer: int, exclude_last_token: bool = False) ->
 
 
 def probe_measures(model, params: dict, probe: TokenBatch, icl_early: int, icl_late: int,
-                   exclude_bos: bool, snapshot: bool = True) -> dict[str, jax.Array]:
-    """Every measure of one seed's model on the probe batch: scalars, (T-1,) and (L, H) arrays."""
-    names = [f"blocks.{l}.attn.pattern" for l in range(model.n_layers)]
-    logits, cache = model.apply(params, probe.tokens, cache_names=names)
+                   exclude_bos: bool, snapshot: bool = True, forward=None) -> dict[str, jax.Array]:
+    """Every measure of one seed's model on the probe batch: scalars, (T-1,) and (L, H) arrays.
+    `forward(cache_names) -> (logits, cache)` replaces the plain forward pass (e.g. with clamps)."""
+    names = tuple(f"blocks.{l}.attn.pattern" for l in range(model.n_layers))
+    forward = forward or (lambda cache_names: model.apply(params, probe.tokens, cache_names=cache_names))
+    logits, cache = forward(names)
     losses = token_losses(logits, probe.tokens)
     loss_by_pos = losses.mean(0)
     loss_rep, acc_rep = repeat_loss_and_accuracy(logits, probe)

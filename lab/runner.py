@@ -85,6 +85,8 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
     finally:
         summary = summarize(records_to_arrays(trainer.records), cfg, trainer.task.chance_loss,
                             trainer.seeds, trainer.status) if trainer.records else {"status": trainer.status}
+        if trainer.clamps:
+            summary["clamps"] = trainer.clamps.describe()
         if run_dir is not None:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             snapshots.save(run_dir / "attention.npz", summary, trainer.probe, _copies_in_probe0(trainer))

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lab.clamps import AutoHeads, Clamps
 from lab.config import validate
-from lab.measures import icl_positions, probe_measures, token_losses
+from lab.measures import icl_positions, probe_measures, repeat_loss_and_accuracy, token_losses
 from lab.model import Model
 from lab.optim import make_optimizer
 from lab.tasks import make_task
@@ -47,6 +48,11 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         # site -> Intervention, shared by all seeds; a traced argument, so changing values never recompiles
         self.interventions: dict = {}
+        self.clamps = Clamps(cfg.get("clamps"), self.model, self.task, cfg.train, self.probe, cfg.measures.enabled)
+        # the clamps' traced arrays (windows, strengths, head masks), one row per seed; callbacks may
+        # replace them between chunks (e.g. heads chosen mid-run) without recompiling
+        self.clamp_args = jax.tree.map(jnp.asarray, self.clamps.init_args(len(self.seeds)))
+        self._own_callbacks = [AutoHeads()] if self.clamps.auto else []
         self.step = 0
         self.state = None
         self.records: list[dict] = []
@@ -61,28 +67,44 @@ class Trainer:
         params = self.model.init(jax.random.wrap_key_data(k_init))
         return {"params": params, "opt_state": self.optimizer.init(params), "key": k_data}
 
-    def loss_fn(self, params, tokens, interventions):
-        logits, _ = self.model.apply(params, tokens, interventions)
-        return token_losses(logits, tokens).mean()
+    def loss_fn(self, params, batch, clamp_args, interventions, t):
+        logits, _ = self.clamps.forward(params, batch, clamp_args, t, "train", extra=interventions)
+        return token_losses(logits, batch.tokens).mean()
 
-    def train_step(self, state: dict, interventions: dict):
+    def train_step(self, state: dict, clamp_args: dict, interventions: dict, t):
+        """One update; t is the number of updates before this one (the clamps' step)."""
         key, k_batch = jax.random.split(state["key"])
         batch = self.task.sample(k_batch, self.cfg.train.batch_size)
-        loss, grads = jax.value_and_grad(self.loss_fn)(state["params"], batch.tokens, interventions)
+        loss, grads = jax.value_and_grad(self.loss_fn)(state["params"], batch, clamp_args, interventions, t)
         updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return {"params": params, "opt_state": opt_state, "key": key}, (loss, optax.tree.norm(grads))
 
-    def measures(self, params) -> dict:
+    def measures(self, params, clamp_args: dict, t) -> dict:
+        """Measures on the probe at step t, with the eval clamps applied; plus, for each
+        `apply: measure` clamp, the probe loss under that clamp alone (Singh et al.'s clamped loss)."""
         if not self.cfg.measures.enabled:
             return {}
-        return probe_measures(self.model, params, self.probe, self.icl_early, self.icl_late,
-                              exclude_bos=self.task.bos, snapshot=self.cfg.measures.attention_snapshots)
+        forward = lambda names: self.clamps.forward(params, self.probe, clamp_args, t, "eval", cache_names=names)
+        out = probe_measures(self.model, params, self.probe, self.icl_early, self.icl_late,
+                             exclude_bos=self.task.bos, snapshot=self.cfg.measures.attention_snapshots, forward=forward)
+        for name in dict.fromkeys(s.name for s in self.clamps.active("measure")):
+            logits, _ = self.clamps.forward(params, self.probe, clamp_args, t, "measure", only=name)
+            loss, acc = repeat_loss_and_accuracy(logits, self.probe)
+            out[f"loss_repeat_clamped_{name}"], out[f"acc_repeat_clamped_{name}"] = loss, acc
+        return out
 
-    def chunk(self, state: dict, interventions: dict, n_steps: int):
-        step = lambda s, _: self.train_step(s, interventions)
-        state, (losses, gnorms) = jax.lax.scan(step, state, None, length=n_steps)
-        return state, {"train_loss": losses, "grad_norm": gnorms, **self.measures(state["params"])}
+    def probe_scores(self, model, params) -> dict:
+        """Per-head measures of any model with this task's vocabulary (e.g. a clamp's source run)."""
+        return probe_measures(model, params, self.probe, self.icl_early, self.icl_late,
+                              exclude_bos=self.task.bos, snapshot=False)
+
+    def chunk(self, per_seed: tuple, shared: tuple, n_steps: int):
+        (state, clamp_args), (interventions, step0) = per_seed, shared
+        step = lambda s, i: self.train_step(s, clamp_args, interventions, step0 + i)
+        state, (losses, gnorms) = jax.lax.scan(step, state, jnp.arange(n_steps))
+        return state, {"train_loss": losses, "grad_norm": gnorms,
+                       **self.measures(state["params"], clamp_args, step0 + n_steps)}
 
     # ---- compiled programs ----
     def over_seeds(self, fn):
@@ -97,10 +119,12 @@ class Trainer:
         return lambda xs, shared: jax.lax.map(lambda x: fn(x, shared), xs)
 
     def chunk_fn(self, n_steps: int):
-        """(state[S], interventions) -> (state[S], outputs[S]); one compile per chunk length."""
+        """(state[S], clamp_args[S], (interventions, step0)) -> (state[S], outputs[S]); one compile
+        per chunk length. The state's buffers are donated; the clamp arrays are not."""
         if n_steps not in self._chunk_fns:
             fn = self.over_seeds(partial(self.chunk, n_steps=n_steps))
-            self._chunk_fns[n_steps] = jax.jit(fn, donate_argnums=0)
+            self._chunk_fns[n_steps] = jax.jit(lambda state, args, shared: fn((state, args), shared),
+                                               donate_argnums=0)
         return self._chunk_fns[n_steps]
 
     def init_state(self) -> dict:
@@ -136,15 +160,16 @@ class Trainer:
     def _fit(self) -> "Trainer":
         if self.state is None:
             self.state = self.init_state()
-        for cb in self.callbacks:
+        for cb in self.all_callbacks:
             cb.on_start(self)
         if self.step == 0 and self.cfg.measures.enabled:
-            measure = self.over_seeds(lambda params, _: self.measures(params))
-            self._log(0, jax.device_get(jax.jit(measure)(self.state["params"], None)))
+            measure = self.over_seeds(lambda xs, t: self.measures(*xs, t))
+            self._log(0, jax.device_get(jax.jit(measure)((self.state["params"], self.clamp_args), jnp.int32(0))))
         try:
             while self.step < self.cfg.train.steps:
                 n = min(self.cfg.train.log_every, self.cfg.train.steps - self.step)
-                self.state, out = self.chunk_fn(n)(self.state, self.interventions)
+                shared = (self.interventions, jnp.int32(self.step))
+                self.state, out = self.chunk_fn(n)(self.state, self.clamp_args, shared)
                 out = jax.device_get(out)
                 bad = ~np.isfinite(out["train_loss"])
                 if bad.any():
@@ -164,7 +189,7 @@ class Trainer:
                 self.status = f"failed at step {self.step}: {type(e).__name__}: {e}"
             raise
         finally:
-            for cb in self.callbacks:
+            for cb in self.all_callbacks:
                 cb.on_end(self)
         return self
 
@@ -176,8 +201,13 @@ class Trainer:
                 continue
             record[k] = (np.asarray(v).mean(axis=1) if k in PER_STEP else np.asarray(v)).tolist()
         self.records.append(record)
-        for cb in self.callbacks:
+        for cb in self.all_callbacks:
             cb.on_log(self, record, out)
+
+    @property
+    def all_callbacks(self) -> list:
+        """The trainer's own callbacks (choosing clamp heads) first, then the user's."""
+        return self._own_callbacks + self.callbacks
 
     # ---- results ----
     def metrics(self) -> dict[str, np.ndarray]:

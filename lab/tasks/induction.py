@@ -75,6 +75,14 @@ class InductionTask:
     def sample(self, key: jax.Array, batch_size: int) -> TokenBatch:
         return jax.vmap(self._sample_one)(jax.random.split(key, batch_size))
 
+    def induction_attention(self, batch: TokenBatch) -> tuple[jax.Array, jax.Array]:
+        """Where an ideal induction head attends: (B, T, T) weights over keys (one-hot on the token
+        after the previous occurrence of the query's token) and the (B, T) rows that have such a key.
+        Clamps build ideal induction patterns from this, so every task defines its own."""
+        target = batch.induction_target
+        rows = target >= 0
+        return jax.nn.one_hot(jnp.where(rows, target, 0), self.seq_len) * rows[..., None], rows
+
     def probe(self) -> TokenBatch:
         """The fixed probe batch the measures are evaluated on (same for every seed and run)."""
         return jax.jit(self.sample, static_argnums=1)(jax.random.PRNGKey(self.probe_seed), self.probe_size)

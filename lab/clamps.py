@@ -1,0 +1,449 @@
+"""Clamps ("artificial optogenetics", Singh et al. 2024): fix an activation to a chosen value for a
+window of training steps, with gradients flowing through everything left free.
+
+A clamp config (`ClampConfig`, one per name under `clamps:`) becomes
+- a static `ClampSpec` per concrete hook site (what to compute: site, value kind, when it applies);
+  changing these recompiles, and
+- a dict of arrays, `args[spec.key]` (window, strength schedule, head/batch/position masks,
+  factors), with a leading seed axis, passed to the compiled chunk as a traced argument. Switching
+  a clamp on, ramping it, releasing it, or choosing its heads mid-run changes only these arrays,
+  so it never recompiles. The strength is computed inside the scan from the step number, so
+  windows start and stop at exact steps, not at chunk boundaries.
+
+`Clamps.forward` runs the model with the clamps active for a mode (train / eval / one measure clamp),
+including the extra passes some values need: the clean pass of the same weights (preserve,
+resample), the probe pass (mean) and the frozen source model (graft).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lab.callbacks import Callback
+from lab.config import ConfigError
+from lab.hooks import Intervention, resolve_names
+
+SCHEDULES = {"constant": 0, "linear": 1, "cosine": 2, "release": 3}
+PATTERN_VALUES = ("prev_token", "induction")
+CLEAN_VALUES = ("preserve", "resample")      # need the clean pass on the same batch
+VALUES = PATTERN_VALUES + ("zero", "mean") + CLEAN_VALUES + ("graft", "perfect_copy", "scale")
+APPLY = ("train", "eval", "both", "measure")
+MODES = {"train": ("train", "both"), "eval": ("eval", "both"), "measure": ("measure",)}
+NEVER = 2 ** 30                               # stop of an open-ended window
+
+
+def site_axes(site: str) -> tuple:
+    """Axis names of a site's activation; None marks a feature axis."""
+    kind = site.rsplit(".", 1)[-1]
+    if ".attn." in site and kind in ("pattern", "scores"):
+        return ("batch", "head", "query", "key")
+    if ".attn." in site and kind in ("q", "k", "v", "z", "out"):
+        return ("batch", "query", "head", None)
+    return ("batch", "query", None)
+
+
+def layer_of(site: str) -> Optional[int]:
+    m = re.match(r"blocks\.(\d+)\.", site)
+    return int(m.group(1)) if m else None
+
+
+def schedule_strength(t, a: dict) -> jax.Array:
+    """Strength at step t: 0 outside [start, stop); inside, peak times 1 (constant), a linear or
+    cosine ramp reaching 1 after ramp steps (linear, cosine), or a linear ramp down to 0 at stop
+    (release)."""
+    t = jnp.asarray(t, jnp.float32)
+    active = (t >= a["start"]) & (t < a["stop"])
+    ramp = jnp.maximum(a["ramp"], 1.0)
+    up = jnp.clip((t - a["start"] + 1) / ramp, 0.0, 1.0)
+    down = jnp.clip((a["stop"] - t) / ramp, 0.0, 1.0)
+    frac = jnp.select([a["kind"] == 1, a["kind"] == 2, a["kind"] == 3],
+                      [up, 0.5 - 0.5 * jnp.cos(jnp.pi * up), down], 1.0)
+    return jnp.where(active, a["peak"] * frac, 0.0)
+
+
+def prev_token_pattern(T: int, s) -> jax.Array:
+    """(T, T) ideal previous-token pattern: row i puts s on i-1 and 1-s on i; row 0 attends to itself."""
+    eye = jnp.eye(T)
+    return (s * jnp.eye(T, k=-1) + (1 - s) * eye).at[0].set(eye[0])
+
+
+def induction_pattern(weights: jax.Array, s) -> jax.Array:
+    """(B, T, T) ideal induction pattern from the task's target weights (B, T, T): s on the targets,
+    1-s on the query itself."""
+    return s * weights + (1 - s) * jnp.eye(weights.shape[-1])
+
+
+def copy_logits(pattern: jax.Array, tokens: jax.Array, vocab: int) -> jax.Array:
+    """(B, T, V) "perfect copy" logits: log of the attention mass on each token id, i.e. the head's
+    attention read out as a distribution over the tokens it attends to."""
+    mass = jnp.einsum("bqk,bkv->bqv", pattern, jax.nn.one_hot(tokens, vocab, dtype=pattern.dtype))
+    return jnp.log(mass + 1e-6)
+
+
+@dataclass(frozen=True)
+class ClampSpec:
+    """The static part of one clamp on one concrete site."""
+    name: str
+    key: str            # key of its arrays in the clamp args
+    site: str
+    value: str
+    apply: str
+    grad: bool
+    source: Optional[str] = None
+    copy_from: Optional[tuple] = None    # (layer, head) for perfect_copy
+
+    @property
+    def axes(self) -> tuple:
+        return site_axes(self.site)
+
+
+def _err(name: str, key: str, value, why: str) -> ConfigError:
+    return ConfigError(f"clamps.{name}.{key}={value!r}: {why}")
+
+
+def _index_mask(name, key, idx, size, what, limit) -> np.ndarray:
+    mask = np.zeros(size, bool)
+    if idx is None:
+        mask[:] = True
+        return mask
+    for i in idx:
+        if not isinstance(i, int) or not -size <= i < size:
+            raise _err(name, key, list(idx), f"{what} {i} does not exist ({limit}: 0..{size - 1})")
+        mask[int(i)] = True
+    return mask
+
+
+def _parse_head(name: str, text, n_layers: int, n_heads: int) -> tuple:
+    m = re.fullmatch(r"L(\d+)H(\d+)", str(text or ""))
+    if not m:
+        raise _err(name, "copy_from", text, "perfect_copy needs the head whose attention builds the logits, e.g. L1H0")
+    l, h = int(m.group(1)), int(m.group(2))
+    if l >= n_layers or h >= n_heads:
+        raise _err(name, "copy_from", text, f"no such head (model.n_layers={n_layers}, model.n_heads={n_heads})")
+    return l, h
+
+
+class Clamps:
+    """Every clamp of a run: validated specs, their traced arrays, and the clamped forward pass."""
+
+    def __init__(self, cfgs, model, task, train_cfg, probe, measures_enabled: bool = True):
+        self.model, self.task, self.probe = model, task, probe
+        self.T, self.H = task.seq_len, model.n_heads
+        self.n_batch = max(train_cfg.batch_size, probe.tokens.shape[0])
+        self.steps = train_cfg.steps
+        self.batch_size = train_cfg.batch_size
+        self.cfgs = {name: c for name, c in (cfgs or {}).items()}
+        self.specs: list[ClampSpec] = []
+        self.base_args: dict[str, dict] = {}
+        self.auto: dict[str, dict] = {}        # name -> how its heads are chosen, and the choice
+        self.sources: dict[str, tuple] = {}    # run dir -> (Model, params with a seed axis)
+        for name, c in self.cfgs.items():
+            self._add(name, c, measures_enabled)
+
+    def __bool__(self) -> bool:
+        return bool(self.specs)
+
+    # ---- config -> specs and arrays ----
+    def _add(self, name: str, c, measures_enabled: bool) -> None:
+        from lab.config import _choice
+        for key, allowed in (("value", VALUES), ("apply", APPLY), ("schedule", tuple(SCHEDULES))):
+            _choice(f"clamps.{name}.{key}", c[key], allowed)
+        sites = self._sites(name, c)
+        if c.start < 0:
+            raise _err(name, "start", c.start, "must be >= 0")
+        if c.start >= self.steps:
+            raise _err(name, "start", c.start, f"the window starts after training ends (train.steps={self.steps})")
+        if c.stop is not None and c.stop <= c.start:
+            raise _err(name, "stop", c.stop, f"the window [start, stop) ends before it starts (start={c.start})")
+        for key in ("strength", "pattern_strength"):
+            if not 0.0 <= c[key] <= 1.0:
+                raise _err(name, key, c[key], "must lie in [0, 1]")
+        if c.schedule != "constant" and c.ramp_steps <= 0:
+            raise _err(name, "ramp_steps", c.ramp_steps, f"schedule={c.schedule} needs ramp_steps > 0")
+        if c.schedule == "release" and c.stop is None:
+            raise _err(name, "stop", None, "schedule=release ramps down to the window's stop; set stop")
+        if c.apply == "measure" and not measures_enabled:
+            raise _err(name, "apply", "measure", "needs measures.enabled=true")
+        if c.grad and c.value not in ("mean",) + CLEAN_VALUES:
+            raise _err(name, "grad", True, f"only mean, resample and preserve values are computed from the "
+                                           f"model being trained; value={c.value} has no such gradient path")
+        copy_from = None
+        if c.value == "perfect_copy":
+            copy_from = _parse_head(name, c.copy_from, self.model.n_layers, self.H)
+        if c.value == "graft" or (c.heads == "auto" and c.source):
+            if not c.source:
+                raise _err(name, "source", None, "value=graft needs source: a run directory with checkpoints")
+            self._load_source(name, c, sites if c.value == "graft" else [])
+        heads = self._heads(name, c, sites)
+        for i, site in enumerate(sites):
+            key = name if len(sites) == 1 else f"{name}/{site}"
+            self.specs.append(ClampSpec(name, key, site, c.value, c.apply, bool(c.grad),
+                                        c.source if c.value == "graft" else None, copy_from))
+            self.base_args[key] = {
+                "start": np.float32(c.start), "stop": np.float32(NEVER if c.stop is None else c.stop),
+                "peak": np.float32(c.strength), "ramp": np.float32(c.ramp_steps),
+                "kind": np.int32(SCHEDULES[c.schedule]),
+                "pattern_strength": np.float32(c.pattern_strength), "factor": np.float32(c.factor),
+                "heads": heads, "batch": _index_mask(name, "batch", c.batch, self.n_batch, "batch item", "batch and probe size"),
+                "queries": _index_mask(name, "queries", c.queries, self.T, "position", f"task.seq_len={self.T}"),
+                "keys": _index_mask(name, "keys", c["keys"], self.T, "key position", f"task.seq_len={self.T}"),
+            }
+        if c.batch is not None and max(c.batch) >= self.batch_size and c.apply in ("train", "both"):
+            raise _err(name, "batch", list(c.batch), f"item {max(c.batch)} does not exist in a training batch "
+                                                     f"(train.batch_size={self.batch_size})")
+
+    def _sites(self, name: str, c) -> list[str]:
+        names = self.model.hook_names
+        L = self.model.n_layers
+        layer = layer_of(c.site)
+        if layer is not None and layer >= L:
+            raise _err(name, "site", c.site, f"layer {layer} does not exist (model.n_layers={L}, layers 0..{L - 1})")
+        try:
+            sites = resolve_names([c.site], names)
+        except KeyError:
+            kinds = sorted({re.sub(r"blocks\.\d+\.", "blocks.<l>.", n) for n in names})
+            raise _err(name, "site", c.site, f"no such hook site; sites: {', '.join(kinds)}") from None
+        if c.layers is not None:
+            bad = [l for l in c.layers if not 0 <= l < L]
+            if bad:
+                raise _err(name, "layers", list(c.layers), f"layer {bad[0]} does not exist (model.n_layers={L})")
+            sites = [s for s in sites if layer_of(s) in set(c.layers)]
+            if not sites:
+                raise _err(name, "layers", list(c.layers), f"no site matching {c.site!r} lies in these layers")
+        for site in sites:
+            axes = site_axes(site)
+            if c.value in PATTERN_VALUES and not site.endswith(".attn.pattern"):
+                raise _err(name, "site", site, f"value={c.value} is an attention pattern; put it on "
+                                               f"blocks.<l>.attn.pattern (this site has {'no key axis' if 'key' not in axes else 'pre-softmax scores'})")
+            if c.value == "perfect_copy" and site != "logits":
+                raise _err(name, "site", site, "value=perfect_copy replaces the output logits; use site: logits")
+            if c["keys"] is not None and "key" not in axes:
+                raise _err(name, "keys", list(c["keys"]), f"site {site} has no key axis (only attn.pattern and attn.scores do)")
+            if c.heads is not None and "head" not in axes:
+                raise _err(name, "heads", c.heads, f"site {site} has no head axis; drop heads or choose a "
+                                                   "blocks.<l>.attn.{q,k,v,z,out,scores,pattern} site")
+        return sites
+
+    def _heads(self, name: str, c, sites) -> np.ndarray:
+        if c.heads is None:
+            return np.ones(self.H, bool)
+        if c.heads == "auto":
+            if not 1 <= c.auto_k <= self.H:
+                raise _err(name, "auto_k", c.auto_k, f"must be in 1..{self.H} (model.n_heads)")
+            if len({layer_of(s) for s in sites}) != 1:
+                raise _err(name, "heads", "auto", "automatic heads need a site in one layer")
+            measure = c.auto_measure or ("prev_token_corrected" if c.value == "prev_token" else "induction")
+            step = c.start if c.auto_step is None else c.auto_step
+            if c.source is None and step > c.start:
+                raise _err(name, "auto_step", step, f"heads must be chosen before the window starts (start={c.start})")
+            self.auto[name] = {"measure": measure, "layer": layer_of(sites[0]), "k": c.auto_k,
+                               "step": None if c.source else step, "source": c.source,
+                               "heads_per_seed": None, "chosen_at_step": None}
+            return np.zeros(self.H, bool)   # inactive until the heads are chosen
+        if isinstance(c.heads, str) or not all(isinstance(h, int) for h in c.heads):
+            raise _err(name, "heads", c.heads, "must be null (all heads), a list of head indices, or auto")
+        return _index_mask(name, "heads", list(c.heads), self.H, "head", f"model.n_heads={self.H}")
+
+    def _load_source(self, name: str, c, sites: list[str]) -> None:
+        """A frozen run's parameters (newest or `source_step` checkpoint), checked against this model."""
+        if c.source in self.sources:
+            src_model, _ = self.sources[c.source]
+        else:
+            from omegaconf import OmegaConf
+            from lab.checkpoint import Checkpoints
+            from lab.train import Trainer
+            run = Path(c.source).expanduser()
+            if not (run / "config.yaml").is_file() or not (run / "checkpoints").is_dir():
+                raise _err(name, "source", c.source, "not a run directory with config.yaml and checkpoints/")
+            src_cfg = OmegaConf.load(run / "config.yaml")
+            src_cfg.train.steps, src_cfg.clamps = max(src_cfg.train.steps, 1), {}
+            src = Trainer(src_cfg)
+            if (src.task.model_vocab_size, src.task.seq_len) != (self.model.vocab_size, self.T):
+                raise _err(name, "source", c.source, f"its task has vocabulary {src.task.model_vocab_size} and "
+                                                     f"seq_len {src.task.seq_len}; this run has {self.model.vocab_size} and {self.T}")
+            ck = Checkpoints(run / "checkpoints", src_cfg.train.keep_checkpoints)
+            steps = ck.manager.all_steps()
+            if not steps or (c.source_step is not None and c.source_step not in steps):
+                ck.close()
+                raise _err(name, "source_step" if steps else "source", c.source_step if steps else c.source,
+                           f"no such checkpoint; available steps: {sorted(steps) or 'none'}")
+            _, state = ck.restore(jax.eval_shape(src.init_state), c.source_step)
+            ck.close()
+            src_model = src.model
+            self.sources[c.source] = (src_model, jax.device_get(state["params"]))
+        for site in sites:
+            if site not in src_model.hook_names:
+                raise _err(name, "site", site, f"the graft source {c.source} has no such site")
+            ours, theirs = (self._site_shape(m, site) for m in (self.model, src_model))
+            if ours != theirs:
+                raise _err(name, "source", c.source, f"shape mismatch at {site}: the source model gives "
+                                                     f"{theirs[1:]}, this model {ours[1:]} (per sequence)")
+
+    def _site_shape(self, model, site) -> tuple:
+        params = jax.eval_shape(model.init, jax.random.key(0))
+        tokens = jax.ShapeDtypeStruct((1, self.T), jnp.int32)
+        out = jax.eval_shape(lambda p, t: model.apply(p, t, cache_names=(site,))[1][site], params, tokens)
+        return tuple(out.shape)
+
+    def init_args(self, n_seeds: int) -> dict:
+        """The traced clamp arrays with a leading seed axis, plus the frozen sources' parameters."""
+        args = {k: {n: np.stack([v] * n_seeds) for n, v in a.items()} for k, a in self.base_args.items()}
+        grafts = {}
+        for spec in self.specs:
+            if spec.value == "graft" and spec.source not in grafts:
+                params = self.sources[spec.source][1]
+                n_src = jax.tree.leaves(params)[0].shape[0]
+                if n_src not in (1, n_seeds) and n_src < n_seeds:
+                    raise ConfigError(f"clamps.{spec.name}.source={spec.source!r} has {n_src} seeds; "
+                                      f"this run has {n_seeds}: use a source with 1 or >= {n_seeds} seeds")
+                idx = np.arange(n_seeds) % n_src if n_src == 1 else np.arange(n_seeds)
+                grafts[spec.source] = jax.tree.map(lambda x: x[idx], params)
+        args["_sources"] = grafts
+        return args
+
+    # ---- the clamped forward pass ----
+    def active(self, mode: str, only: Optional[str] = None) -> list[ClampSpec]:
+        return [s for s in self.specs if s.apply in MODES[mode] and (only is None or s.name == only)]
+
+    def _mask(self, spec: ClampSpec, a: dict, B: int) -> jax.Array:
+        parts = {"batch": a["batch"][:B], "head": a["heads"], "query": a["queries"], "key": a["keys"]}
+        axes = spec.axes
+        mask = jnp.ones((1,) * len(axes), bool)
+        for i, ax in enumerate(axes):
+            if ax is not None:
+                shape = [1] * len(axes)
+                shape[i] = -1
+                mask = mask & parts[ax].reshape(shape)
+        return mask
+
+    def forward(self, params, batch, args: dict, t, mode: str = "train", only: Optional[str] = None,
+                extra: Optional[dict] = None, cache_names=()):
+        """(logits, cache) of the model on `batch` with the clamps of `mode` at step t applied, after
+        any `extra` interventions ({site: Intervention}, e.g. the trainer's own)."""
+        specs = self.active(mode, only)
+        tokens = batch.tokens
+        ivs = defaultdict(list)
+        for site, iv in (extra or {}).items():
+            ivs[site].append(iv)
+        if not specs:
+            return self.model.apply(params, tokens, dict(ivs), cache_names)
+        B = tokens.shape[0]
+        clean = self._pass(params, tokens, {s.site for s in specs if s.value in CLEAN_VALUES})
+        probe = self._pass(params, self.probe.tokens, {s.site for s in specs if s.value == "mean"})
+        grafted = {}
+        for src in {s.source for s in specs if s.value == "graft"}:
+            model = self.sources[src][0]
+            grafted[src] = self._pass(args["_sources"][src], tokens, {s.site for s in specs if s.source == src}, model)
+        cache_names = list(cache_names)
+        for spec in specs:
+            a = args[spec.key]
+            mask = self._mask(spec, a, B)
+            value = self._value(spec, a, batch, clean, probe, grafted)
+            if spec.value == "induction":
+                weights, rows = self.task.induction_attention(batch)
+                mask = mask & rows[:, None, :, None]
+            if spec.value == "perfect_copy":
+                site = f"blocks.{spec.copy_from[0]}.attn.pattern"
+                cache_names.append(site)
+            ivs[spec.site].append(Intervention(mask, value, schedule_strength(t, a)))
+        return self.model.apply(params, tokens, dict(ivs), tuple(dict.fromkeys(cache_names)))
+
+    def _pass(self, params, tokens, sites: set, model=None) -> dict:
+        if not sites:
+            return {}
+        return (model or self.model).apply(params, tokens, cache_names=tuple(sorted(sites)))[1]
+
+    def _value(self, spec: ClampSpec, a: dict, batch, clean: dict, probe: dict, grafted: dict):
+        s, kind = a["pattern_strength"], spec.value
+        sg = (lambda x: x) if spec.grad else jax.lax.stop_gradient
+        if kind == "prev_token":
+            return prev_token_pattern(self.T, s)
+        if kind == "induction":
+            return induction_pattern(self.task.induction_attention(batch)[0], s)[:, None]
+        if kind == "zero":
+            return jnp.zeros(())
+        if kind == "mean":
+            return sg(probe[spec.site].mean(0, keepdims=True))
+        if kind == "preserve":
+            return sg(clean[spec.site])
+        if kind == "resample":   # each item gets the activation of another sequence in the batch
+            return sg(jnp.roll(clean[spec.site], 1, axis=0))
+        if kind == "graft":
+            return jax.lax.stop_gradient(grafted[spec.source][spec.site])
+        if kind == "scale":
+            return lambda x, cache: a["factor"] * x
+        if kind == "perfect_copy":
+            layer, head = spec.copy_from
+            vocab = self.model.vocab_size
+            return lambda x, cache: copy_logits(cache[f"blocks.{layer}.attn.pattern"][:, head], batch.tokens, vocab)
+        raise AssertionError(kind)
+
+    # ---- automatic heads ----
+    def choose_heads(self, args: dict, name: str, scores: np.ndarray, step: Optional[int]) -> dict:
+        """Set clamp `name`'s heads per seed to the top-k of `scores` (seeds, heads); returns new args."""
+        info = self.auto[name]
+        top = np.argsort(-scores, axis=-1, kind="stable")[:, :info["k"]]
+        info["heads_per_seed"] = [sorted(int(h) for h in row) for row in top]
+        info["chosen_at_step"] = step
+        mask = np.zeros((scores.shape[0], self.H), bool)
+        np.put_along_axis(mask, top, True, axis=-1)
+        args = dict(args)
+        for spec in self.specs:
+            if spec.name == name:
+                args[spec.key] = {**args[spec.key], "heads": jnp.asarray(mask)}
+        return args
+
+    def describe(self) -> dict:
+        """What summary.json records about the clamps (sites, windows, chosen heads)."""
+        out = {}
+        for name, c in self.cfgs.items():
+            sites = [s.site for s in self.specs if s.name == name]
+            d = {"sites": sites, "value": c.value, "apply": c.apply, "window": [c.start, c.stop],
+                 "schedule": c.schedule, "strength": c.strength, "heads": c.heads if c.heads == "auto" else
+                 (list(c.heads) if c.heads is not None else None)}
+            if name in self.auto:
+                a = self.auto[name]
+                d.update({k: a[k] for k in ("measure", "heads_per_seed", "chosen_at_step", "source")})
+            out[name] = json.loads(json.dumps(d))
+        return out
+
+
+class AutoHeads(Callback):
+    """Chooses the heads of `heads: auto` clamps: from a source run's checkpoint at the start, or
+    from this run's measures at the first log step >= auto_step. Changes only traced arrays."""
+
+    def on_start(self, trainer):
+        clamps = trainer.clamps
+        for name, info in clamps.auto.items():
+            if info["source"] is not None:
+                model, params = clamps.sources[info["source"]]
+                measure = jax.jit(jax.vmap(lambda p: trainer.probe_scores(model, p)))(params)
+                scores = np.asarray(measure[info["measure"]])[:, info["layer"]]
+                scores = np.broadcast_to(scores, (len(trainer.seeds), scores.shape[-1])) if len(scores) == 1 \
+                    else scores[:len(trainer.seeds)]
+                trainer.clamp_args = clamps.choose_heads(trainer.clamp_args, name, scores, None)
+            else:   # resumed: choose again from the restored records
+                for record in trainer.records:
+                    self.on_log(trainer, record, {})
+
+    def on_log(self, trainer, record, outputs):
+        clamps = trainer.clamps
+        for name, info in clamps.auto.items():
+            if info["heads_per_seed"] is None and info["step"] is not None and record["step"] >= info["step"]:
+                if info["measure"] not in record:
+                    raise ConfigError(f"clamps.{name}.auto_measure={info['measure']!r} is not a logged per-head measure")
+                scores = np.asarray(record[info["measure"]])[:, info["layer"]]
+                trainer.clamp_args = clamps.choose_heads(trainer.clamp_args, name, scores, record["step"])
+                if record["step"] > trainer.cfg.clamps[name].start:
+                    import logging
+                    logging.getLogger(__name__).info("clamp %s: heads chosen at step %d (first log step >= %d)",
+                                                     name, record["step"], info["step"])
