@@ -178,6 +178,14 @@ def test_graft_from_a_checkpoint(tiny_overrides, tmp_path):
                                       cache_names=("blocks.0.resid_post",))
     _, want = src.run_with_cache(probe.tokens, names=["blocks.0.resid_post"])
     np.testing.assert_allclose(cache["blocks.0.resid_post"], want["blocks.0.resid_post"], rtol=1e-5, atol=1e-6)
+    # heads chosen from the source checkpoint's measures
+    auto = lab.Trainer(lab.load_config(tiny_overrides + [
+        f"+clamps.a={{site: blocks.0.attn.pattern, value: prev_token, heads: auto, source: '{tmp_path / 'src'}'}}"]))
+    from lab.clamps import AutoHeads
+    AutoHeads().on_start(auto)
+    scores = auto.probe_scores(src.model, src.seed_params(0))["prev_token_corrected"][0]
+    assert auto.clamps.auto["a"]["heads_per_seed"] == [[int(np.argmax(scores))]]
+    assert np.asarray(auto.clamp_args["a"]["heads"]).sum() == 1
     bad = tiny_overrides + ["model.d_model=32", f"+clamps.g={{site: blocks.0.resid_post, value: graft, source: '{tmp_path / 'src'}'}}"]
     with pytest.raises(ConfigError, match="shape mismatch at blocks.0.resid_post"):
         lab.Trainer(lab.load_config(bad))
@@ -235,6 +243,9 @@ BAD_CLAMPS = [
     ("{site: blocks.0.atn.pattern, value: zero}", "no such hook site"),
     ("{site: logits, value: perfect_copy, copy_from: L2H0}", "no such head"),
     ("{site: blocks.0.resid_post, value: graft, source: /nonexistent}", "not a run directory"),
+    ("{site: blocks.0.attn.pattern, value: zero, strat: 5}", "unknown config key 'clamps.c.strat'; did you mean 'clamps.c.start'?"),
+    ("{value: zero}", "clamps.c.site is required"),
+    ("{site: blocks.0.attn.pattern, value: zero, start: soon}", "clamps.c: Value 'soon' of type 'str' could not be converted to Integer"),
 ]
 
 
@@ -242,6 +253,12 @@ BAD_CLAMPS = [
 def test_bad_clamps_fail_at_startup(tiny_overrides, spec, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         lab.Trainer(lab.load_config(tiny_overrides + [f"+clamps.c={spec}"]))
+
+
+def test_cli_mistyped_clamp_key_suggests_the_right_one(tiny_overrides):
+    p = subprocess.run([sys.executable, "-m", "lab.train", *tiny_overrides, "clamp=perfect_prev_token",
+                        "clamps.prev_token.haeds=[1]"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "did you mean 'clamps.prev_token.heads'?" in p.stderr
 
 
 def test_cli_bad_clamp_is_one_line(tmp_path, tiny_overrides):
