@@ -28,12 +28,24 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def restore(self, like: dict, step: Optional[int] = None) -> tuple[int, dict]:
-        """Restore into the structure (and shapes) of `like`; newest step by default."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        """Restore into the structure (and shapes) of `like`: `step`, or else the newest checkpoint
+        that reads back whole; a damaged one (cut files, a disk error) is skipped with a warning."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        return step, self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        candidates = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+        if not candidates:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        for i, s in enumerate(candidates):
+            try:
+                state = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
+                for damaged in candidates[:i]:   # unreadable, and in the way of the resumed run's saves
+                    self.manager.delete(damaged)
+                return s, state
+            except Exception as e:   # orbax/tensorstore raise many kinds; any failure means unreadable
+                if i == len(candidates) - 1:
+                    raise FileNotFoundError(f"no readable checkpoint in {self.directory}: step {s}: "
+                                            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+                log.warning("checkpoint %s/%d is damaged (%s); falling back to an older one",
+                            self.directory, s, type(e).__name__)
 
     def close(self) -> None:
         self.manager.close()

@@ -74,12 +74,49 @@ def _run_dirs(path: Path) -> list[Path]:
     return sorted(p.parent for p in path.glob("*/metrics.jsonl"))
 
 
+def _compare_main(dirs: list[Path], metric: str, out: Path | None) -> None:
+    runs, missing = [], []
+    for d in dirs:
+        found = _run_dirs(d)
+        runs += found
+        if not found:
+            missing.append(str(d))
+    if missing:
+        print(f"error: not a run directory (no metrics.jsonl in it or in its subdirectories): {', '.join(missing)}",
+              file=sys.stderr)
+        sys.exit(2)
+    from lab.plots import plot_compare
+    try:
+        path = plot_compare(runs, out or Path("compare.png"), metric=metric)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{path}\n{path.with_suffix('.json')}")
+    sys.exit(0)
+
+
 def plot_main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="lab-plot", description="Redraw every plot of a run from its saved metrics.")
-    parser.add_argument("run_dir", nargs="+", type=Path,
+    parser = argparse.ArgumentParser(
+        prog="lab-plot", description="Redraw every plot of a run from its saved metrics, or compare runs.",
+        usage="%(prog)s RUN_DIR [RUN_DIR ...] [--out DIR]\n"
+              "       %(prog)s --compare DIR DIR [DIR ...] [--metric loss_repeat] [--out compare.png]")
+    parser.add_argument("run_dir", nargs="*", type=Path,
                         help="run directories (each holds metrics.jsonl), or multirun directories holding runs")
-    parser.add_argument("--out", type=Path, default=None, help="write the PNGs here instead of <run_dir>/plots")
+    parser.add_argument("--compare", nargs="+", type=Path, metavar="DIR",
+                        help="overlay these runs (or every job of these multirun directories) in one figure, "
+                             "labelled by how their configs differ; also writes <out>.json and prints a table")
+    parser.add_argument("--metric", default=None,
+                        help="with --compare: the per-seed metric to overlay (default loss_repeat)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the PNGs here instead of <run_dir>/plots; with --compare, the figure's path "
+                             "(default compare.png in the current directory)")
     args = parser.parse_args(argv)
+    if args.compare:
+        _compare_main(args.compare + args.run_dir, args.metric or "loss_repeat", args.out)
+    if args.metric is not None:
+        parser.error("--metric applies only with --compare")
+    if not args.run_dir:
+        parser.error("give a run directory, or --compare DIR DIR ...")
     from lab.plots import plot_run
     status = 0
     for d in args.run_dir:

@@ -2,9 +2,12 @@
 snapshots and loss by position.
 
 Everything is read from the files the trainer writes (metrics.jsonl, summary.json,
-attention.npz), so plots can be redrawn for a finished or a killed run without JAX.
+attention.npz, config.yaml), so plots can be redrawn for a finished or a killed run without JAX.
 Unknown per-seed scalars and per-head measures are picked up by shape and drawn in the
 overview figures, so a new measure needs no change here.
+
+Clamps (config.yaml `clamps:`) are shaded on the loss, per-head line and all-scalars figures;
+`plot_compare` overlays several runs' curves, labelled by how their configs differ.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ matplotlib.use("Agg")  # headless: runs on servers and in CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
@@ -151,6 +155,22 @@ def _load_summary(run_dir: Path) -> dict:
         return {}
 
 
+def load_config(run_dir) -> dict:
+    """The run's resolved config.yaml as a dict; {} when absent or unreadable."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        warnings.warn(f"{path}: not valid YAML; plotting without config information")
+        return {}
+    if not isinstance(config, dict):
+        warnings.warn(f"{path}: not a mapping; plotting without config information")
+        return {}
+    return config
+
+
 def _load_attention(run_dir: Path) -> dict | None:
     path = run_dir / "attention.npz"
     if not path.exists():
@@ -242,6 +262,255 @@ def _transition(summary: dict, metric: str = "loss_repeat") -> _Transition | Non
     )
 
 
+# ----------------------------------------------------------------------------- clamps
+
+# One hue per clamp, in config order: a light band (the hue at low alpha) behind the curves, and the
+# full hue for its "loss under clamp" line. Green is left out: the accuracy curve is green.
+CLAMP_COLOURS = ["tab:purple", "tab:olive", "tab:cyan", "tab:pink", "tab:brown", "tab:gray", "gold", "navy"]
+CLAMP_ALPHA = 0.17
+RAMP_SCHEDULES = ("linear", "cosine", "release")
+RAMP_BANDS = 8                          # sub-bands that draw a ramp as an alpha gradient
+CLAMPED_INFIX = "_clamped_"             # metrics.jsonl: loss_repeat_clamped_<name> for apply: measure
+TRAINING_APPLIES = ("train", "both")    # clamps that change the weights the run learns
+CLAMP_APPLIES = ("train", "eval", "both", "measure")
+
+
+def _num(value, default: float | None) -> float | None:
+    try:
+        return default if value is None else float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _heads_text(heads) -> str:
+    """[0] -> 'H0', [0, 2] -> 'H0,2', null -> 'all heads'; anything else as written."""
+    if heads is None:
+        return "all heads"
+    if isinstance(heads, int) and not isinstance(heads, bool):
+        return f"H{heads}"
+    if isinstance(heads, (list, tuple)):
+        if not heads:
+            return "no heads"
+        if all(isinstance(h, int) and not isinstance(h, bool) for h in heads):
+            return "H" + ",".join(str(h) for h in heads)
+    return str(heads)
+
+
+def _steps_text(x: float) -> str:
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:g}"
+
+
+@dataclass
+class ClampWindow:
+    """One clamp of a run's config.yaml, resolved to the training steps it covers.
+
+    `start`/`stop` are the window as configured (`stop` None: to the end of training); `end` is
+    where a plot ends it (the configured stop, or the run's last logged step). `ramp` is the part
+    of [start, end] in which the strength is still ramping (linear/cosine: the first ramp_steps
+    after start, up; release: the last ramp_steps before end, down), or None.
+    """
+
+    name: str
+    site: str
+    value: str
+    heads: str                  # display form: 'H0', 'all heads', 'auto → H1'
+    apply: str                  # train | eval | both | measure
+    start: float
+    stop: float | None
+    end: float
+    schedule: str = "constant"
+    ramp_steps: float = 0.0
+    strength: float = 1.0
+    colour: str = CLAMP_COLOURS[0]
+    config: dict = field(default_factory=dict)   # the entry as config.yaml has it
+
+    @property
+    def trains(self) -> bool:
+        """Does the clamp act on training (and so get a filled band)?"""
+        return self.apply in TRAINING_APPLIES
+
+    @property
+    def eval_only(self) -> bool:
+        return self.apply == "eval"
+
+    @property
+    def drawn(self) -> bool:
+        """Windows drawn on the run plots: training clamps filled, eval-only ones outlined."""
+        return (self.trains or self.eval_only) and self.end > self.start
+
+    @property
+    def ramp(self) -> tuple[float, float] | None:
+        if self.schedule not in RAMP_SCHEDULES or self.ramp_steps <= 0 or self.end <= self.start:
+            return None
+        if self.schedule == "release":
+            return max(self.start, self.end - self.ramp_steps), self.end
+        return self.start, min(self.end, self.start + self.ramp_steps)
+
+    def ramp_level(self, t: float) -> float:
+        """Strength (as a fraction of the full strength) a fraction t of the way through the ramp."""
+        if self.schedule == "cosine":
+            return 0.5 * (1 - math.cos(math.pi * t))
+        return 1 - t if self.schedule == "release" else t
+
+    @property
+    def value_text(self) -> str:
+        """The value with what parametrises it: 'scale ×0.5', 'graft from runs/x', 'perfect_copy of L1H0'."""
+        c = self.config
+        if self.value == "scale" and c.get("factor") is not None:
+            return f"scale ×{_num(c['factor'], 1.0):g}"
+        if self.value == "graft" and c.get("source"):
+            step = f" step {c['source_step']}" if c.get("source_step") is not None else ""
+            return f"graft from {Path(str(c['source'])).name}{step}"
+        if self.value == "perfect_copy" and c.get("copy_from"):
+            return f"perfect_copy of {c['copy_from']}"
+        return self.value
+
+    @property
+    def site_text(self) -> str:
+        layers = self.config.get("layers")
+        return self.site + (f" in layers {','.join(map(str, layers))}" if isinstance(layers, list) else "")
+
+    def window_text(self) -> str:
+        return f"{_steps_text(self.start)}–{'end' if self.stop is None else _steps_text(self.stop)}"
+
+    def extras(self) -> list[str]:
+        out = []
+        if self.strength != 1:
+            out.append(f"×{self.strength:g}")
+        if self.ramp is not None:
+            out.append(f"{self.schedule} ramp {_steps_text(self.ramp_steps)}")
+        if self.apply != "both":
+            out.append(f"{self.apply} only")
+        return out
+
+    def legend_label(self) -> str:
+        extras = self.extras()
+        return (f"clamp {self.name}: {self.value_text} on {self.site_text} {self.heads}"
+                + (f" ({', '.join(extras)})" if extras else ""))
+
+    def describe(self) -> str:
+        """'prev_token (blocks.0.attn.pattern H0, 0–end)': for run labels and titles."""
+        # the value is left out where the name says it: 'late_prev_token', not 'late_prev_token=prev_token'
+        value = "" if self.value_text in self.name else f"={self.value_text}"
+        parts = [f"{self.site_text} {self.heads}", self.window_text()] + self.extras()
+        return f"{self.name}{value} ({', '.join(parts)})"
+
+
+def clamp_windows(config: dict | None, last_step: float, summary: dict | None = None) -> list[ClampWindow]:
+    """The clamps of a run's resolved config (`config["clamps"]`, name -> entry), in config order.
+
+    `last_step` ends windows whose stop is null. With `heads: auto`, `summary["clamps"][name]`
+    supplies the heads chosen per seed and the step they were chosen at; the window then starts
+    no earlier than that step. Malformed entries are skipped with a warning.
+    """
+    clamps = (config or {}).get("clamps") or {}
+    if not isinstance(clamps, dict):
+        warnings.warn(f"config 'clamps' is a {type(clamps).__name__}, not a mapping of named clamps; ignored")
+        return []
+    chosen = (summary or {}).get("clamps") or {}
+    out = []
+    for i, (name, entry) in enumerate(clamps.items()):
+        if not isinstance(entry, dict):
+            warnings.warn(f"clamp {name!r} is not a mapping; not drawn")
+            continue
+        apply = str(entry.get("apply") or "both")
+        if apply not in CLAMP_APPLIES:
+            warnings.warn(f"clamp {name!r}: unknown apply {apply!r}; not drawn")
+            continue
+        start = _num(entry.get("start"), 0.0)
+        stop = _num(entry.get("stop"), None)
+        heads = _heads_text(entry.get("heads"))
+        info = chosen.get(name) if isinstance(chosen.get(name), dict) else {}
+        if entry.get("heads") == "auto":
+            per_seed = info.get("heads_per_seed")
+            if isinstance(per_seed, list) and per_seed:
+                texts = list(dict.fromkeys(_heads_text(h) for h in per_seed))
+                heads = "auto → " + (texts[0] if len(texts) == 1 else " | ".join(texts))
+            at = _num(info.get("chosen_at_step"), None)
+            if at is not None:
+                start = max(start, at)   # the clamp cannot act before its heads are chosen
+        out.append(ClampWindow(
+            name=str(name), site=str(entry.get("site", "?")), value=str(entry.get("value", "?")), heads=heads,
+            apply=apply, start=start, stop=stop, end=float(last_step) if stop is None else stop,
+            schedule=str(entry.get("schedule") or "constant"), ramp_steps=_num(entry.get("ramp_steps"), 0.0),
+            strength=_num(entry.get("strength"), 1.0), colour=CLAMP_COLOURS[i % len(CLAMP_COLOURS)],
+            config=dict(entry)))
+    return out
+
+
+def _clamp_note(windows: list[ClampWindow], width: int = 90) -> str:
+    """One title line: 'clamps: prev_token 0–end; ind eval only 0–500'."""
+    parts = []
+    for w in windows:
+        if w.apply == "measure":
+            parts.append(f"{w.name} (measured only)")
+        elif w.apply == "both":
+            parts.append(f"{w.name} {w.window_text()}")
+        else:
+            parts.append(f"{w.name} ({w.apply} only, {w.window_text()})")
+    return textwrap.fill("clamps: " + "; ".join(parts), width) if parts else ""
+
+
+def _shade_clamps(ax, windows: list[ClampWindow], x_range: tuple[float, float], label: bool = False,
+                  colour: str | None = None, alpha: float = CLAMP_ALPHA, rows=None) -> None:
+    """Draw each window that affects the run: a filled band for training clamps (ramps as an
+    alpha gradient), a dashed outline for eval-only ones. Artists get gid 'clamp:<name>'
+    ('clamp:<name>:ramp' for ramp sub-bands). `colour` overrides the clamp's own colour.
+    Bands span the axes' height, or with `rows` (one (y0, y1) per window) those y ranges."""
+    lo, hi = x_range
+    for i, w in enumerate(windows):
+        if rows is None:
+            span = ax.axvspan
+        else:
+            y0, y1 = rows[i]
+            span = lambda a, b, **kw: ax.add_patch(Rectangle((a, y0), b - a, y1 - y0, **kw))  # noqa: E731
+        if not w.drawn:
+            continue
+        a, b = max(w.start, lo), min(w.end, hi)
+        if b <= a:
+            continue
+        c = colour or w.colour
+        text = w.legend_label() if label else None
+        if w.eval_only:
+            span(a, b, fill=False, ec=c, ls="--", lw=1.3, alpha=0.9, zorder=0.6, gid=f"clamp:{w.name}", label=text)
+            continue
+        ramp = w.ramp
+        if ramp is None:
+            span(a, b, color=c, alpha=alpha, lw=0, zorder=0.5, gid=f"clamp:{w.name}", label=text)
+            continue
+        # full-strength part, then the ramp as sub-bands whose alpha follows the strength
+        r0, r1 = ramp
+        for s0, s1 in ((w.start, r0), (r1, w.end)):
+            s0, s1 = max(s0, lo), min(s1, hi)
+            if s1 > s0:
+                span(s0, s1, color=c, alpha=alpha, lw=0, zorder=0.5, gid=f"clamp:{w.name}", label=text)
+                text = None
+        edges = np.linspace(r0, r1, RAMP_BANDS + 1)
+        for k in range(RAMP_BANDS):
+            s0, s1 = max(edges[k], lo), min(edges[k + 1], hi)
+            if s1 > s0:
+                level = w.ramp_level((k + 0.5) / RAMP_BANDS)
+                span(s0, s1, color=c, alpha=alpha * (0.12 + 0.88 * level), lw=0, zorder=0.5,
+                     gid=f"clamp:{w.name}:ramp", label=text)
+                text = None
+
+
+def _clamp_legend(fig, windows: list[ClampWindow]) -> None:
+    """A legend below the panels for the windows _shade_clamps draws (its labels are long)."""
+    handles = []
+    for w in windows:
+        if not w.drawn:
+            continue
+        if w.eval_only:
+            handles.append(Patch(fill=False, ec=w.colour, ls="--", lw=1.3, label=w.legend_label()))
+        else:
+            handles.append(Patch(color=w.colour, alpha=CLAMP_ALPHA + 0.08, lw=0, label=w.legend_label()))
+    if any(w.drawn and w.ramp is not None for w in windows):
+        handles.append(Patch(color="0.5", alpha=0, label="fading shade: strength ramping up or down"))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", fontsize=9, ncols=1, frameon=False)
+
+
 # ----------------------------------------------------------------------------- run bundle
 
 
@@ -257,6 +526,11 @@ class _Run:
     thresholds: dict
     strongest: dict[str, tuple[int, int]]
     has_summary: bool
+    clamps: list[ClampWindow] = field(default_factory=list)
+
+    @property
+    def x_range(self) -> tuple[float, float]:
+        return float(self.steps[0]), float(self.steps[-1])
 
     def head_names(self, key: str) -> list[str]:
         _, _, n_layers, n_heads = self.heads[key].shape
@@ -269,6 +543,25 @@ class _Run:
 
     def status_line(self) -> str:
         return self.status().splitlines()[0]
+
+    def subtitle(self, width: int = 90) -> str:
+        """The status line, and a line naming the clamps if the run has any."""
+        note = _clamp_note(self.clamps, width)
+        return self.status_line() + (f"\n{note}" if note else "")
+
+    def shade_clamps(self, ax, label: bool = False) -> None:
+        _shade_clamps(ax, self.clamps, self.x_range, label=label)
+
+    def clamped(self, base: str) -> list[tuple[str, str, str]]:
+        """(key, clamp name, colour) of each logged `<base>_clamped_<name>` per-seed scalar."""
+        colours = {w.name: w.colour for w in self.clamps}
+        prefix = f"{base}{CLAMPED_INFIX}"
+        out = []
+        for key in self.scalars:
+            if key.startswith(prefix):
+                name = key[len(prefix):]
+                out.append((key, name, colours.get(name, CLAMP_COLOURS[len(out) % len(CLAMP_COLOURS)])))
+        return out
 
 
 def _strongest_head(summary: dict, heads: dict, summary_key: str, metric: str) -> tuple[int, int] | None:
@@ -288,6 +581,7 @@ def _strongest_head(summary: dict, heads: dict, summary_key: str, metric: str) -
 def _gather(run_dir: Path) -> _Run:
     metrics = load_metrics(run_dir)
     summary = _load_summary(run_dir)
+    config = load_config(run_dir)
     n_seeds = _n_seeds(metrics)
     scalars = {k: v for k, v in metrics.items() if k != "step" and v.ndim == 2 and v.shape[1] == n_seeds}
     heads = {k: v for k, v in metrics.items() if v.ndim == 4 and v.shape[1] == n_seeds}
@@ -308,6 +602,7 @@ def _gather(run_dir: Path) -> _Run:
         thresholds=summary.get("thresholds") or {},
         strongest=strongest,
         has_summary=bool(summary),
+        clamps=clamp_windows(config, float(metrics["step"][-1]), summary),
     )
 
 
@@ -326,12 +621,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _plot_seeds(ax, steps, values, label, colour) -> None:
+def _plot_seeds(ax, steps, values, label, colour, ls="-") -> None:
     """Thin line per seed, thick mean; one seed gets just the thick line."""
     if values.shape[1] > 1:
         for s in range(values.shape[1]):
-            ax.plot(steps, values[:, s], color=colour, lw=0.8, alpha=0.4)
-    ax.plot(steps, _seed_mean(values), color=colour, lw=2.2, label=label)
+            ax.plot(steps, values[:, s], color=colour, lw=0.8, alpha=0.4, ls=ls)
+    ax.plot(steps, _seed_mean(values), color=colour, lw=2.2, label=label, ls=ls)
 
 
 def _mark_transition(ax, tr: _Transition | None, band=True, per_seed=True, label=False) -> None:
@@ -358,6 +653,9 @@ def _step_edges(steps: np.ndarray) -> np.ndarray:
 
 
 def _label(key: str) -> str:
+    base, infix, name = key.partition(CLAMPED_INFIX)
+    if infix and base in LABELS:
+        return f"{LABELS[base]} under clamp {name}"
     return LABELS.get(key, key.replace("_", " "))
 
 
@@ -371,6 +669,9 @@ def _plot_loss(run: _Run, path: Path) -> Path:
     for key, colour in (("loss_repeat", "C0"), ("loss", "C1")):
         if key in run.scalars:
             _plot_seeds(ax, run.steps, run.scalars[key], _label(key), colour)
+    for key, name, colour in run.clamped("loss_repeat"):
+        _plot_seeds(ax, run.steps, run.scalars[key], f"loss under clamp {name}", colour, ls="--")
+    run.shade_clamps(ax)
     if run.thresholds.get("loss_repeat") is not None:
         ax.axhline(run.thresholds["loss_repeat"], color="0.3", ls="--", lw=1,
                    label=f"detection threshold ({run.thresholds['loss_repeat']:g})")
@@ -392,6 +693,11 @@ def _plot_loss(run: _Run, path: Path) -> Path:
         ax_acc.tick_params(axis="y", colors="C2")
         ax_acc.set_ylim(-0.02, 1.02)
         drawn.append("accuracy on repeated part (green, left axis)")
+        clamped = run.clamped("acc_repeat")
+        for key, name, colour in clamped:
+            _plot_seeds(ax_acc, run.steps, run.scalars[key], None, colour, ls="--")
+        if clamped:
+            drawn[-1] = drawn[-1][:-1] + "; dashed: under clamp)"
     if "icl_score" in run.scalars:
         ax_icl = ax_acc.twinx()
         _plot_seeds(ax_icl, run.steps, run.scalars["icl_score"], None, "C3")
@@ -399,11 +705,14 @@ def _plot_loss(run: _Run, path: Path) -> Path:
         ax_icl.tick_params(axis="y", colors="C3")
         drawn.append("ICL score (red, right axis)")
     _mark_transition(ax_acc, run.transition, per_seed=False)
+    run.shade_clamps(ax_acc)
     title = " and ".join(drawn) if drawn else "acc_repeat / icl_score not logged"
     ax_acc.set_title(title[0].upper() + title[1:])
     ax_acc.set_xlabel(STEP_LABEL)
     ax_acc.grid(alpha=0.3)
-    fig.suptitle(f"{run.name}: loss and the induction phase change")
+    _clamp_legend(fig, run.clamps)
+    note = _clamp_note(run.clamps)
+    fig.suptitle(f"{run.name}: loss and the induction phase change" + (f"\n{note}" if note else ""))
     return _save(fig, path)
 
 
@@ -456,6 +765,8 @@ def _heatmaps(run: _Run, keys: list[str], path: Path, title: str, shared_unit: b
     subtitle = run.status_line()
     if run.transition and run.transition.detected:
         subtitle += "  (dashed line: loss transition midpoint)"
+    if run.clamps:
+        subtitle += "\n" + _clamp_note(run.clamps)
     fig.suptitle(f"{run.name}: {title}\n{subtitle}", fontsize=12)
     return _save(fig, path)
 
@@ -487,6 +798,7 @@ def _plot_head_lines(run: _Run, keys: list[str], path: Path) -> Path:
         if run.thresholds.get(key) is not None:
             ax.axhline(run.thresholds[key], color="0.3", ls="--", lw=1)
         _mark_transition(ax, run.transition, per_seed=False)
+        run.shade_clamps(ax)
         lo = min(0.0, float(np.nanmin(mean))) if np.isfinite(mean).any() else 0.0
         hi = max(1.0, float(np.nanmax(mean))) if np.isfinite(mean).any() else 1.0
         ax.set_ylim(lo - 0.03, hi + 0.03)
@@ -505,7 +817,8 @@ def _plot_head_lines(run: _Run, keys: list[str], path: Path) -> Path:
         if run.transition.onset is not None and run.transition.end is not None:
             handles.append(Patch(color=MARK_COLOUR, alpha=0.15, label="loss transition onset–end"))
     fig.legend(handles=handles, loc="outside right upper", fontsize=9)
-    fig.suptitle(f"{run.name}: per-head scores over training (bold: strongest head)\n{run.status_line()}",
+    _clamp_legend(fig, run.clamps)
+    fig.suptitle(f"{run.name}: per-head scores over training (bold: strongest head)\n{run.subtitle(65)}",
                  fontsize=12)
     return _save(fig, path)
 
@@ -611,7 +924,7 @@ def _plot_loss_by_position(run: _Run, path: Path) -> Path | None:
         ax.plot(positions, mean[i], color=colour, lw=1.8, label=label)
     ax.set_xlabel("position of predicted token")
     ax.set_ylabel("cross-entropy loss")
-    ax.set_title(f"{run.name}: probe loss by position (mean over seeds)\n{run.status_line()}", fontsize=12)
+    ax.set_title(f"{run.name}: probe loss by position (mean over seeds)\n{run.subtitle()}", fontsize=12)
     ax.grid(alpha=0.3)
     ax.legend(title="training step", loc="best")
     return _save(fig, path)
@@ -631,6 +944,7 @@ def _plot_all_scalars(run: _Run, path: Path) -> Path | None:
     for ax, (key, values) in zip(axes.flat, panels):
         _plot_seeds(ax, run.steps, values, _label(key), "C0")
         _mark_transition(ax, run.transition, band=False, per_seed=False)
+        run.shade_clamps(ax)
         ax.set_title(_label(key), fontsize=11)
         ax.grid(alpha=0.3)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
@@ -640,7 +954,8 @@ def _plot_all_scalars(run: _Run, path: Path) -> Path | None:
         if i + ncols >= len(panels):  # lowest visible panel of its column
             ax.xaxis.set_tick_params(labelbottom=True)
             ax.set_xlabel(STEP_LABEL)
-    fig.suptitle(f"{run.name}: all logged scalars (thin: seeds, thick: mean)\n{run.status_line()}", fontsize=12)
+    _clamp_legend(fig, run.clamps)
+    fig.suptitle(f"{run.name}: all logged scalars (thin: seeds, thick: mean)\n{run.subtitle()}", fontsize=12)
     return _save(fig, path)
 
 
@@ -686,3 +1001,255 @@ def plot_run(run_dir, out_dir=None, figures=None) -> list[Path]:
                 if path is not None:  # None: the data turned out unusable (a warning says why)
                     written.append(path)
     return written
+
+
+# ----------------------------------------------------------------------------- comparison
+
+# Config keys that change how a run is executed or logged, not what it learns: left out of the
+# differences that label runs in a comparison.
+IGNORED_CONFIG_KEYS = {"out_dir", "train.progress", "train.tensorboard", "train.compile_cache", "train.resume",
+                       "train.checkpoint_every", "train.keep_checkpoints", "train.xla_cpu_threads",
+                       "train.seed_axis"}
+_UNSET = object()
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    """{"model": {"n_layers": 2}} -> {"model.n_layers": 2}; `clamps` stays one value."""
+    out = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if dotted == "clamps":
+            out[dotted] = value or {}
+        elif isinstance(value, dict) and value:
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    out.setdefault("clamps", {})  # no key and an empty mapping both mean "no clamps"
+    return out
+
+
+def config_differences(configs: list[dict]) -> list[dict]:
+    """For each config, the dotted keys (in config order) whose values are not the same in all
+    configs, with this config's value (absent keys left out). Runs without a config get {}."""
+    flat = [_flatten(c) if c else None for c in configs]
+    present = [f for f in flat if f is not None]
+    keys = list(dict.fromkeys(k for f in present for k in f if k not in IGNORED_CONFIG_KEYS))
+    differing = [k for k in keys if len({json.dumps(f.get(k, "<unset>"), sort_keys=True, default=str)
+                                         for f in present}) > 1]
+    return [{} if f is None else {k: f.get(k, _UNSET) for k in differing} for f in flat]
+
+
+def _value_text(value) -> str:
+    if value is _UNSET:
+        return "(unset)"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _diff_label(diff: dict, clamps: list[ClampWindow]) -> str:
+    parts = []
+    for key, value in diff.items():
+        if key == "clamps":
+            parts.append("clamps: " + ("; ".join(w.describe() for w in clamps) if clamps else "none"))
+        else:
+            parts.append(f"{key}={_value_text(value)}")
+    return ", ".join(parts)
+
+
+def _short_name(run_dir: Path) -> str:
+    """The directory name; a multirun job's number gets its sweep's name in front ('sweep/3')."""
+    run_dir = run_dir.resolve()
+    return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name
+
+
+def _per_seed_metric(metrics: dict, metric: str, run_dir: Path) -> np.ndarray:
+    if metric not in metrics:
+        have = ", ".join(k for k, v in metrics.items() if v.ndim == 2)
+        raise ValueError(f"{run_dir}: no metric {metric!r} in metrics.jsonl (per-seed metrics there: {have})")
+    values = metrics[metric]
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2:
+        raise ValueError(f"{run_dir}: {metric!r} is not one number per seed (shape {values.shape[1:]})")
+    return values
+
+
+def _final(values: np.ndarray) -> tuple[float | None, float | None]:
+    """Mean and std over seeds of each seed's last finite value."""
+    last = []
+    for s in range(values.shape[1]):
+        finite = values[np.isfinite(values[:, s]), s]
+        if len(finite):
+            last.append(float(finite[-1]))
+    return (float(np.mean(last)), float(np.std(last))) if last else (None, None)
+
+
+@dataclass
+class _Compared:
+    run_dir: Path
+    label: str
+    steps: np.ndarray
+    values: np.ndarray                  # (N, S)
+    transition: _Transition | None
+    phase_metric: str | None
+    clamps: list[ClampWindow]
+    config: dict
+    difference: dict
+
+    def row(self) -> dict:
+        tr = self.transition
+        detected = tr is not None and tr.detected and tr.midpoint is not None
+        final_mean, final_std = _final(self.values)
+        return {
+            "label": self.label, "run_dir": str(self.run_dir), "seeds": int(self.values.shape[1]),
+            "phase_metric": self.phase_metric,
+            "midpoint_mean": tr.midpoint if detected else None,
+            "midpoint_std": (tr.midpoint_std or 0.0) if detected else None,
+            "n_detected": tr.n_detected if tr else None,
+            "n_seeds": tr.n_seeds if tr else None,
+            "final_mean": final_mean, "final_std": final_std,
+            "clamps": {w.name: w.config for w in self.clamps},
+            "config_difference": {k: (None if v is _UNSET else v) for k, v in self.difference.items()},
+        }
+
+
+def _mean_std_text(mean, std, fmt: str) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if std else "")
+
+
+def comparison_table(rows: list[dict], metric: str) -> str:
+    """The plain-text table plot_compare prints: one line per run."""
+    header = ["run", "seeds", "phase-change midpoint", "detected", f"final {metric}"]
+    lines = [[r["label"], str(r["seeds"]), _mean_std_text(r["midpoint_mean"], r["midpoint_std"], ".0f"),
+              "—" if r["n_detected"] is None else f"{r['n_detected']}/{r['n_seeds']}",
+              _mean_std_text(r["final_mean"], r["final_std"], ".4g")] for r in rows]
+    widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
+
+
+def _gather_compared(run_dirs: list[Path], metric: str, labels) -> list[_Compared]:
+    for d in run_dirs:
+        if not (d / "metrics.jsonl").is_file():
+            raise ValueError(f"{d} is not a run directory (no metrics.jsonl)")
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    configs = [load_config(d) for d in run_dirs]
+    diffs = config_differences(configs)
+    runs = []
+    for i, (d, config, diff) in enumerate(zip(run_dirs, configs, diffs)):
+        metrics = load_metrics(d)
+        summary = _load_summary(d)
+        phase_metric = metric if isinstance((summary.get("phase") or {}).get(metric), dict) else "loss_repeat"
+        tr = _transition(summary, phase_metric)
+        clamps = clamp_windows(config, float(metrics["step"][-1]), summary)
+        runs.append(_Compared(run_dir=d, label=labels[i] if labels is not None else _diff_label(diff, clamps),
+                              steps=metrics["step"], values=_per_seed_metric(metrics, metric, d), transition=tr,
+                              phase_metric=phase_metric if tr is not None else None, clamps=clamps,
+                              config=config, difference=diff))
+    # nothing differs (or no config): the directory names tell the runs apart
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.label] = seen.get(r.label, 0) + 1
+    for r in runs:
+        if not r.label:
+            r.label = _short_name(r.run_dir)
+        elif seen[r.label] > 1:
+            r.label = f"{r.label} [{_short_name(r.run_dir)}]"
+    return runs
+
+
+def _clamp_timeline(ax, runs: list[_Compared], timeline: list[tuple[int, ClampWindow]], colours: list) -> None:
+    """One row per (run, clamp): the clamp's window as a bar in the run's colour (ramps fade,
+    eval-only clamps are dashed outlines), labelled with the clamp's name."""
+    for row, (i, w) in enumerate(timeline):
+        r = runs[i]
+        _shade_clamps(ax, [w], (float(r.steps[0]), float(r.steps[-1])), colour=colours[i], alpha=0.55,
+                      rows=[(row - 0.35, row + 0.35)])
+    ax.set_ylim(len(timeline) - 0.5, -0.5)
+    ax.set_yticks(range(len(timeline)))
+    ax.set_yticklabels([w.name for _, w in timeline], fontsize=8.5)
+    for tick, (i, _) in zip(ax.get_yticklabels(), timeline):
+        tick.set_color(colours[i])
+    ax.tick_params(axis="y", length=0)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def plot_compare(run_dirs, out_path, metric: str = "loss_repeat", labels=None, quiet: bool = False) -> Path:
+    """Overlay `metric` (mean over seeds thick, seeds thin) of several runs, with each run's
+    phase-change midpoint (± std over seeds, from summary.json) and its clamp windows, in one
+    colour per run. Runs are labelled by what differs between their config.yaml files (or by
+    `labels`). Writes `out_path` (PNG; a directory gets compare.png) and `<out_path stem>.json`
+    (the comparison table), prints the table unless `quiet`, and returns the PNG's path. Raises ValueError for a directory
+    that is not a run or a run without `metric`."""
+    run_dirs = [Path(d) for d in run_dirs]
+    if not run_dirs:
+        raise ValueError("no runs to compare")
+    runs = _gather_compared(run_dirs, metric, labels)
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        out_path = out_path / "compare.png"
+    elif not out_path.suffix:
+        out_path = out_path.with_suffix(".png")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    rows = [r.row() for r in runs]
+
+    # clamp windows go on a timeline strip above the curves, one row per run and clamp: shading
+    # several runs' windows behind the curves would pile up into one muddy band
+    timeline = [(i, w) for i, r in enumerate(runs) for w in r.clamps if w.drawn]
+    with plt.rc_context(STYLE):
+        if timeline:
+            fig, (ax_t, ax) = plt.subplots(2, 1, figsize=(10, 6 + 0.22 * len(timeline)), sharex=True,
+                                           layout="constrained",
+                                           height_ratios=[0.6 + 0.3 * len(timeline), 5.5])
+            _clamp_timeline(ax_t, runs, timeline, [colours(i % colours.N) for i in range(len(runs))])
+        else:
+            fig, ax = plt.subplots(figsize=(10, 6), layout="constrained")
+        handles = []
+        for i, r in enumerate(runs):
+            colour = colours(i % colours.N)
+            if r.values.shape[1] > 1:
+                for s in range(r.values.shape[1]):
+                    ax.plot(r.steps, r.values[:, s], color=colour, lw=0.7, alpha=0.3)
+            ax.plot(r.steps, _seed_mean(r.values), color=colour, lw=2.4, zorder=3)
+            row = rows[i]
+            if row["midpoint_mean"] is not None:
+                mid, std = row["midpoint_mean"], row["midpoint_std"]
+                if std:
+                    ax.axvspan(mid - std, mid + std, color=colour, alpha=0.15, lw=0, zorder=1)
+                ax.axvline(mid, color=colour, ls="--", lw=1.5, zorder=2)
+            handles.append(Line2D([], [], color=colour, lw=2.4, label=textwrap.fill(r.label, 95)))
+        phase_metrics = {r.phase_metric for r in runs} - {None}
+        of = "" if phase_metrics <= {metric} else f" ({', '.join(sorted(map(_label, phase_metrics)))})"
+        if any(r.values.shape[1] > 1 for r in runs):
+            handles.append(Line2D([], [], color="0.3", lw=0.7, alpha=0.5, label="thin: single seeds"))
+        if any(row["midpoint_mean"] is not None for row in rows):
+            handles.append(Line2D([], [], color="0.3", ls="--", lw=1.5,
+                                  label=f"dashed: phase-change midpoint{of}, band ± std over seeds"))
+        if timeline:
+            handles.append(Patch(color="0.4", alpha=0.55, lw=0,
+                                 label="top: each run's clamp windows (fading: strength ramp, dashed: eval only)"))
+        if metric == "loss_repeat":
+            thresholds = {(_load_summary(r.run_dir).get("thresholds") or {}).get(metric) for r in runs}
+            if len(thresholds) == 1 and None not in thresholds:
+                ax.axhline(thresholds.pop(), color="0.3", ls=":", lw=1)
+                handles.append(Line2D([], [], color="0.3", ls=":", lw=1, label="detection threshold"))
+        ax.set_xlabel(STEP_LABEL)
+        ax.set_ylabel(_label(metric))
+        ax.grid(alpha=0.3)
+        title = f"{_label(metric)}: {len(runs)} runs compared (thick: mean over seeds)"
+        (ax_t if timeline else ax).set_title(title)
+        fig.legend(handles=handles, loc="outside lower center", ncols=1, fontsize=9, frameon=False)
+        fig.savefig(out_path, dpi=DPI)
+        plt.close(fig)
+
+    table = {"metric": metric, "runs": rows}
+    out_path.with_suffix(".json").write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n")
+    if not quiet:
+        print(comparison_table(rows, metric))
+    return out_path

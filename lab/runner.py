@@ -61,8 +61,11 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
         from lab.checkpoint import Checkpoints
         checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
         if cfg.train.resume:
-            step, state = checkpoints.restore(jax.eval_shape(trainer.init_state)) \
-                if checkpoints.latest_step() is not None else (None, None)
+            try:
+                step, state = checkpoints.restore(jax.eval_shape(trainer.init_state)) \
+                    if checkpoints.latest_step() is not None else (None, None)
+            except FileNotFoundError as e:
+                raise ConfigError(f"train.resume=true but {e}; start the run again in another directory") from None
             if step is None:
                 raise ConfigError(f"train.resume=true but {run_dir / 'checkpoints'} holds no checkpoint; "
                                   "drop train.resume or point hydra.run.dir at the run to resume")

@@ -3,6 +3,8 @@ without training anything.
 
 The curves are sigmoids in the step: repeated-part loss drops from chance, an induction
 head rises with it, and a previous-token head rises a little earlier, as in a real run.
+A run can carry clamps in its config.yaml; each `apply: measure` clamp adds the per-seed
+`loss_repeat_clamped_<name>` and `acc_repeat_clamped_<name>` metrics the trainer would log.
 """
 from __future__ import annotations
 
@@ -11,10 +13,36 @@ import math
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 VOCAB = 64
 LOG_EVERY = 50
 N_REPEATS = 2
+ABLATIONS = ("zero", "mean", "resample")   # clamp values that knock the circuit out
+
+
+def clamp(site="blocks.0.attn.pattern", value="prev_token", heads=(0,), start=0, stop=None, strength=1.0,
+          schedule="constant", ramp_steps=0, apply="both") -> dict:
+    """One `clamps:` entry as the resolved config.yaml holds it."""
+    return {"site": site, "value": value, "heads": list(heads) if isinstance(heads, (list, tuple)) else heads,
+            "start": start, "stop": stop, "strength": strength, "schedule": schedule, "ramp_steps": ramp_steps,
+            "apply": apply}
+
+
+def _config(S, L, H, T, total, clamps, overrides) -> dict:
+    """A resolved config in the shape lab-train writes (the keys the plots read, and a few more)."""
+    config = {"task": {"name": "induction", "seq_len": T, "vocab_size": VOCAB, "n_repeats": N_REPEATS},
+              "model": {"n_layers": L, "n_heads": H, "d_model": 64, "attn_only": True},
+              "optim": {"name": "adam", "lr": 1e-3},
+              "train": {"steps": total, "seeds": S, "seed": 0, "log_every": LOG_EVERY, "progress": True},
+              "out_dir": ".", "clamps": clamps or {}}
+    for dotted, value in (overrides or {}).items():
+        node = config
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return config
 
 
 def _sigmoid(x):
@@ -63,12 +91,16 @@ def _attention(sig_ind, sig_prev, L, H, T, ind_head, prev_head):
 
 
 def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=True, with_attention=True,
-                  detected=True):
-    """Write metrics.jsonl, summary.json and (optionally) attention.npz under `path`.
+                  detected=True, clamps=None, config=None, with_config=True, mid_frac=0.5, summary_clamps=None):
+    """Write config.yaml, metrics.jsonl, summary.json and (optionally) attention.npz under `path`.
 
     `steps` is the number of log records (one every LOG_EVERY training steps).
     `with_phase=False` leaves phase and thresholds out of summary.json; `detected=False`
     makes flat curves and a summary that reports no phase change.
+    `clamps` ({name: clamp(...)}) goes into config.yaml; `config` ({"model.n_layers": 1, ...})
+    overrides other config keys; `with_config=False` writes no config.yaml (an old run).
+    `mid_frac` places the phase change (fraction of the run); `summary_clamps` is written to
+    summary.json as "clamps" (heads chosen for `heads: auto`).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -78,13 +110,14 @@ def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=T
     total = steps * LOG_EVERY
     chance = math.log(VOCAB)
     width = total * 0.04
-    mids = total * 0.5 + rng.normal(0, total * 0.03, S)
+    mids = total * mid_frac + rng.normal(0, total * 0.03, S)
     amp = 1.0 if detected else 0.0
     ind_head = (L - 1, min(2, H - 1))
     prev_head = (0, min(1, H - 1))  # with one layer and one head both roles fall on one head
 
     positions = np.arange(1, T)
     repeat_frac = np.clip((positions - 8) / T, 0, 0.6)  # share of probe sequences in a repeat there
+    measured = [name for name, c in (clamps or {}).items() if c.get("apply") == "measure"]
     lines, loss_repeat_all = [], []
     for step in step_values:
         sig = amp * _sigmoid((step - mids) / width)                 # (S,)
@@ -110,8 +143,17 @@ def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=T
             "induction": induction.tolist(), "prev_token": prev.tolist(),
             "prev_token_corrected": (prev - 0.08).tolist(), "copying": copying.tolist(),
         })
+        for name in measured:
+            # an ablation keeps the loss near chance; an ideal pattern gets there earlier
+            ablated = clamps[name].get("value") in ABLATIONS
+            sig_c = sig * 0.15 if ablated else amp * _sigmoid((step - mids + 4 * width) / width)
+            lines[-1][f"loss_repeat_clamped_{name}"] = (chance * 0.97 - (chance * 0.97 - 0.3) * sig_c
+                                                        + noise(0.03)).tolist()
+            lines[-1][f"acc_repeat_clamped_{name}"] = (0.02 + 0.93 * sig_c).tolist()
         loss_repeat_all.append(loss_repeat)
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    if with_config:
+        (path / "config.yaml").write_text(yaml.safe_dump(_config(S, L, H, T, total, clamps, config), sort_keys=False))
 
     summary = {"seeds": list(range(S)), "n_layers": L, "n_heads": H, "steps": total,
                "strongest_induction_head": list(ind_head), "strongest_prev_token_head": list(prev_head),
@@ -134,6 +176,8 @@ def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=T
         summary["phase"] = {"loss_repeat": {"per_seed": per_seed, "aggregate": _aggregate(per_seed)},
                             "induction": induction_phase}
         summary["thresholds"] = {"loss_repeat": threshold, "induction": 0.4}
+    if summary_clamps is not None:
+        summary["clamps"] = summary_clamps
     (path / "summary.json").write_text(json.dumps(summary, indent=2))
 
     if with_attention:
