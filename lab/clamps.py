@@ -347,14 +347,15 @@ class Clamps:
         for spec in specs:
             a = args[spec.key]
             mask = self._mask(spec, a, B)
-            value = self._value(spec, a, batch, clean, probe, grafted)
+            strength = schedule_strength(t, a)
+            value = self._value(spec, a, batch, clean, probe, grafted, strength)
             if spec.value == "induction":
                 weights, rows = self.task.induction_attention(batch)
                 mask = mask & rows[:, None, :, None]
             if spec.value == "perfect_copy":
                 site = f"blocks.{spec.copy_from[0]}.attn.pattern"
                 cache_names.append(site)
-            ivs[spec.site].append(Intervention(mask, value, schedule_strength(t, a)))
+            ivs[spec.site].append(Intervention(mask, value, strength))
         return self.model.apply(params, tokens, dict(ivs), tuple(dict.fromkeys(cache_names)))
 
     def _pass(self, params, tokens, sites: set, model=None) -> dict:
@@ -362,7 +363,7 @@ class Clamps:
             return {}
         return (model or self.model).apply(params, tokens, cache_names=tuple(sorted(sites)))[1]
 
-    def _value(self, spec: ClampSpec, a: dict, batch, clean: dict, probe: dict, grafted: dict):
+    def _value(self, spec: ClampSpec, a: dict, batch, clean: dict, probe: dict, grafted: dict, strength):
         s, kind = a["pattern_strength"], spec.value
         sg = (lambda x: x) if spec.grad else jax.lax.stop_gradient
         if kind == "prev_token":
@@ -379,8 +380,8 @@ class Clamps:
             return sg(jnp.roll(clean[spec.site], 1, axis=0))
         if kind == "graft":
             return jax.lax.stop_gradient(grafted[spec.source][spec.site])
-        if kind == "scale":
-            return lambda x, cache: a["factor"] * x
+        if kind == "scale":   # factor 1 while off, so a non-finite factor cannot leak into gradients
+            return lambda x, cache: jnp.where(strength != 0, a["factor"], 1.0) * x
         if kind == "perfect_copy":
             layer, head = spec.copy_from
             vocab = self.model.vocab_size

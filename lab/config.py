@@ -74,6 +74,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     tensorboard: bool = True
+    on_nonfinite: str = "stop"        # stop: a NaN/inf loss or gradient fails the run | skip: drop that update, count it
     xla_cpu_threads: str = "single"   # single | multi: XLA's CPU threading (tiny models run faster single)
     compile_cache: Optional[str] = "~/.cache/induction-lab/jax"  # persistent compile cache; null disables
 
@@ -271,6 +272,7 @@ def validate(cfg) -> None:
     _positive("train.keep_checkpoints", tr.keep_checkpoints)
     _choice("train.xla_cpu_threads", tr.xla_cpu_threads, ("single", "multi"))
     _choice("train.seed_axis", tr.seed_axis, ("auto", "vmap", "map"))
+    _choice("train.on_nonfinite", tr.on_nonfinite, ("stop", "skip"))
     _positive("task.seq_len", t.seq_len)
     if t.name == "induction":
         _positive("task.vocab_size", t.vocab_size)

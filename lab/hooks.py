@@ -25,9 +25,12 @@ class Intervention(NamedTuple):
 
 def apply_intervention(x: jax.Array, iv: Intervention) -> jax.Array:
     mask, value, strength = iv
-    replaced = value if isinstance(strength, (int, float)) and strength == 1.0 \
-        else strength * value + (1.0 - strength) * x
-    return jnp.where(mask, replaced.astype(x.dtype), x)
+    if isinstance(strength, (int, float)) and strength == 1.0:
+        replaced = value
+    else:   # strength 0 leaves x exactly as it is, even where the value is not finite
+        replaced = strength * value + (1.0 - strength) * x
+        mask = jnp.logical_and(mask, strength != 0)
+    return jnp.where(mask, jnp.asarray(replaced).astype(x.dtype), x)
 
 
 class UnknownHookError(KeyError):

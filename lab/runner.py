@@ -90,6 +90,9 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
                             trainer.seeds, trainer.status) if trainer.records else {"status": trainer.status}
         if trainer.clamps:
             summary["clamps"] = trainer.clamps.describe()
+        if cfg.train.on_nonfinite == "skip":
+            summary["skipped_updates"] = [int(sum(r["skipped_updates"][i] for r in trainer.records
+                                                  if "skipped_updates" in r)) for i in range(len(trainer.seeds))]
         if run_dir is not None:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             snapshots.save(run_dir / "attention.npz", summary, trainer.probe, _copies_in_probe0(trainer))

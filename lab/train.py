@@ -78,7 +78,12 @@ class Trainer:
         loss, grads = jax.value_and_grad(self.loss_fn)(state["params"], batch, clamp_args, interventions, t)
         updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt_state": opt_state, "key": key}, (loss, optax.tree.norm(grads))
+        gnorm = optax.tree.norm(grads)
+        if self.cfg.train.on_nonfinite == "skip":   # keep the old parameters and optimiser state
+            ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+            params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
+        return {"params": params, "opt_state": opt_state, "key": key}, (loss, gnorm)
 
     def measures(self, params, clamp_args: dict, t) -> dict:
         """Measures on the probe at step t, with the eval clamps applied; plus, for each
@@ -171,11 +176,7 @@ class Trainer:
                 shared = (self.interventions, jnp.int32(self.step))
                 self.state, out = self.chunk_fn(n)(self.state, self.clamp_args, shared)
                 out = jax.device_get(out)
-                bad = ~np.isfinite(out["train_loss"])
-                if bad.any():
-                    seed_i, step_i = np.argwhere(bad)[0]
-                    self.status = f"failed: non-finite training loss at step {self.step + step_i + 1} (seed {self.seeds[seed_i]})"
-                    raise TrainingDiverged(self.status + "; lower optim.lr or set optim.grad_clip")
+                self._check_finite(out, n)
                 self.step += n
                 self._log(self.step, out)
                 if self._stop_signal is not None:
@@ -193,13 +194,37 @@ class Trainer:
                 cb.on_end(self)
         return self
 
+    def _check_finite(self, out: dict, n: int) -> None:
+        """Stop at a non-finite loss or gradient (train.on_nonfinite=stop); with skip, those updates
+        were dropped inside the step, and only a chunk in which every update was dropped stops."""
+        bad = ~(np.isfinite(out["train_loss"]) & np.isfinite(out["grad_norm"]))   # (seeds, steps)
+        if self.cfg.train.on_nonfinite == "skip":
+            out["skipped_updates"] = bad.sum(axis=1)
+        if not bad.any():
+            return
+        seed_i, step_i = np.argwhere(bad)[0]
+        what = "loss" if not np.isfinite(out["train_loss"][seed_i, step_i]) else "gradient"
+        where = f"step {self.step + step_i + 1} (seed {self.seeds[seed_i]})"
+        if self.cfg.train.on_nonfinite == "stop":
+            self.status = f"failed: non-finite training {what} at {where}"
+            raise TrainingDiverged(self.status + "; lower optim.lr, set optim.grad_clip, "
+                                                 "or train.on_nonfinite=skip to drop such updates")
+        stuck = bad.all(axis=1)
+        if stuck.any():
+            self.status = (f"failed: every update of steps {self.step + 1}-{self.step + n} was non-finite "
+                           f"(seed {self.seeds[int(np.argmax(stuck))]}); the run cannot recover")
+            raise TrainingDiverged(self.status + "; lower optim.lr or set optim.grad_clip")
+
     def _log(self, step: int, out: dict) -> None:
         record = {"step": step, "time": round(time.perf_counter() - self._t0, 3),
                   "lr": float(self.schedule(max(step - 1, 0)))}
         for k, v in out.items():
             if k == "attention":
                 continue
-            record[k] = (np.asarray(v).mean(axis=1) if k in PER_STEP else np.asarray(v)).tolist()
+            v = np.asarray(v)
+            if k in PER_STEP:   # chunk means over the finite steps (skipped updates are counted apart)
+                v = np.where(np.isfinite(v), v, 0).sum(1) / np.maximum(np.isfinite(v).sum(1), 1)
+            record[k] = v.tolist()
         self.records.append(record)
         for cb in self.all_callbacks:
             cb.on_log(self, record, out)

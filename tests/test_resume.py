@@ -1,0 +1,85 @@
+"""Runs that survive: SIGKILL mid-run then resume gives the uninterrupted metrics; a damaged newest
+checkpoint is skipped for the previous one."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import lab
+
+LAB_TRAIN = [sys.executable, "-m", "lab.train"]
+
+
+def records(run_dir):
+    out = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for r in out:
+        r.pop("time")
+    return out
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, tiny_overrides):
+    # a clamp switched on mid-run and several seeds: resume must restore all of it
+    args = tiny_overrides + ["train.steps=600", "train.log_every=10", "train.checkpoint_every=100",
+                             "train.keep_checkpoints=2", "train.seeds=2", "clamp=late_prev_token",
+                             "clamps.late_prev_token.start=150", "clamps.late_prev_token.ramp_steps=40"]
+    ref = tmp_path / "ref"
+    p = subprocess.run(LAB_TRAIN + args + [f"hydra.run.dir={ref}"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(LAB_TRAIN + args + [f"hydra.run.dir={run}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (run / "checkpoints" / "200").is_dir():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "summary.json").exists()          # killed before the end: nothing looks finished
+    assert len(records(run)) < len(records(ref))
+
+    p = subprocess.run(LAB_TRAIN + args + [f"hydra.run.dir={run}", "train.resume=true"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert records(run) == records(ref)
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, tiny_overrides, caplog):
+    overrides = tiny_overrides + ["train.checkpoint_every=10", "train.keep_checkpoints=3"]
+    first = lab.run(lab.load_config(overrides), tmp_path, plots=False)
+    newest = tmp_path / "checkpoints" / "40"
+    for f in newest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    resumed = lab.run(lab.load_config(overrides + ["train.resume=true"]), tmp_path, plots=False)
+    assert "checkpoints/40 is damaged" in caplog.text
+    assert [r["step"] for r in resumed.trainer.records] == [0, 10, 20, 30, 40]
+    np.testing.assert_array_equal(resumed.metrics["train_loss"], first.metrics["train_loss"])
+    jax_tree_equal = [np.array_equal(a, b) for a, b in zip(
+        __import__("jax").tree.leaves(resumed.params), __import__("jax").tree.leaves(first.params))]
+    assert all(jax_tree_equal)
+
+
+def test_nonfinite_updates_can_be_skipped(tiny_overrides, tmp_path):
+    """NaN logits on steps 26 and 27 only (a NaN-scaling clamp with window [25, 27)): with
+    train.on_nonfinite=skip those two updates are dropped and counted; with the default (stop) the
+    run fails at step 26; a whole chunk of non-finite updates fails even with skip."""
+    import jax
+    import pytest
+    from lab.train import TrainingDiverged
+
+    poison = "+clamps.nan={site: logits, value: scale, factor: nan, start: %d, stop: %d}"
+    r = lab.run(lab.load_config(tiny_overrides + ["train.on_nonfinite=skip", poison % (25, 27)]),
+                tmp_path / "skip", plots=False)
+    assert r.summary["status"] == "completed" and r.summary["skipped_updates"] == [2]
+    assert [rec["skipped_updates"] for rec in r.trainer.records[1:]] == [[0], [0], [2], [0]]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(r.params))
+    with pytest.raises(TrainingDiverged, match="non-finite training loss at step 26 "):
+        lab.run(lab.load_config(tiny_overrides + [poison % (25, 27)]), tmp_path / "stop", plots=False)
+    with pytest.raises(TrainingDiverged, match="every update of steps 21-30 was non-finite"):
+        lab.run(lab.load_config(tiny_overrides + ["train.on_nonfinite=skip", poison % (20, 30)]),
+                tmp_path / "stuck", plots=False)
