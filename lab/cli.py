@@ -58,8 +58,10 @@ def _train_app(cfg) -> dict | None:
 
 def train_main() -> None:
     from lab.config import check_override_keys
+    from lab.safety import precheck
     try:
         check_override_keys([a for a in sys.argv[1:] if not a.startswith("-")])
+        precheck(CONFIG_DIR, sys.argv[1:])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

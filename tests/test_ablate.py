@@ -1,0 +1,171 @@
+"""lab-ablate on a tiny trained run: facts that can be checked by hand (no ablation = the plain
+forward pass, zero-ablating every head = zeroing W_O, mean ablation over one sequence = nothing,
+the top heads are the highest-scoring ones), the files it writes, and its refusal of a directory
+it cannot load. Compiling dominates the time, so the ablations share one set of array shapes."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lab.ablate import ablate, load_run, main, n_per_layer
+from lab.measures import repeat_loss_and_accuracy
+from lab.runner import load_config, run
+
+from conftest import TINY
+
+EVAL = ["--eval-size", "16", "--draws", "3"]          # 2 layers x 2 heads: 1 + 4 + 1 + 3 conditions
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ablate") / "run"
+    # two seeds, to check the leading seed axis; no measures, which the ablation does not read (compiles faster)
+    run(load_config(TINY + ["train.seeds=2", "train.seed=5", "measures.enabled=false"]), d, plots=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def cli_out(run_dir, tmp_path_factory):
+    """`lab-ablate` (in-process) with its default mean ablation, top 50 % = 1 of 2 heads per layer."""
+    out = tmp_path_factory.mktemp("ablation")
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        main([str(run_dir), *EVAL, "--top-percent", "50", "--out", str(out)])
+    (out / "stdout.txt").write_text(stdout.getvalue())   # for test_cli_writes_outputs
+    return out
+
+
+@pytest.fixture(scope="module")
+def result(cli_out):
+    return json.loads((cli_out / "ablation.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir):
+    return load_run(run_dir)   # (cfg, trainer, step, params)
+
+
+def _forward(trainer, size=16):
+    """Plain (loss_repeat, acc_repeat) of one seed's params on the batch ablate() evaluates on."""
+    batch = jax.jit(trainer.task.sample, static_argnums=1)(jax.random.PRNGKey(0), size)
+    return jax.jit(lambda p: repeat_loss_and_accuracy(trainer.model.apply(p, batch.tokens)[0], batch))
+
+
+def _seed_params(params, i):
+    return jax.tree.map(lambda x: x[i], params)
+
+
+def _heads(text):
+    return [tuple(map(int, name[1:].split("H"))) for name in text.split()]
+
+
+def _rows(result, seed):
+    return {r["condition"]: r for r in result["rows"] if r["seed"] == seed}
+
+
+def test_n_per_layer():
+    assert n_per_layer(2, 2.0) == 1                 # at least one head per layer
+    assert n_per_layer(4, 25.0) == 1 and n_per_layer(4, 26.0) == 2
+    assert n_per_layer(8, 30.0) == 3 and n_per_layer(100, 7.0) == 7   # 7.000000000000001 is not 8
+    assert n_per_layer(4, 100.0) == 4
+
+
+def test_no_ablation_is_the_plain_forward_pass(loaded, result):
+    _, trainer, step, params = loaded
+    assert step == result["step"] == 40 and result["seeds"] == [5, 6]
+    forward = _forward(trainer)
+    for i, s in enumerate(trainer.seeds):
+        none = _rows(result, s)["none"]
+        np.testing.assert_allclose([none["loss_repeat"], none["acc_repeat"]], forward(_seed_params(params, i)), rtol=1e-5)
+        assert none["delta_loss"] == 0 and none["n_ablated"] == 0
+
+
+def test_zero_ablating_every_head_equals_zero_W_O(run_dir, loaded):
+    _, trainer, _, params = loaded
+    r = ablate(run_dir, kind="zero", top_percent=100.0, eval_size=16, draws=3)   # top = every head
+    forward = _forward(trainer)
+    for i, s in enumerate(trainer.seeds):
+        p = _seed_params(params, i)
+        no_W_O = {**p, "blocks": {l: {**b, "attn": {**b["attn"], "W_O": jnp.zeros_like(b["attn"]["W_O"])}}
+                                  for l, b in p["blocks"].items()}}
+        rows = _rows(r, s)
+        assert rows["top"]["n_ablated"] == 4 and rows["random"]["n_ablated"] == 4
+        for cond in ("top", "random"):   # 100 %: the random draws are every head as well
+            np.testing.assert_allclose([rows[cond]["loss_repeat"], rows[cond]["acc_repeat"]], forward(no_W_O), rtol=1e-5)
+        np.testing.assert_allclose([rows["none"]["loss_repeat"], rows["none"]["acc_repeat"]], forward(p), rtol=1e-5)
+        assert rows["top"]["delta_loss"] != 0 and rows["L0H0"]["delta_loss"] != 0   # the ablations take effect
+
+
+def test_top_and_random_pick_n_heads_per_layer(result):
+    L, H, n = result["n_layers"], result["n_heads"], result["n_per_layer"]
+    assert (L, H, n) == (2, 2, 1)
+    for i, s in enumerate(result["seeds"]):
+        scores = np.asarray(result["induction_scores"][i])
+        rows = _rows(result, s)
+        assert set(rows) == {"none", "top", "random"} | {f"L{l}H{h}" for l in range(L) for h in range(H)}
+        top = _heads(rows["top"]["heads"])
+        assert rows["top"]["n_ablated"] == len(top) == n * L
+        for l in range(L):
+            chosen = [h for (ll, h) in top if ll == l]
+            assert len(chosen) == n
+            assert scores[l, chosen].min() >= np.delete(scores[l], chosen).max()
+        draws = rows["random"]["draws"]
+        assert len(draws) == 3
+        for d in draws:
+            assert sorted(l for l, _ in _heads(d["heads"])) == sorted(list(range(L)) * n)
+        np.testing.assert_allclose(rows["random"]["loss_repeat"], np.mean([d["loss_repeat"] for d in draws]))
+        np.testing.assert_allclose(rows["random"]["loss_std"], np.std([d["loss_repeat"] for d in draws]), atol=1e-9)
+        for l in range(L):
+            for h in range(H):
+                single = rows[f"L{l}H{h}"]
+                assert single["heads"] == f"L{l}H{h}" and single["n_ablated"] == 1
+                np.testing.assert_allclose(single["delta_loss"], single["loss_repeat"] - rows["none"]["loss_repeat"],
+                                           atol=1e-6)
+
+
+def test_mean_ablation_over_one_sequence_changes_nothing(run_dir):
+    """With a one-sequence eval batch a head's mean z is its z, so mean ablation is the identity."""
+    r = ablate(run_dir, eval_size=1, draws=2, top_percent=100.0)
+    for row in r["rows"]:
+        assert abs(row["delta_loss"]) < 1e-5, row
+
+
+def test_cli_writes_outputs(cli_out, result):
+    stdout = (cli_out / "stdout.txt").read_text()
+    assert stdout.startswith("mean ablation of ") and "\n    5  top " in stdout and "\n    6  random " in stdout
+    assert all(f"{cli_out / name}\n" in stdout for name in ("ablation.csv", "ablation.json", "ablation.png"))
+    rows = list(csv.DictReader(open(cli_out / "ablation.csv")))
+    assert len(rows) == len(result["rows"]) == 2 * (1 + 2 * 2 + 2)   # seeds x (none, 4 single heads, top, random)
+    assert [r["condition"] for r in rows[:7]] == ["none", "L0H0", "L0H1", "L1H0", "L1H1", "top", "random"]
+    assert rows[6]["loss_std"] != "" and rows[0]["loss_std"] == ""
+    assert float(rows[5]["loss_repeat"]) == pytest.approx(result["rows"][5]["loss_repeat"], rel=1e-5)
+    assert result["kind"] == "mean" and result["draws"] == 3 and result["eval_size"] == 16
+    png = (cli_out / "ablation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_cli_refuses_a_directory_without_checkpoint(run_dir, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(run_dir / "config.yaml", bare / "config.yaml")
+    p = subprocess.run([sys.executable, "-m", "lab.ablate", str(bare)], capture_output=True, text=True)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("error: ") and "no checkpoint" in p.stderr and p.stderr.count("\n") == 1
+    assert not (bare / "checkpoints").exists() and not (bare / "ablation").exists()
+
+
+def test_cli_refuses_a_directory_without_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "nowhere")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "config.yaml" in err and err.count("\n") == 1

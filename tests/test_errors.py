@@ -1,0 +1,59 @@
+"""Every bad input the lab knows about fails at startup with one line and a non-zero exit code.
+The README's error table lists the same cases (keep them in step)."""
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import TINY
+
+# (overrides, exit code, start of the last stderr line)
+CASES = [
+    (["model.n_layer=1"], 2, "error: unknown config key 'model.n_layer'; did you mean 'model.n_layers'?"),
+    (["model.n_layers=two"], 2, "error: Error merging override model.n_layers=two: Value 'two' of type 'str' could not be converted to Integer"),
+    (["model=attn_only_3l"], 2, "error: In 'config': Could not find 'model/attn_only_3l'; available: attn_only_1l, attn_only_2l, transformer_2l"),
+    (["optim.name=adamm"], 2, "error: config error: optim.name='adamm' is not allowed; choose one of adam, adamw, sgd"),
+    (["model.d_model=0"], 2, "error: config error: model.d_model=0 must be positive"),
+    (["model.n_heads=3"], 2, "error: config error: model.d_model=16 is not divisible by model.n_heads=3"),
+    (["task.seq_len=12"], 2, "error: config error: task.seq_len=12 cannot hold 2 copies of task.max_repeat_len=8 tokens after BOS"),
+    (["clamp=perfect_prev_token", "clamps.prev_token.heads=[7]"], 2,
+     "error: config error: clamps.prev_token.heads=[7]: head 7 does not exist (model.n_heads=2: 0..1)"),
+    (["+clamps.c={site: blocks.5.attn.z, value: zero}"], 2,
+     "error: config error: clamps.c.site='blocks.5.attn.z': layer 5 does not exist (model.n_layers=2, layers 0..1)"),
+    (["clamp=perfect_prev_token", "clamps.prev_token.start=30", "clamps.prev_token.stop=10"], 2,
+     "error: config error: clamps.prev_token.stop=10: the window [start, stop) ends before it starts (start=30)"),
+    (["+clamps.c={site: blocks.0.resid_post, value: prev_token}"], 2,
+     "error: config error: clamps.c.site='blocks.0.resid_post': value=prev_token is an attention pattern"),
+    (["+clamps.c={site: blocks.0.resid_post, value: graft, source: /nonexistent}"], 2,
+     "error: config error: clamps.c.source='/nonexistent': not a run directory with config.yaml and checkpoints/"),
+    (["train.resume=true", "hydra.run.dir={tmp}/empty"], 2, "error: config error: train.resume=true but {tmp}/empty/checkpoints holds no checkpoint"),
+    (["hydra.run.dir=/proc/lab-run"], 2, "error: cannot write the output directory /proc/lab-run"),
+    (["hydra.launcher._target_=os.system"], 2, "error: override 'hydra.launcher._target_=os.system' names _target_='os.system', which is not allowed"),
+    (["train.on_nonfinite=ignore"], 2, "error: config error: train.on_nonfinite='ignore' is not allowed; choose one of stop, skip"),
+]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("errors")
+
+    def run(case):
+        overrides = [o.replace("{tmp}", str(tmp)) for o in case[0]]
+        if not any(o.startswith("hydra.run.dir") for o in overrides):
+            overrides.append(f"hydra.run.dir={tmp}/run{CASES.index(case)}")
+        return subprocess.run([sys.executable, "-m", "lab.train", *TINY, *overrides],
+                              capture_output=True, text=True, timeout=300)
+    with ThreadPoolExecutor(4) as pool:
+        return dict(zip(range(len(CASES)), pool.map(run, CASES))), tmp
+
+
+@pytest.mark.parametrize("i", range(len(CASES)), ids=[" ".join(c[0])[:60] for c in CASES])
+def test_bad_input_fails_in_one_line(results, i):
+    procs, tmp = results
+    p, (_, code, message) = procs[i], CASES[i]
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == code, p.stderr[-2000:]
+    assert lines and lines[-1].startswith(message.replace("{tmp}", str(tmp))), p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    assert not (tmp / f"run{i}" / "metrics.jsonl").exists()      # nothing that looks like a run
