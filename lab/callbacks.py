@@ -17,6 +17,12 @@ class Callback:
     def on_log(self, trainer, record: dict, outputs: dict) -> None: ...
     def on_end(self, trainer) -> None: ...
 
+    # State that must survive a kill: saved next to every checkpoint, restored on resume.
+    def state_dict(self) -> dict | None:
+        return None
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 class MetricsFile(Callback):
     """metrics.jsonl: one JSON record per log step, flushed at once so a killed run keeps its curve."""
@@ -46,7 +52,9 @@ class TensorBoard(Callback):
 
     def on_start(self, trainer):
         from tensorboardX import SummaryWriter
-        self.writers = [SummaryWriter(str(self.directory / f"seed_{s}")) for s in trainer.seeds]
+        # on resume, TensorBoard drops the killed run's events after the checkpoint
+        purge = trainer.step + 1 if trainer.step else None
+        self.writers = [SummaryWriter(str(self.directory / f"seed_{s}"), purge_step=purge) for s in trainer.seeds]
 
     def on_log(self, trainer, record, outputs):
         step = record["step"]
@@ -104,6 +112,7 @@ class Checkpointer(Callback):
     def _save(self, trainer):
         if self.last != trainer.step:
             self.checkpoints.save(trainer.step, trainer.state)
+            self.checkpoints.save_callback_state(trainer.step, trainer.all_callbacks)
             self.last = trainer.step
 
     def on_end(self, trainer):
@@ -127,6 +136,12 @@ class AttentionSnapshots(Callback):
         self.patterns.append(np.asarray(outputs["attention"][0], np.float16))
         if len(self.steps) > self.max_kept:   # thin out evenly, always keeping the first
             self.steps, self.patterns = self.steps[::2], self.patterns[::2]
+
+    def state_dict(self):
+        return {"steps": np.asarray(self.steps), "patterns": np.asarray(self.patterns)} if self.steps else None
+
+    def load_state_dict(self, state):
+        self.steps, self.patterns = list(state["steps"].tolist()), list(state["patterns"])
 
     def select(self, summary: dict) -> tuple[list[int], list[str]]:
         """Indices and labels: start, before and after the loss transition (if any), final."""

@@ -47,5 +47,36 @@ class Checkpoints:
                 log.warning("checkpoint %s/%d is damaged (%s); falling back to an older one",
                             self.directory, s, type(e).__name__)
 
+    # Callback state (e.g. attention snapshots) lives beside the checkpoints, one .npz per step,
+    # written atomically and pruned with them.
+    def _callback_path(self, step: int) -> Path:
+        return self.directory.parent / "callback_state" / f"{step}.npz"
+
+    def save_callback_state(self, step: int, callbacks) -> None:
+        import numpy as np
+        arrays = {f"{type(cb).__name__}/{k}": v for cb in callbacks
+                  for k, v in (cb.state_dict() or {}).items()}
+        path = self._callback_path(step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        kept = set(self.manager.all_steps())
+        for old in path.parent.glob("*.npz"):
+            if old.stem.isdigit() and int(old.stem) not in kept:
+                old.unlink()
+
+    def load_callback_state(self, step: int, callbacks) -> None:
+        import numpy as np
+        path = self._callback_path(step)
+        if not path.exists():
+            return
+        with np.load(path) as f:
+            for cb in callbacks:
+                prefix = f"{type(cb).__name__}/"
+                state = {k[len(prefix):]: f[k] for k in f.files if k.startswith(prefix)}
+                if state:
+                    cb.load_state_dict(state)
+
     def close(self) -> None:
         self.manager.close()

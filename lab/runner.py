@@ -83,6 +83,8 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
     if cfg.train.progress:
         callbacks.append(ProgressBar())
     trainer.callbacks = callbacks + list(extra_callbacks)
+    if checkpoints is not None and trainer.step:
+        checkpoints.load_callback_state(trainer.step, trainer.all_callbacks)
     try:
         trainer.fit()
     finally:

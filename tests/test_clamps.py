@@ -268,3 +268,12 @@ def test_cli_bad_clamp_is_one_line(tmp_path, tiny_overrides):
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("error: config error: clamps.c.heads=[9]: head 9 does not exist")
     assert "Traceback" not in p.stderr
+
+
+def test_seed_axis_equals_separate_runs_with_a_clamp(tiny_overrides):
+    clamp = ["clamp=late_prev_token", "clamps.late_prev_token.start=15", "clamps.late_prev_token.ramp_steps=10"]
+    singles = [lab.run(lab.load_config(tiny_overrides + clamp + [f"train.seed={s}"]), plots=False) for s in (0, 1)]
+    both = lab.run(lab.load_config(tiny_overrides + clamp + ["train.seeds=2"]), plots=False)
+    for i, single in enumerate(singles):
+        for key in ("train_loss", "loss_repeat", "prev_token"):
+            np.testing.assert_allclose(both.metrics[key][:, i], single.metrics[key][:, 0], rtol=2e-5, atol=1e-6)

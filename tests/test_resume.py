@@ -46,6 +46,11 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, tiny_overrides):
     assert p.returncode == 0, p.stderr[-2000:]
     assert records(run) == records(ref)
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    # callback state (the attention snapshots) came back too
+    with np.load(ref / "attention.npz") as a, np.load(run / "attention.npz") as b:
+        assert a.files == b.files
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, tiny_overrides, caplog):
