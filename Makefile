@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all bench bench-sweep clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,9 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
+
+bench-sweep: $(STAMP)
+	$(BIN)/python benchmarks/sweep_bench.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache
