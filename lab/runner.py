@@ -46,6 +46,49 @@ def _copies_in_probe0(trainer) -> int:
     return trainer.task.n_repeats or -(-(trainer.task.seq_len - start) // n)
 
 
+# Keys that may change when a run is continued (e.g. more steps, another cache location).
+RESUMABLE_CHANGES = ("train.resume", "train.steps", "train.progress", "train.tensorboard", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.compile_cache", "train.xla_cpu_threads", "out_dir")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _check_same_config(run_dir: Path, cfg) -> None:
+    """A run continues only with the config it started with (up to RESUMABLE_CHANGES)."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = _flat(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
+    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES]
+    if diff:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in diff[:3])
+        raise ConfigError(f"{run_dir} holds a run with another config ({shown}); continue it with its own "
+                          "overrides, or choose another output directory")
+
+
+def _continues_unfinished_run(run_dir: Path, checkpoints, cfg) -> bool:
+    """Rerunning into a directory continues an unfinished run that has a checkpoint; a finished
+    run is never overwritten."""
+    metrics, summary = run_dir / "metrics.jsonl", run_dir / "summary.json"
+    if not metrics.exists() or not metrics.stat().st_size:
+        return False
+    status = json.loads(summary.read_text()).get("status", "") if summary.exists() else "killed"
+    if status == "completed":
+        raise ConfigError(f"{run_dir} already holds a finished run; choose another output directory "
+                          "(or set train.resume=true with more train.steps to extend it)")
+    if checkpoints.latest_step() is None:
+        return False
+    log.info("%s holds an unfinished run (%s); continuing it from its checkpoint", run_dir, status)
+    return True
+
+
 def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_callbacks: Sequence = ()) -> RunResult:
     """Train `cfg`. With `run_dir`, write every output there (and resume from it if train.resume).
     `extra_callbacks` (lab.callbacks.Callback) run between compiled chunks after the built-in ones."""
@@ -60,7 +103,9 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
         metrics_path = run_dir / "metrics.jsonl"
         from lab.checkpoint import Checkpoints
         checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
-        if cfg.train.resume:
+        resume = cfg.train.resume or _continues_unfinished_run(run_dir, checkpoints, cfg)
+        if resume:
+            _check_same_config(run_dir, cfg)
             try:
                 step, state = checkpoints.restore(jax.eval_shape(trainer.init_state)) \
                     if checkpoints.latest_step() is not None else (None, None)
@@ -74,8 +119,8 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in trainer.records))
             log.info("resumed from step %d", step)
         elif metrics_path.exists() and metrics_path.stat().st_size:
-            raise ConfigError(f"{run_dir} already holds a run; set train.resume=true to continue it, "
-                              "or choose another output directory")
+            log.warning("%s holds an unfinished run without a checkpoint; starting it again", run_dir)
+            metrics_path.write_text("")
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         callbacks += [MetricsFile(metrics_path), Checkpointer(checkpoints, cfg.train.checkpoint_every)]
         if cfg.train.tensorboard:

@@ -88,3 +88,27 @@ def test_nonfinite_updates_can_be_skipped(tiny_overrides, tmp_path):
     with pytest.raises(TrainingDiverged, match="every update of steps 21-30 was non-finite"):
         lab.run(lab.load_config(tiny_overrides + ["train.on_nonfinite=skip", poison % (20, 30)]),
                 tmp_path / "stuck", plots=False)
+
+
+def test_rerunning_into_an_interrupted_run_continues_it(tmp_path, tiny_overrides):
+    run = tmp_path / "run"
+    args = LAB_TRAIN + tiny_overrides + ["train.steps=400", "train.log_every=5", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not (run / "metrics.jsonl").exists() or len(records(run)) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    interrupted_at = json.loads((run / "summary.json").read_text())["status"]
+    assert interrupted_at.startswith("interrupted")
+
+    p = subprocess.run(args + ["optim.lr=0.01"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "holds a run with another config (optim.lr: 0.001 then, 0.01 now)" in p.stderr.splitlines()[-1]
+
+    p = subprocess.run(args, capture_output=True, text=True, timeout=300)   # the same command again
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "continuing it from its checkpoint" in p.stderr + p.stdout + (run / "train.log").read_text()
+    assert [r["step"] for r in records(run)] == list(range(0, 401, 5))
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
