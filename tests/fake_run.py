@@ -91,7 +91,8 @@ def _attention(sig_ind, sig_prev, L, H, T, ind_head, prev_head):
 
 
 def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=True, with_attention=True,
-                  detected=True, clamps=None, config=None, with_config=True, mid_frac=0.5, summary_clamps=None):
+                  detected=True, clamps=None, config=None, with_config=True, mid_frac=0.5, summary_clamps=None,
+                  status=None, first_seed=0):
     """Write config.yaml, metrics.jsonl, summary.json and (optionally) attention.npz under `path`.
 
     `steps` is the number of log records (one every LOG_EVERY training steps).
@@ -155,7 +156,7 @@ def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=T
     if with_config:
         (path / "config.yaml").write_text(yaml.safe_dump(_config(S, L, H, T, total, clamps, config), sort_keys=False))
 
-    summary = {"seeds": list(range(S)), "n_layers": L, "n_heads": H, "steps": total,
+    summary = {"seeds": list(range(first_seed, first_seed + S)), "n_layers": L, "n_heads": H, "steps": total,
                "strongest_induction_head": list(ind_head), "strongest_prev_token_head": list(prev_head),
                "chance_loss": chance}
     if with_phase:
@@ -178,6 +179,8 @@ def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=T
         summary["thresholds"] = {"loss_repeat": threshold, "induction": 0.4}
     if summary_clamps is not None:
         summary["clamps"] = summary_clamps
+    if status is not None:
+        summary["status"] = status
     (path / "summary.json").write_text(json.dumps(summary, indent=2))
 
     if with_attention:
@@ -196,4 +199,60 @@ def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=T
         np.savez(path / "attention.npz", steps=snap_steps, patterns=patterns, tokens=tokens,
                  labels=np.array(["start", "before", "after", "final"]), repeat_start=start,
                  repeat_len=n, n_repeats=N_REPEATS)
+    return path
+
+
+# ----------------------------------------------------------------------------- multirun jobs
+
+JOB_KINDS = ("completed", "config_error", "nan", "killed")
+
+
+def _log_line(level: str, message: str, logger: str = "lab") -> str:
+    return f"[2026-11-24 02:50:01,234][{logger}][{level}] - {message}\n"
+
+
+def _override_value(text: str):
+    value = yaml.safe_load(text)
+    return value if isinstance(value, (int, float, str, bool)) or value is None else text
+
+
+def make_fake_job(path, overrides, kind="completed", seeds=2, first_seed=0, error=None, **run_kwargs):
+    """One job directory of a Hydra multirun, as `lab-train -m` leaves it: `.hydra/overrides.yaml`
+    (the job's `overrides`, strings such as "task.vocab_size=12"), `.hydra/config.yaml`, `train.log`
+    and, depending on `kind`:
+
+    - completed: the run's files (make_fake_run, with `run_kwargs`), summary status "completed";
+    - config_error: nothing else; train.log ends with the ERROR line lab-train logs (`error` is its text);
+    - nan: a run cut short whose summary.json status is "failed: non-finite training loss ...";
+    - killed: metrics.jsonl with a half-written last line, a checkpoints/ directory, no summary.json.
+    """
+    if kind not in JOB_KINDS:
+        raise ValueError(f"kind must be one of {JOB_KINDS}, not {kind!r}")
+    path = Path(path)
+    (path / ".hydra").mkdir(parents=True, exist_ok=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+    config = {k.lstrip("+"): _override_value(v) for k, v in (o.split("=", 1) for o in overrides)
+              if "." in k}   # group choices such as train=tiny select files; the fake has none
+    config.setdefault("train.seed", first_seed)
+    config["train.seeds"] = seeds
+    (path / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump(_config(seeds, 2, 4, 32, 2000, None, config), sort_keys=False))
+    log = _log_line("INFO", "compile cache: /tmp/cache")
+    if kind == "config_error":
+        error = error or "model.d_model=16 is not divisible by model.n_heads=3"
+        (path / "train.log").write_text(log + _log_line("ERROR", f"config error: {error} [{path}]"))
+        return path
+    status = {"completed": "completed", "killed": None,
+              "nan": error or f"failed: non-finite training loss at step 170 (seed {first_seed})"}[kind]
+    if kind == "nan":
+        run_kwargs.setdefault("steps", 6)
+    make_fake_run(path, seeds=seeds, config=config, status=status, first_seed=first_seed, **run_kwargs)
+    if kind == "nan":
+        log += _log_line("ERROR", f"training failed: {status}; lower optim.lr or set optim.grad_clip [{path}]")
+    if kind == "killed":
+        (path / "summary.json").unlink()
+        (path / "checkpoints" / "200").mkdir(parents=True)
+        with open(path / "metrics.jsonl", "a") as f:
+            f.write('{"step": 99999, "loss_rep')
+    (path / "train.log").write_text(log)
     return path
