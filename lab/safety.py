@@ -112,12 +112,26 @@ def precheck(config_dir: str, argv: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     flag_names = {"--config-dir": "dir", "-cd": "dir", "--config-name": "name", "-cn": "name"}
-    flags, overrides = {"dir": config_dir, "name": "config"}, []
+    with_value = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--experimental-rerun"}
+    info_topics = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+    flags, overrides, inspect_only = {"dir": config_dir, "name": "config"}, [], False
     it = iter(argv)
     for arg in it:
         name, eq, value = arg.partition("=")
         if name in flag_names:
             flags[flag_names[name]] = value if eq else next(it, "")
+        elif name in with_value:
+            inspect_only |= name in ("--cfg", "-c")
+            if not eq:
+                next(it, None)
+        elif name in ("--info", "-i", "--help", "-h", "--hydra-help", "--resolve"):
+            inspect_only |= name != "--resolve"
+            if name in ("--info", "-i") and not eq:
+                # an optional topic follows; peek without losing an override
+                rest = list(it)
+                if rest and rest[0] in info_topics:
+                    rest = rest[1:]
+                it = iter(rest)
         elif not arg.startswith("-"):
             overrides.append(arg)
     extra_dir = flags["dir"] != config_dir or flags["name"] != "config"
@@ -147,5 +161,5 @@ def precheck(config_dir: str, argv: list[str]) -> None:
     finally:
         GlobalHydra.instance().clear()
     check_targets(cfg)
-    if not any(a.startswith(("--cfg", "-c", "--info", "--help", "-h")) for a in argv):
+    if not inspect_only:   # --cfg, --info and --help write nothing
         _check_writable(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir))

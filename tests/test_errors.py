@@ -57,3 +57,23 @@ def test_bad_input_fails_in_one_line(results, i):
     assert lines and lines[-1].startswith(message.replace("{tmp}", str(tmp))), p.stderr[-2000:]
     assert "Traceback" not in p.stderr
     assert not (tmp / f"run{i}" / "metrics.jsonl").exists()      # nothing that looks like a run
+
+
+@pytest.mark.parametrize("argv", [["--cfg", "hydra", "train=tiny"], ["--info", "defaults", "train=tiny"],
+                                  ["-m", "train.seed=0,1", "hydra/launcher=joblib"], ["-c", "job"]])
+def test_precheck_passes_hydra_flags(argv, tmp_path):
+    from lab.cli import CONFIG_DIR
+    from lab.safety import precheck
+    precheck(CONFIG_DIR, argv + [f"hydra.run.dir={tmp_path}/r", f"hydra.sweep.dir={tmp_path}/s"])
+
+
+def test_allowlist_unit():
+    from lab.config import ConfigError
+    from lab.safety import check_targets, register_target
+    check_targets({"hydra": {"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}}})
+    with pytest.raises(ConfigError, match="x.y._target_='builtins.eval' is not allowed"):
+        check_targets({"x": {"y": {"_target_": "builtins.eval"}}})
+    with pytest.raises(ConfigError, match=r"h\[0\].\(\)='os.system'"):
+        check_targets({"h": [{"()": "os.system"}]})
+    register_target("my_lab.Launcher")
+    check_targets({"_target_": "my_lab.Launcher"})
