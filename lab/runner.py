@@ -66,7 +66,8 @@ def _check_same_config(run_dir: Path, cfg) -> None:
         return
     saved = _flat(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
     now = _flat(OmegaConf.to_container(cfg, resolve=True))
-    diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES]
+    # keys the saved config lacks were added to the lab since; they take their defaults
+    diff = [k for k in sorted(saved) if saved[k] != now.get(k) and k not in RESUMABLE_CHANGES]
     if diff:
         shown = "; ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in diff[:3])
         raise ConfigError(f"{run_dir} holds a run with another config ({shown}); continue it with its own "
