@@ -548,8 +548,9 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
                     means.append((xaxis.at(v, g_off), float(np.mean(mids)), float(np.std(mids))))
             if means:
                 xs, ms, ss = zip(*means)
-                ax.errorbar(xs, ms, yerr=ss, color=colour, lw=2, marker="D", ms=6.5, mec="white", mew=0.8,
-                            capsize=4, elinewidth=1.4, zorder=3)
+                # a line joins means only along a numeric axis; categories (e.g. clamps) have no order
+                ax.errorbar(xs, ms, yerr=ss, color=colour, lw=2 if xaxis.numeric else 0, marker="D", ms=6.5,
+                            mec="white", mew=0.8, capsize=4, elinewidth=1.4, zorder=3)
         xaxis.setup(ax, p)
         ax.grid(alpha=0.3)
         ax.set_title(f"vs {p}")
