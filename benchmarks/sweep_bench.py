@@ -30,7 +30,9 @@ common = [f"train.steps={args.steps}", "train.progress=false", "train.tensorboar
 
 def lab_train(*overrides: str) -> float:
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "lab.train", *common, *overrides], capture_output=True, text=True)
+    flags = [o for o in overrides if o.startswith("-")]   # Hydra wants -m before the overrides
+    rest = [o for o in overrides if not o.startswith("-")]
+    p = subprocess.run([sys.executable, "-m", "lab.train", *flags, *common, *rest], capture_output=True, text=True)
     if p.returncode:
         sys.exit(f"lab-train failed:\n{p.stderr[-3000:]}")
     return time.perf_counter() - t

@@ -130,4 +130,8 @@ def plot_main(argv=None) -> None:
             out = args.out / run.name if args.out and len(runs) > 1 else args.out
             for p in plot_run(run, out):
                 print(p)
+        if (d / "multirun.yaml").is_file():   # a sweep: also its table, figures and HTML report
+            from lab.sweep import write_report
+            for p in write_report(d).values():
+                print(p)
     sys.exit(status)

@@ -24,3 +24,9 @@ def test_multirun_on_each_launcher(launcher, tmp_path):
     assert sorted(r["seed"] for r in ok) == [0, 1]
     assert len(failed) == 2 and all("non-finite" in r["error"] for r in failed)
     assert all(float(r["optim.lr"]) == 0.1 for r in ok)
+    if launcher == "basic":   # lab-plot on a sweep directory also writes the sweep report
+        p = subprocess.run([sys.executable, "-c", "from lab.cli import plot_main; plot_main()", str(sweep)],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert (sweep / "report" / "report.html").stat().st_size > 10_000
+        assert (sweep / "0" / "plots" / "loss.png").exists()
