@@ -49,7 +49,8 @@ def matmul_peak(n: int = 1024, reps: int = 20) -> float:
 
 def step_flops(trainer: Trainer) -> float:
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(trainer.init_state))
-    compiled = jax.jit(lambda s: trainer.train_step(s, {})).lower(state).compile()
+    args1 = jax.tree.map(lambda x: x[0], trainer.clamp_args)
+    compiled = jax.jit(lambda s: trainer.train_step(s, args1, {}, 0)).lower(state).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
@@ -69,13 +70,14 @@ def throughput(overrides: list[str], seeds: int) -> dict:
     trainer = Trainer(cfg)
     state = trainer.init_state()
     fn = trainer.chunk_fn(cfg.train.log_every)
+    shared = lambda i: ({}, jnp.int32(i * cfg.train.log_every))   # (interventions, first step)
     t = time.perf_counter()
-    state, out = fn(state, {})
+    state, out = fn(state, trainer.clamp_args, shared(0))
     jax.block_until_ready(out)
     compile_s = time.perf_counter() - t
     t = time.perf_counter()
-    for _ in range(args.chunks):
-        state, out = fn(state, {})
+    for i in range(args.chunks):
+        state, out = fn(state, trainer.clamp_args, shared(i + 1))
     jax.block_until_ready(out)
     dt = time.perf_counter() - t
     steps = args.chunks * cfg.train.log_every

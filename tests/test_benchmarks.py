@@ -1,0 +1,16 @@
+"""The benchmark script still runs against the current trainer (its figures are not asserted)."""
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_script_runs_on_a_tiny_model():
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--no-phase", "--chunks", "1",
+                        *TINY, "clamp=perfect_prev_token", "--seeds", "1", "2"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "seed-steps/s" in p.stdout and "MFU" in p.stdout
