@@ -23,6 +23,7 @@ import json
 import math
 import re
 import shlex
+import signal
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -1020,6 +1021,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="write the report here (default SWEEP_DIR/report)")
     args = parser.parse_args(argv)
+    if hasattr(signal, "SIGPIPE"):   # `lab-sweep ... | head` ends quietly, like other Unix tools
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
