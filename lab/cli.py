@@ -87,7 +87,7 @@ def _compare_main(dirs: list[Path], metric: str, out: Path | None) -> None:
         print(f"error: not a run directory (no metrics.jsonl in it or in its subdirectories): {', '.join(missing)}",
               file=sys.stderr)
         sys.exit(2)
-    from lab.plots import plot_compare
+    from lab.compare import plot_compare
     try:
         path = plot_compare(runs, out or Path("compare.png"), metric=metric)
     except (ValueError, OSError) as e:

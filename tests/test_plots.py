@@ -135,7 +135,8 @@ def test_lab_plot_cli_on_a_run_and_a_multirun_dir(tmp_path, capsys):
 
 from fake_run import LOG_EVERY, clamp  # noqa: E402
 from lab import plots  # noqa: E402
-from lab.plots import clamp_windows, config_differences, plot_compare  # noqa: E402
+from lab.compare import config_differences, plot_compare  # noqa: E402
+from lab.plots import clamp_windows  # noqa: E402
 
 CLAMPS = {
     "prev_token": clamp(stop=400),                                                 # trains, 0–400
