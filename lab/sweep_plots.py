@@ -1,0 +1,355 @@
+"""Figures of a sweep (`lab.sweep.Sweep`): the phase-change step against each swept parameter,
+every condition's loss curve, and grids over pairs of swept parameters."""
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+
+from lab.plots import DPI, STEP_LABEL, STYLE, SCORE_CMAP, _label, _seed_mean
+from lab.sweep import (COMPLETED, FIGURES, MAX_GROUPS, MAX_PAIRS, PHASE_METRIC, Sweep, _fmt, _is_number,
+                       _sort_values, condition_label)
+
+import matplotlib.pyplot as plt  # noqa: E402  (lab.plots has chosen the Agg backend)
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
+
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _colours(n: int, sequential: bool):
+    if sequential:
+        cmap = plt.get_cmap("viridis")
+        return [cmap(0.08 + 0.8 * i / max(n - 1, 1)) for i in range(n)]
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+class _Axis:
+    """Positions of one parameter's values on an x axis: numbers on a linear or log scale (log when
+    they span a factor of 10 or more), anything else as evenly spaced categories."""
+
+    def __init__(self, values):
+        self.values = _sort_values(values)
+        self.numeric = all(_is_number(v) for v in self.values)
+        self.log = self.numeric and min(self.values) > 0 and max(self.values) / min(self.values) >= 10
+        t = [self.fwd(v) for v in self.values]
+        self.span = (max(t) - min(t)) or 1.0
+
+    def fwd(self, v) -> float:
+        if not self.numeric:
+            return float(self.values.index(v))
+        return math.log10(v) if self.log else float(v)
+
+    def inv(self, t: float) -> float:
+        return 10 ** t if self.log else t
+
+    def at(self, v, offset: float = 0.0) -> float:
+        """x of value v, shifted by `offset` (a fraction of the axis span)."""
+        return self.inv(self.fwd(v) + offset * self.span)
+
+    def setup(self, ax, name: str) -> None:
+        if self.log:
+            ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ticks = [self.at(v) for v in self.values]
+        ax.set_xticks(ticks, [_fmt(v) for v in self.values],
+                      rotation=30 if sum(len(_fmt(v)) for v in self.values) > 40 else 0)
+        lo, hi = self.fwd(self.values[0]), self.fwd(self.values[-1])
+        pad = 0.12 * self.span if self.numeric else 0.5
+        ax.set_xlim(self.inv(lo - pad), self.inv(hi + pad))
+        ax.set_xlabel(name)
+
+
+def _completed_rows(sweep: Sweep) -> list[dict]:
+    return [r for r in sweep.rows if r["_category"] == COMPLETED and r[f"{PHASE_METRIC}_detected"] is not None]
+
+
+def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
+    """(a) the phase-change step against each swept parameter: seeds as points, mean ± std over the
+    seeds with a phase change as a line with error bars, one colour per setting of the other
+    parameters; seeds without a phase change as hollow markers, and seeds of failed or unfinished
+    jobs as crosses, in a band at the top."""
+    done = _completed_rows(sweep)
+    params = sweep.swept
+    if not done or not params:
+        return None
+    done_ids = {id(r) for r in done}
+    rows = [r for r in sweep.rows if r["_category"] != COMPLETED or id(r) in done_ids]
+    mid_key = f"{PHASE_METRIC}_midpoint"
+    ncols = min(3, len(params))
+    nrows = math.ceil(len(params) / ncols)
+    width = max(5.6 * ncols, 9.0)     # room for the legend below a single panel
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 4.4 * nrows + 1.2), sharey=True,
+                             squeeze=False, layout="constrained")
+    in_band = []                       # (ax, x, colour, failed), placed once the y range is known
+    detected_y = [r[mid_key] for r in done if r[mid_key] is not None]
+    for ax, p in zip(axes.flat, params):
+        xaxis = _Axis([r[p] for r in rows])
+        others = [q for q in params if q != p]
+        keys = _sort_values([condition_label(r, others) for r in rows]) if others else ["all"]
+        pooled = len(keys) > MAX_GROUPS
+        if pooled:
+            keys = ["all"]
+        group_of = lambda r: "all" if pooled or not others else condition_label(r, others)  # noqa: E731
+        seq = len(others) == 1 and _Axis([r[others[0]] for r in rows]).numeric
+        colours = dict(zip(keys, _colours(len(keys), seq) if len(keys) > 1 else ["tab:blue"]))
+        dodge = 0.035 if xaxis.numeric else 0.12 / xaxis.span
+        for gi, key in enumerate(keys):
+            colour, g_off = colours[key], (gi - (len(keys) - 1) / 2) * dodge
+            means = []
+            for v in xaxis.values:
+                cell = [r for r in rows if r[p] == v and group_of(r) == key]
+                for k, r in enumerate(cell):
+                    x = xaxis.at(v, g_off + (k - (len(cell) - 1) / 2) * dodge * 0.22)
+                    if r["_category"] != COMPLETED:
+                        in_band.append((ax, x, colour, True))
+                    elif r[mid_key] is not None:
+                        ax.plot(x, r[mid_key], "o", ms=5, color=colour, alpha=0.55, mec="none", zorder=2)
+                    else:
+                        in_band.append((ax, x, colour, False))
+                mids = [r[mid_key] for r in cell if r["_category"] == COMPLETED and r[mid_key] is not None]
+                if mids:
+                    means.append((xaxis.at(v, g_off), float(np.mean(mids)), float(np.std(mids))))
+            if means:
+                xs, ms, ss = zip(*means)
+                # a line joins means only along a numeric axis; categories (e.g. clamps) have no order
+                ax.errorbar(xs, ms, yerr=ss, color=colour, lw=2 if xaxis.numeric else 0, marker="D", ms=6.5,
+                            mec="white", mew=0.8, capsize=4, elinewidth=1.4, zorder=3)
+        xaxis.setup(ax, p)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"vs {p}")
+        if pooled:
+            ax.text(0.02, 0.02, f"pooled over {len(others)} other parameters", transform=ax.transAxes,
+                    fontsize=8.5, color="0.35")
+        elif len(keys) > 1:
+            shown = [k for k in keys if any(group_of(r) == k for r in done)]   # not groups that only failed
+            lines = [Line2D([], [], color=colours[k], lw=2, marker="D", mec="white", label=k) for k in shown]
+            if len(shown) <= 3:
+                ax.legend(handles=lines, loc="best", fontsize=8, framealpha=0.85)
+            else:      # below the panel, where it hides no points
+                ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8,
+                          frameon=False, ncols=1 if max(map(len, shown)) > 30 else 2)
+    for ax in list(axes.flat)[len(params):]:
+        ax.set_visible(False)
+
+    ax0 = axes.flat[0]
+    if detected_y:
+        lo, hi = min(detected_y), max(detected_y)
+        rng = (hi - lo) or max(abs(hi) * 0.2, 50.0)
+        lo, hi = lo - 0.15 * rng, hi + 0.15 * rng
+    else:   # nothing detected: show the length of training, so the band reads "none within N steps"
+        lo, hi = 0.0, float(max((r["last_step"] or 0) for r in done) or 1)
+        rng = hi - lo
+    top = hi + 0.2 * rng
+    y_max = top + 0.1 * rng
+    ticks = [t for t in ax0.yaxis.get_major_locator().tick_values(lo, hi) if lo <= t <= hi]
+    for ax, x, colour, failed in in_band:
+        if failed:
+            ax.plot(x, top, "x", ms=7, color="tab:red", mew=1.8, zorder=3)
+        else:
+            ax.plot(x, top, "o", ms=6.5, mfc="white", mec=colour, mew=1.6, zorder=3)
+    for ax in axes.flat[:len(params)]:
+        ax.axhspan(top - 0.1 * rng, y_max, color="0.93", lw=0, zorder=0)
+    ax0.set_ylim(lo, y_max)
+    ax0.set_yticks(ticks + [top], [f"{t:.0f}" for t in ticks] + ["no phase\nchange"])
+    for ax in axes[:, 0]:
+        ax.set_ylabel("phase-change step (midpoint)" if detected_y else "training step")
+
+    n_det = len(detected_y)
+    left_out = sum(r["_category"] != COMPLETED for r in sweep.rows)
+    handles = [Line2D([], [], ls="", marker="o", color="0.35", alpha=0.6, mec="none", label="one seed"),
+               Line2D([], [], ls="", marker="o", mfc="white", mec="0.35", mew=1.6,
+                      label="seed without a phase change")]
+    if left_out:
+        handles.append(Line2D([], [], ls="", marker="x", color="tab:red", mew=1.8,
+                              label="seed of a failed or unfinished job"))
+    handles.append(Line2D([], [], color="0.35", lw=2, marker="D", mec="white",
+                          label="mean ± std over the seeds with a phase change"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles) if ncols > 1 else 2,
+               frameon=False, fontsize=9)
+    note = f"; {left_out} seeds of failed or unfinished jobs" if left_out else ""
+    fig.suptitle(f"{_label(PHASE_METRIC)}: phase-change step vs swept parameters\n"
+                 f"{n_det}/{len(done)} seeds of completed jobs with a phase change{note}", fontsize=12)
+    return _save(fig, path)
+
+
+def _condition_curves(sweep: Sweep):
+    """[(label, key values, [(job, steps, values (N, S))])] in the order of the swept values."""
+    conds: dict[str, dict] = {}
+    for j in sweep.jobs:
+        values = j.metrics.get(PHASE_METRIC) if j.metrics else None
+        if values is None:
+            continue
+        values = values[:, None] if values.ndim == 1 else values
+        if values.ndim != 2:
+            continue
+        label = condition_label(j.params, sweep.swept)
+        entry = conds.setdefault(label, {"key": tuple(j.params.get(k) for k in sweep.swept), "runs": []})
+        entry["runs"].append((j, j.metrics["step"], values))
+    order = sorted(conds, key=lambda lb: [(0, v, "") if _is_number(v) else (1, 0, str(v)) for v in conds[lb]["key"]])
+    return [(lb, conds[lb]["key"], conds[lb]["runs"]) for lb in order]
+
+
+def _mean_curve(runs) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over every seed of every run, on the union of their steps, where at least half the seeds
+    have a finite value (a killed or failed job's shorter curve does not cut the mean short)."""
+    steps = np.unique(np.concatenate([s for _, s, _ in runs]))
+    cols = []
+    for _, s, v in runs:
+        idx = np.searchsorted(steps, s)
+        for k in range(v.shape[1]):
+            col = np.full(len(steps), np.nan)
+            col[idx] = v[:, k]
+            cols.append(col)
+    m = np.stack(cols, axis=1)
+    finite = np.isfinite(m).sum(1)
+    keep = finite >= max(1, math.ceil(m.shape[1] / 2))
+    return steps[keep], _seed_mean(m[keep]) if keep.any() else np.array([])
+
+
+def _plot_curves(sweep: Sweep, path: Path) -> Path | None:
+    """(b) loss_repeat of every condition: mean over seeds thick, seeds thin, one colour per
+    condition, with the condition's mean phase-change midpoint dashed."""
+    conds = _condition_curves(sweep)
+    if not conds:
+        return None
+    seq = len(sweep.swept) == 1 and all(_is_number(k[0]) for _, k, _ in conds)
+    colours = _colours(len(conds), seq)
+    # two legend columns when the labels (with their ~45-character note) fit side by side in 11 inches
+    legend_cols = 2 if max(len(lb) for lb, _, _ in conds) + 48 <= 75 else 1
+    legend_rows = math.ceil((len(conds) + 4) / legend_cols)
+    fig, ax = plt.subplots(figsize=(11, 4.6 + 0.21 * legend_rows), layout="constrained")
+    handles = []
+    for (label, _, runs), colour in zip(conds, colours):
+        for j, steps, values in runs:
+            ls = "-" if j.category == COMPLETED else ":"
+            for k in range(values.shape[1]):
+                ax.plot(steps, values[:, k], color=colour, lw=0.8, alpha=0.35, ls=ls)
+        ms, mv = _mean_curve(runs)
+        any_done = any(j.category == COMPLETED for j, _, _ in runs)
+        ax.plot(ms, mv, color=colour, lw=2.4, zorder=3, ls="-" if any_done else ":")
+        ids = {id(j) for j, _, _ in runs}
+        mids = [r[f"{PHASE_METRIC}_midpoint"] for r in sweep.rows
+                if id(r["_job"]) in ids and r["_category"] == COMPLETED]
+        found = [m for m in mids if m is not None]
+        if found:
+            ax.axvline(float(np.mean(found)), color=colour, ls="--", lw=1.3, alpha=0.9, zorder=2)
+            note = f"phase change {len(found)}/{len(mids)} seeds, mean step {np.mean(found):.0f}"
+        else:
+            note = f"no phase change, 0/{len(mids)} seeds" if mids else "no completed seeds"
+        bad = sum(j.category != COMPLETED for j, _, _ in runs)
+        if bad:
+            note = ("" if not mids else note + "; ") + f"{bad} job{'s' if bad > 1 else ''} failed or unfinished: dotted"
+        handles.append(Line2D([], [], color=colour, lw=2.4, ls="-" if any_done else ":", label=f"{label}  ({note})"))
+    chance = {j.chance for j in sweep.jobs if j.chance is not None}
+    threshold = {j.threshold for j in sweep.jobs if j.threshold is not None}
+    if len(chance) == 1:
+        ax.axhline(chance.pop(), color="0.45", ls="-.", lw=1)
+        handles.append(Line2D([], [], color="0.45", ls="-.", lw=1, label="chance loss"))
+    if len(threshold) == 1:
+        ax.axhline(threshold.pop(), color="0.3", ls=":", lw=1)
+        handles.append(Line2D([], [], color="0.3", ls=":", lw=1, label="detection threshold"))
+    handles.append(Line2D([], [], color="0.35", lw=0.8, alpha=0.6, label="thin: single seeds"))
+    handles.append(Line2D([], [], color="0.35", lw=1.3, ls="--", label="dashed: mean phase-change midpoint"))
+    ax.set_xlabel(STEP_LABEL)
+    ax.set_ylabel(_label(PHASE_METRIC))
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{_label(PHASE_METRIC)} of {len(conds)} condition{'s' if len(conds) != 1 else ''} "
+                 "(thick: mean over seeds)")
+    fig.legend(handles=handles, loc="outside lower center", ncols=legend_cols, frameon=False, fontsize=9)
+    return _save(fig, path)
+
+
+def _plot_grid(sweep: Sweep, path: Path) -> Path | None:
+    """(c) for each pair of swept parameters, a heatmap of the mean phase-change step (over the
+    completed seeds with a phase change, pooled over other parameters), cells annotated with the
+    number of seeds that had one, or with the failed seeds where no seed completed."""
+    pairs = list(itertools.combinations(sweep.swept, 2))[:MAX_PAIRS]
+    if not pairs or not _completed_rows(sweep):
+        return None
+    rows = sweep.rows
+    mid_key = f"{PHASE_METRIC}_midpoint"
+    grids = []
+    for p, q in pairs:
+        xs, ys = _sort_values([r[p] for r in rows]), _sort_values([r[q] for r in rows])
+        mean = np.full((len(ys), len(xs)), np.nan)
+        counts = np.zeros((len(ys), len(xs), 3), int)    # with a phase change, completed, not completed
+        for iy, y in enumerate(ys):
+            for ix, x in enumerate(xs):
+                cell = [r for r in rows if r[p] == x and r[q] == y]
+                done = [r for r in cell if r["_category"] == COMPLETED]
+                mids = [r[mid_key] for r in done if r[mid_key] is not None]
+                counts[iy, ix] = len(mids), len(done), len(cell) - len(done)
+                if mids:
+                    mean[iy, ix] = np.mean(mids)
+        grids.append((p, q, xs, ys, mean, counts))
+    finite = np.concatenate([g[4][np.isfinite(g[4])] for g in grids])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    if vmax <= vmin:
+        vmin, vmax = vmin - 1, vmax + 1
+    norm = plt.Normalize(vmin, vmax)
+    cmap = plt.get_cmap(SCORE_CMAP).with_extremes(bad="0.92")
+    ncols = min(3, len(grids))
+    nrows = math.ceil(len(grids) / ncols)
+    width = max(max(len(g[2]) for g in grids) * 1.3 + 2.2, 5.2)
+    height = max(max(len(g[3]) for g in grids) * 0.95 + 1.6, 3.4)
+    fig_width = max(width * ncols + (1.2 if len(finite) else 0), 7.5)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(fig_width, height * nrows + 1.1),
+                             squeeze=False, layout="constrained")
+    im = None
+    for ax, (p, q, xs, ys, mean, counts) in zip(axes.flat, grids):
+        im = ax.imshow(mean, cmap=cmap, norm=norm, aspect="auto", origin="lower")
+        for iy in range(len(ys)):
+            for ix in range(len(xs)):
+                k, n, bad = counts[iy, ix]
+                extra = f"\n{bad} failed" if bad and n else ""
+                if n == 0:
+                    text, colour = (f"{bad} seeds\nfailed" if bad else "no runs"), ("tab:red" if bad else "0.45")
+                elif k == 0:
+                    text, colour = f"none\n0/{n} seeds{extra}", "0.25"
+                else:
+                    text = f"{mean[iy, ix]:.0f}\n{k}/{n} seeds{extra}"
+                    colour = "white" if norm(mean[iy, ix]) < 0.6 else "black"
+                ax.text(ix, iy, text, ha="center", va="center", fontsize=9, color=colour)
+        ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
+        ax.set_xticks(np.arange(len(xs) + 1) - 0.5, minor=True)    # white lines between the cells
+        ax.set_yticks(np.arange(len(ys) + 1) - 0.5, minor=True)
+        ax.grid(which="minor", color="white", lw=2)
+        ax.set_xlabel(p)
+        ax.set_ylabel(q)
+        ax.tick_params(which="both", length=0)
+        ax.set_title(f"{q} × {p}" + (" (others pooled)" if len(sweep.swept) > 2 else ""), fontsize=11)
+    for ax in list(axes.flat)[len(grids):]:
+        ax.set_visible(False)
+    if len(finite):
+        fig.colorbar(im, ax=axes, shrink=0.9, label="mean phase-change step")
+    fig.suptitle(f"mean phase-change step of the {_label(PHASE_METRIC)}\n"
+                 "cells: mean step, seeds with a phase change / completed seeds", fontsize=12)
+    return _save(fig, path)
+
+
+def plot_sweep(sweep: Sweep, out_dir: Path) -> dict[str, Path]:
+    """Draw the sweep's figures into out_dir; figures without data (no swept parameter, fewer than
+    two, no completed job) are skipped, and a stale copy from an earlier report is removed."""
+    draw = {"phase_vs_params": _plot_phase_vs_params, "loss_curves": _plot_curves, "phase_grid": _plot_grid}
+    written = {}
+    with plt.rc_context(STYLE):
+        for name in FIGURES:
+            path = out_dir / f"{name}.png"
+            result = draw[name](sweep, path)
+            if result is not None:
+                written[name] = result
+            elif path.exists():
+                path.unlink()
+    return written
+
+

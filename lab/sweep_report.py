@@ -1,0 +1,239 @@
+"""A sweep's table as CSV and JSON, and the self-contained HTML report (figures inlined)."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from pathlib import Path
+
+from lab.sweep import (COMPLETED, FAILED, FIGURES, INCOMPLETE, PHASE_METRIC, Sweep, _fmt, _is_number,
+                       multirun_command, rerun_command, scan)
+from lab.sweep_plots import plot_sweep
+
+
+
+def _json_value(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _write_csv(rows: list[dict], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if v is None else v for k, v in r.items()})
+    return path
+
+
+def _write_json(sweep: Sweep, path: Path) -> Path:
+    doc = {"sweep_dir": str(sweep.dir), "command": sweep.command, "common_overrides": sweep.common,
+           "swept": sweep.swept, "counts": sweep.counts(),
+           "rows": [{k: _json_value(v) for k, v in r.items()} for r in sweep.public_rows]}
+    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    return path
+
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f;
+       margin: 0; background: #f6f7f9; }
+main { max-width: 1500px; margin: 0 auto; padding: 24px 32px 48px; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 32px 0 10px; }
+code, pre { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+.sub { color: #555; margin: 0 0 14px; word-break: break-all; }
+.cards { display: flex; gap: 10px; flex-wrap: wrap; margin: 12px 0; }
+.card { background: #fff; border: 1px solid #dde1e6; border-radius: 8px; padding: 8px 16px; min-width: 90px; }
+.card b { display: block; font-size: 22px; } .card span { color: #555; font-size: 12.5px; }
+.card.ok b { color: #1a7f37; } .card.bad b { color: #c62828; } .card.warn b { color: #b26a00; }
+.meta { background: #fff; border: 1px solid #dde1e6; border-radius: 8px; padding: 10px 14px; }
+.meta div { margin: 2px 0; }
+.tablewrap { overflow: auto; max-height: 70vh; border: 1px solid #dde1e6; border-radius: 8px; background: #fff; }
+table { border-collapse: collapse; font-size: 12.5px; white-space: nowrap; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #eceef1; text-align: right; }
+th { position: sticky; top: 0; background: #eef1f5; cursor: pointer; user-select: none; text-align: center; }
+th:hover { background: #e0e6ee; }
+th[data-order=asc]::after { content: " \\25B2"; } th[data-order=desc]::after { content: " \\25BC"; }
+td.text { text-align: left; }
+td.err { text-align: left; max-width: 460px; overflow: hidden; text-overflow: ellipsis; color: #8a1c1c; }
+tbody tr:nth-child(even) { background: #fafbfc; } tbody tr:hover { background: #eef5ff; }
+tr.failed td.status { color: #c62828; font-weight: 600; } tr.completed td.status { color: #1a7f37; }
+tr.incomplete td.status { color: #b26a00; font-weight: 600; }
+td.none { color: #aaa; }
+figure { background: #fff; border: 1px solid #dde1e6; border-radius: 8px; margin: 0 0 20px; padding: 12px; }
+figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
+figcaption { color: #444; margin-top: 6px; font-size: 13px; }
+.job { background: #fff; border: 1px solid #f0c7c7; border-left: 4px solid #c62828; border-radius: 6px;
+       padding: 8px 12px; margin: 8px 0; }
+.job.incomplete { border-color: #f1dcb5; border-left-color: #b26a00; }
+.job .error { color: #8a1c1c; margin: 4px 0; }
+pre { background: #f1f3f6; border-radius: 6px; padding: 8px 10px; overflow-x: auto; white-space: pre; margin: 6px 0; }
+.note { color: #555; font-size: 13px; }
+"""
+
+SCRIPT = """
+function cellValue(td) {
+  const v = td.dataset.v;
+  if (v === undefined || v === "") return null;
+  const n = Number(v);
+  return Number.isNaN(n) ? v.toLowerCase() : n;
+}
+document.querySelectorAll("table.sortable th").forEach((th, col) => {
+  th.addEventListener("click", () => {
+    const table = th.closest("table"), body = table.tBodies[0];
+    const asc = th.dataset.order !== "asc";
+    table.querySelectorAll("th").forEach(h => delete h.dataset.order);
+    th.dataset.order = asc ? "asc" : "desc";
+    const rows = Array.from(body.rows);
+    rows.sort((a, b) => {
+      const x = cellValue(a.cells[col]), y = cellValue(b.cells[col]);
+      if (x === null || y === null) return (x === null) - (y === null);   // empty cells last
+      const c = (typeof x === typeof y) ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === "number" ? -1 : 1);
+      return asc ? c : -c;
+    });
+    rows.forEach(r => body.appendChild(r));
+  });
+});
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  document.body.dataset.imagesTotal = images.length;
+  document.body.dataset.imagesLoaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+});
+"""
+
+CAPTIONS = {
+    "phase_vs_params": "Phase-change step (sigmoid midpoint of the repeated-part loss) against each swept "
+                       "parameter: small dots are seeds, diamonds the mean ± std over the seeds with a phase "
+                       "change; in the grey top band, hollow markers are seeds without one and red crosses "
+                       "seeds of failed or unfinished jobs.",
+    "loss_curves": "Repeated-part loss of every condition (the job's overrides less the seed): thick lines "
+                   "are means over seeds, thin lines single seeds, dashed verticals the mean phase-change step.",
+    "phase_grid": "Mean phase-change step for each pair of swept parameters; each cell says how many of its "
+                  "completed seeds had a phase change.",
+}
+HTML_HIDDEN = ("overrides", "run_dir", f"{PHASE_METRIC}_reason")
+
+
+def _td(row: dict, key: str) -> str:
+    v = row.get(key)
+    classes = []
+    if key == "status":
+        classes.append("status text")
+    elif key == "error":
+        classes.append("err")
+    elif isinstance(v, str) and not _is_number(v):
+        classes.append("text")
+    if v is None:
+        classes.append("none")
+    sort = "" if v is None else ("1" if v is True else "0" if v is False else str(v))
+    title = ""
+    if key == f"{PHASE_METRIC}_midpoint" and v is None and row.get(f"{PHASE_METRIC}_reason"):
+        title = f' title="{html.escape(row[f"{PHASE_METRIC}_reason"])}"'
+    elif key == "job":
+        title = f' title="{html.escape(row["overrides"])}"'
+    elif key in ("error", "status") and row.get("error"):
+        title = f' title="{html.escape(row["error"])}"'
+    cls = f' class="{" ".join(classes)}"' if classes else ""
+    return f'<td{cls} data-v="{html.escape(sort)}"{title}>{html.escape(_fmt(v, key))}</td>'
+
+
+def _html_table(sweep: Sweep) -> str:
+    keys = [k for k in sweep.rows[0] if not k.startswith("_") and k not in HTML_HIDDEN]
+    if not any(r["error"] for r in sweep.rows):
+        keys.remove("error")
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "\n".join(f'<tr class="{r["_category"]}">' + "".join(_td(r, k) for k in keys) + "</tr>"
+                     for r in sweep.rows)
+    return (f'<div class="tablewrap"><table class="sortable"><thead><tr>{head}</tr></thead>\n'
+            f"<tbody>\n{body}\n</tbody></table></div>")
+
+
+def _html_problems(sweep: Sweep) -> str:
+    bad = [j for j in sweep.jobs if j.category != COMPLETED]
+    if not bad:
+        return "<h2>Failed jobs</h2><p>None: every job completed.</p>"
+    parts = [f"<h2>Failed and unfinished jobs ({len(bad)})</h2>"]
+    for j in bad:
+        kind = "failed" if j.category == FAILED else "incomplete"
+        overrides = html.escape(" ".join(j.overrides) or "(no overrides)")
+        error = f'<div class="error">{html.escape(j.error)}</div>' if j.error else ""
+        parts.append(f'<div class="job {kind}"><b>job {html.escape(j.name)}</b> — {html.escape(j.status)}'
+                     f"{error}<div class=\"note\"><code>{overrides}</code></div></div>")
+    failed = [j for j in bad if j.category == FAILED]
+    parts.append("<p>Rerun only these jobs (one command each; a job whose directory holds a killed run's "
+                 "checkpoint resumes with <code>train.resume=true</code>, one whose directory already holds "
+                 "metrics reruns into <code>&lt;job&gt;-rerun</code>):</p>")
+    parts.append("<pre>" + html.escape("\n".join(rerun_command(j) for j in bad)) + "</pre>")
+    combined = multirun_command(failed, sweep.dir)
+    if combined:
+        parts.append("<p>or the failed ones as one multirun:</p><pre>" + html.escape(combined) + "</pre>")
+    if failed:
+        parts.append('<p class="note">A config error or a diverged run fails again with the same overrides: '
+                     "change the value the error names (for a divergence e.g. a lower <code>optim.lr</code> or "
+                     "<code>optim.grad_clip=1.0</code>) before rerunning.</p>")
+    return "\n".join(parts)
+
+
+def _html(sweep: Sweep, figures: dict[str, Path]) -> str:
+    c = sweep.counts()
+    cards = [(c["jobs"], "jobs", ""), (c["seeds"], "seeds (rows)", ""), (c[COMPLETED], "completed", "ok"),
+             (c[FAILED], "failed", "bad" if c[FAILED] else ""),
+             (c[INCOMPLETE], "unfinished", "warn" if c[INCOMPLETE] else ""),
+             (f"{c['seeds_with_phase_change']}/{c['seeds_completed']}", "seeds with a phase change", "")]
+    cards_html = "".join(f'<div class="card {cls}"><b>{html.escape(str(n))}</b><span>{html.escape(t)}</span></div>'
+                         for n, t, cls in cards)
+    meta = []
+    if sweep.command:
+        meta.append("<div>sweep: <code>" + html.escape(" ".join(["lab-train", "-m", *sweep.command])) + "</code></div>")
+    meta.append("<div>swept: " + (", ".join(f"<code>{html.escape(k)}</code>" for k in sweep.swept) or "nothing but seeds")
+                + "</div>")
+    if sweep.common:
+        meta.append("<div>common overrides: <code>" + html.escape(" ".join(sweep.common)) + "</code></div>")
+    figs = []
+    for name, path in figures.items():
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        figs.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
+                    f"<figcaption>{html.escape(CAPTIONS.get(name, name))}</figcaption></figure>")
+    title = f"Sweep {sweep.dir}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{CSS}</style></head>
+<body><main>
+<h1>Sweep report</h1>
+<p class="sub">{html.escape(str(sweep.dir.resolve()))}</p>
+<div class="cards">{cards_html}</div>
+<div class="meta">{''.join(meta)}</div>
+<h2>Table: one row per job and seed</h2>
+<p class="note">Click a column to sort. Steps are training steps; <code>loss_repeat_*</code> is the repeated-part
+loss phase change of that seed (midpoint and onset only where one was detected; hover a missing midpoint for the
+reason), <code>&lt;group&gt;_midpoint</code> the earliest detected per-head phase change, <code>final_*</code>
+the last logged values. Hover a job for its overrides.</p>
+{_html_table(sweep)}
+<h2>Figures</h2>
+{''.join(figs) or '<p>No figures: no job logged metrics.</p>'}
+{_html_problems(sweep)}
+</main>
+<script>{SCRIPT}</script>
+</body></html>
+"""
+
+
+def write_report(sweep_dir, out_dir=None, sweep: Sweep | None = None) -> dict[str, Path]:
+    """Write sweep.csv, sweep.json, the figures (phase_vs_params.png, loss_curves.png and, with two
+    or more swept parameters, phase_grid.png) and a self-contained report.html into `out_dir`
+    (default `<sweep_dir>/report`). Returns {"csv", "json", <figure names>, "html"} -> path."""
+    sweep = sweep or scan(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"csv": _write_csv(sweep.public_rows, out / "sweep.csv"), "json": _write_json(sweep, out / "sweep.json")}
+    written.update(plot_sweep(sweep, out))
+    html_path = out / "report.html"
+    html_path.write_text(_html(sweep, {k: v for k, v in written.items() if k in FIGURES}), encoding="utf-8")
+    written["html"] = html_path
+    return written
+
+
