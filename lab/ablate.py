@@ -29,78 +29,15 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
+
+from lab.runs import RunLoadError, load_run, run_dir_problem   # JAX-free at import
 
 KINDS = ("mean", "zero")
 CONDITIONS = ("none", "top", "random")          # the summary conditions; single heads are L{l}H{h}
 CSV_FIELDS = ["seed", "condition", "heads", "n_ablated", "loss_repeat", "acc_repeat", "delta_loss",
               "delta_acc", "loss_std", "acc_std"]
-
-
-class AblationError(Exception):
-    """The run directory cannot be ablated; the message is one line."""
-
-
-# ----------------------------------------------------------------------------- loading
-def _checkpoint_problem(run_dir: Path) -> Optional[str]:
-    """Why `run_dir` cannot be loaded, checked without JAX; None if it looks like a finished run."""
-    if not (run_dir / "config.yaml").is_file():
-        return f"{run_dir} is not a run directory: it has no config.yaml"
-    ckpt = run_dir / "checkpoints"
-    if not ckpt.is_dir() or not any(p.is_dir() and p.name.isdigit() for p in ckpt.iterdir()):
-        return f"{run_dir} holds no checkpoint (nothing in {ckpt}); train it first, or wait until it writes one"
-    return None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
-def run_config(path):
-    """A run's saved (resolved) config, laid over the current default config, so that a run written
-    before a key existed (e.g. `clamps`) gets that key's default. If the saved config does not fit the
-    current schema, it is used as saved (with an empty `clamps` node, i.e. no clamps)."""
-    from omegaconf import OmegaConf
-
-    saved = OmegaConf.load(path)
-    try:
-        from lab.runner import load_config
-        return OmegaConf.merge(load_config(), saved)
-    except Exception:
-        return OmegaConf.merge({"clamps": {}}, saved)
-
-
-def load_run(run_dir):
-    """(cfg, trainer, step, params) of a run directory; params have a leading seed axis."""
-    import jax
-
-    from lab.checkpoint import Checkpoints
-    from lab.train import Trainer
-
-    run_dir = Path(run_dir)
-    problem = _checkpoint_problem(run_dir)
-    if problem:
-        raise AblationError(problem)
-    try:
-        cfg = run_config(run_dir / "config.yaml")
-        trainer = Trainer(cfg)
-    except Exception as e:   # unreadable YAML, a config this version of the lab cannot run
-        raise AblationError(f"cannot rebuild the model from {run_dir / 'config.yaml'}: {_first_line(e)}") from e
-    ck = Checkpoints(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
-    try:
-        if ck.latest_step() is None:
-            raise AblationError(f"{run_dir} holds no checkpoint (nothing in {run_dir / 'checkpoints'})")
-        step, state = ck.restore(jax.eval_shape(trainer.init_state))
-    except AblationError:
-        raise
-    except Exception as e:   # e.g. shapes that no longer match the config
-        raise AblationError(f"cannot restore the checkpoint in {run_dir / 'checkpoints'}: {_first_line(e)}") from e
-    finally:
-        ck.close()
-    return cfg, trainer, int(step), state["params"]
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -419,7 +356,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/ablation)")
     args = parser.parse_args(argv)
 
-    problem = _checkpoint_problem(args.run_dir)   # before JAX starts: a quick, clean refusal
+    problem = run_dir_problem(args.run_dir)   # before JAX starts: a quick, clean refusal
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
@@ -435,7 +372,7 @@ def main(argv=None) -> None:
     try:
         result = ablate(args.run_dir, kind=args.kind, top_percent=args.top_percent, draws=args.draws,
                         eval_size=args.eval_size, seed=args.seed, eval_seed=args.eval_seed)
-    except AblationError as e:
+    except RunLoadError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     paths = save(result, args.out or args.run_dir / "ablation")

@@ -17,7 +17,6 @@ resample), the probe pass (mean) and the frozen source model (graft).
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -258,28 +257,20 @@ class Clamps:
         if c.source in self.sources:
             src_model, _ = self.sources[c.source]
         else:
-            from omegaconf import OmegaConf
-            from lab.checkpoint import Checkpoints
-            from lab.train import Trainer
+            from lab.runs import RunLoadError, load_run
             run = Path(c.source).expanduser()
             if not (run / "config.yaml").is_file() or not (run / "checkpoints").is_dir():
                 raise _err(name, "source", c.source, "not a run directory with config.yaml and checkpoints/")
-            src_cfg = OmegaConf.load(run / "config.yaml")
-            src_cfg.train.steps, src_cfg.clamps = max(src_cfg.train.steps, 1), {}
-            src = Trainer(src_cfg)
+            try:
+                _, src, _, params = load_run(run, c.source_step)
+            except RunLoadError as e:
+                key = "source" if c.source_step is None else "source_step"
+                raise _err(name, key, c[key], str(e)) from None
             if (src.task.model_vocab_size, src.task.seq_len) != (self.model.vocab_size, self.T):
                 raise _err(name, "source", c.source, f"its task has vocabulary {src.task.model_vocab_size} and "
                                                      f"seq_len {src.task.seq_len}; this run has {self.model.vocab_size} and {self.T}")
-            ck = Checkpoints(run / "checkpoints", src_cfg.train.keep_checkpoints)
-            steps = ck.manager.all_steps()
-            if not steps or (c.source_step is not None and c.source_step not in steps):
-                ck.close()
-                raise _err(name, "source_step" if steps else "source", c.source_step if steps else c.source,
-                           f"no such checkpoint; available steps: {sorted(steps) or 'none'}")
-            _, state = ck.restore(jax.eval_shape(src.init_state), c.source_step)
-            ck.close()
             src_model = src.model
-            self.sources[c.source] = (src_model, jax.device_get(state["params"]))
+            self.sources[c.source] = (src_model, jax.device_get(params))
         for site in sites:
             if site not in src_model.hook_names:
                 raise _err(name, "site", site, f"the graft source {c.source} has no such site")
@@ -348,10 +339,12 @@ class Clamps:
             a = args[spec.key]
             mask = self._mask(spec, a, B)
             strength = schedule_strength(t, a)
-            value = self._value(spec, a, batch, clean, probe, grafted, strength)
-            if spec.value == "induction":
+            if spec.value == "induction":   # the pattern and the rows it covers come from the batch
                 weights, rows = self.task.induction_attention(batch)
+                value = induction_pattern(weights, a["pattern_strength"])[:, None]
                 mask = mask & rows[:, None, :, None]
+            else:
+                value = self._value(spec, a, batch, clean, probe, grafted, strength)
             if spec.value == "perfect_copy":
                 site = f"blocks.{spec.copy_from[0]}.attn.pattern"
                 cache_names.append(site)
@@ -368,8 +361,6 @@ class Clamps:
         sg = (lambda x: x) if spec.grad else jax.lax.stop_gradient
         if kind == "prev_token":
             return prev_token_pattern(self.T, s)
-        if kind == "induction":
-            return induction_pattern(self.task.induction_attention(batch)[0], s)[:, None]
         if kind == "zero":
             return jnp.zeros(())
         if kind == "mean":

@@ -91,18 +91,18 @@ class Trainer:
         if not self.cfg.measures.enabled:
             return {}
         forward = lambda names: self.clamps.forward(params, self.probe, clamp_args, t, "eval", cache_names=names)
-        out = probe_measures(self.model, params, self.probe, self.icl_early, self.icl_late,
-                             exclude_bos=self.task.bos, snapshot=self.cfg.measures.attention_snapshots, forward=forward)
+        out = self.probe_scores(self.model, params, snapshot=self.cfg.measures.attention_snapshots, forward=forward)
         for name in dict.fromkeys(s.name for s in self.clamps.active("measure")):
             logits, _ = self.clamps.forward(params, self.probe, clamp_args, t, "measure", only=name)
             loss, acc = repeat_loss_and_accuracy(logits, self.probe)
             out[f"loss_repeat_clamped_{name}"], out[f"acc_repeat_clamped_{name}"] = loss, acc
         return out
 
-    def probe_scores(self, model, params) -> dict:
-        """Per-head measures of any model with this task's vocabulary (e.g. a clamp's source run)."""
+    def probe_scores(self, model, params, snapshot: bool = False, forward=None) -> dict:
+        """Every measure on the probe of any model with this task's vocabulary (this run's, or a
+        clamp's source run); `forward` replaces its plain forward pass (e.g. with clamps)."""
         return probe_measures(model, params, self.probe, self.icl_early, self.icl_late,
-                              exclude_bos=self.task.bos, snapshot=False)
+                              exclude_bos=self.task.bos, snapshot=snapshot, forward=forward)
 
     def chunk(self, per_seed: tuple, shared: tuple, n_steps: int):
         (state, clamp_args), (interventions, step0) = per_seed, shared
