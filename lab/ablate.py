@@ -3,7 +3,8 @@ highest induction scores hurt the induction-predictable tokens more than knockin
 random heads?
 
 For a run directory: restore the newest checkpoint, sample an evaluation batch, score every head's
-induction attention on it (unablated), then measure `loss_repeat` / `acc_repeat` (the tokens
+induction attention on it (unablated, the task's per-head `induction` measure), then measure the
+task's main loss and accuracy (`loss_repeat` / `acc_repeat` for token induction: the tokens
 induction can predict) with heads ablated at `blocks.{l}.attn.z`, for each seed:
 
   none        nothing ablated
@@ -36,40 +37,39 @@ from lab.runs import RunLoadError, load_run, run_dir_problem   # JAX-free at imp
 
 KINDS = ("mean", "zero")
 CONDITIONS = ("none", "top", "random")          # the summary conditions; single heads are L{l}H{h}
-CSV_FIELDS = ["seed", "condition", "heads", "n_ablated", "loss_repeat", "acc_repeat", "delta_loss",
-              "delta_acc", "loss_std", "acc_std"]
+def csv_fields(result: dict) -> list[str]:
+    return ["seed", "condition", "heads", "n_ablated", result["metric"], result["accuracy"], "delta_loss",
+            "delta_acc", "loss_std", "acc_std"]
 
 
 # ----------------------------------------------------------------------------- pure functions
-def head_stats(model, params: dict, batch):
+def head_stats(model, task, measures_cfg, params: dict, batch):
     """The unablated pass of one seed: each head's z averaged over the batch, (L, 1, T, H, d_head),
-    its induction score, (L, H), and loss_repeat, acc_repeat."""
+    its induction score (the task's `induction` measure), (L, H), and the task's main loss and accuracy."""
     import jax.numpy as jnp
 
-    from lab.measures import induction_score, repeat_loss_and_accuracy
-
     L = model.n_layers
-    names = [f"blocks.{l}.attn.{site}" for l in range(L) for site in ("z", "pattern")]
-    logits, cache = model.apply(params, batch.tokens, cache_names=names)
+    names = tuple(f"blocks.{l}.attn.z" for l in range(L))
+    logits, cache = model.apply(params, batch, cache_names=names)
     means = jnp.stack([cache[f"blocks.{l}.attn.z"].mean(axis=0, keepdims=True) for l in range(L)])
-    scores = jnp.stack([induction_score(cache[f"blocks.{l}.attn.pattern"], batch) for l in range(L)])
-    loss, acc = repeat_loss_and_accuracy(logits, batch)
+    forward = lambda b, cache_names: model.apply(params, b, cache_names=cache_names)   # noqa: E731
+    scores = task.measures(model, params, batch, forward, measures_cfg, False)["induction"]
+    loss, acc = task.main_scores(logits, batch)
     return means, scores, loss, acc
 
 
-def evaluate_masks(model, params: dict, batch, masks, values):
-    """loss_repeat and acc_repeat, each (N,), for N head masks (N, L, H): where masks[n, l, h], head h's
+def evaluate_masks(model, task, params: dict, batch, masks, values):
+    """The task's main loss and accuracy (e.g. loss_repeat, acc_repeat), each (N,), for N head masks (N, L, H): where masks[n, l, h], head h's
     z in layer l is replaced by values[l] (broadcastable to z, e.g. (1, T, H, d_head) or 0)."""
     import jax
 
     from lab.hooks import Intervention
-    from lab.measures import repeat_loss_and_accuracy
 
     def one(mask):
         interventions = {f"blocks.{l}.attn.z": Intervention(mask[l][None, None, :, None], values[l])
                          for l in range(model.n_layers)}
-        logits, _ = model.apply(params, batch.tokens, interventions)
-        return repeat_loss_and_accuracy(logits, batch)
+        logits, _ = model.apply(params, batch, interventions)
+        return task.main_scores(logits, batch)
 
     return jax.lax.map(one, masks)   # one condition at a time: memory of one forward pass
 
@@ -134,8 +134,10 @@ def ablate(run_dir, kind: str = "mean", top_percent: float = 2.0, draws: int = 2
     configure_compile_cache(cfg.train)
     model, L, H = trainer.model, trainer.model.n_layers, trainer.model.n_heads
     batch = jax.jit(trainer.task.sample, static_argnums=1)(jax.random.PRNGKey(eval_seed), eval_size)
-    stats_fn = jax.jit(partial(head_stats, model))
-    eval_fn = jax.jit(partial(evaluate_masks, model))
+    task = trainer.task
+    stats_fn = jax.jit(partial(head_stats, model, task, cfg.measures))
+    eval_fn = jax.jit(partial(evaluate_masks, model, task))
+    lk, ak = task.main_metric, task.main_accuracy
     n = n_per_layer(H, top_percent)
     rng = np.random.default_rng(seed)
     singles = np.eye(L * H, dtype=bool).reshape(L * H, L, H)
@@ -154,7 +156,7 @@ def ablate(run_dir, kind: str = "mean", top_percent: float = 2.0, draws: int = 2
 
         def row(condition, heads, n_ablated, l, a, l_std=None, a_std=None):
             return {"seed": s, "condition": condition, "heads": heads, "n_ablated": int(n_ablated),
-                    "loss_repeat": float(l), "acc_repeat": float(a), "delta_loss": float(l - base_loss),
+                    lk: float(l), ak: float(a), "delta_loss": float(l - base_loss),
                     "delta_acc": float(a - base_acc), "loss_std": l_std, "acc_std": a_std}
 
         rows.append(row("none", "", 0, base_loss, base_acc))
@@ -165,7 +167,7 @@ def ablate(run_dir, kind: str = "mean", top_percent: float = 2.0, draws: int = 2
         r_loss, r_acc = loss[k + 1:], acc[k + 1:]
         rand_row = row("random", " | ".join(heads_text(m) for m in rand), n * L, r_loss.mean(), r_acc.mean(),
                        _std(r_loss), _std(r_acc))
-        rand_row["draws"] = [{"heads": heads_text(m), "loss_repeat": float(a), "acc_repeat": float(b)}
+        rand_row["draws"] = [{"heads": heads_text(m), lk: float(a), ak: float(b)}
                              for m, a, b in zip(rand, r_loss, r_acc)]
         rows.append(rand_row)
 
@@ -184,14 +186,15 @@ def ablate(run_dir, kind: str = "mean", top_percent: float = 2.0, draws: int = 2
 
     summary = {}
     for c in CONDITIONS:
-        lo, ac = pooled(c, "loss_repeat"), pooled(c, "acc_repeat")
-        base = pooled("none", "loss_repeat")
+        lo, ac = pooled(c, lk), pooled(c, ak)
+        base = pooled("none", lk)
         summary[c] = {"loss_mean": float(np.mean(lo)), "loss_std": _std(lo), "acc_mean": float(np.mean(ac)),
                       "acc_std": _std(ac), "delta_loss_mean": float(np.mean(lo) - np.mean(base)), "n": len(lo)}
     return {
         "run_dir": str(Path(run_dir)), "step": step, "kind": kind, "top_percent": top_percent,
         "n_per_layer": n, "draws": draws, "eval_size": eval_size, "eval_seed": eval_seed, "seed": seed,
-        "n_layers": L, "n_heads": H, "seeds": list(trainer.seeds), "vocab_size": int(cfg.task.vocab_size),
+        "n_layers": L, "n_heads": H, "seeds": list(trainer.seeds), "n_outputs": int(model.n_outputs),
+        "metric": lk, "accuracy": ak, "metric_label": task.main_metric_label,
         "chance_loss": float(trainer.task.chance_loss),
         "induction_scores": scores_all,
         "single_delta_loss": np.mean(single_delta, axis=0).tolist(),
@@ -204,11 +207,12 @@ def ablate(run_dir, kind: str = "mean", top_percent: float = 2.0, draws: int = 2
 # ----------------------------------------------------------------------------- outputs
 def write_csv(result: dict, path: Path) -> Path:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        fields = csv_fields(result)
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in result["rows"]:
             w.writerow({k: ("" if r[k] is None else round(r[k], 6) if isinstance(r[k], float) else r[k])
-                        for k in CSV_FIELDS})
+                        for k in fields})
     return path
 
 
@@ -236,7 +240,7 @@ def plot(result: dict, path: Path) -> Path:
     ax = axes[0]
     lim = max(float(np.abs(delta).max()), 1e-6)
     im = ax.imshow(delta, cmap="RdBu_r", norm=Normalize(-lim, lim), aspect="auto")
-    fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02, label="Δ loss_repeat (nats)")
+    fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02, label=f"Δ {result['metric']} (nats)")
     if L * H <= 256:
         fs = 9 if H <= 8 else 7
         for l in range(L):
@@ -263,8 +267,10 @@ def plot(result: dict, path: Path) -> Path:
     colours = ["0.6", "tab:red", "tab:blue"]
     labels = _condition_labels(result)
     summ = result["summary"]
-    for ax, key, title, chance in ((axes[1], "loss", "loss on repeated tokens", result["chance_loss"]),
-                                   (axes[2], "acc", "accuracy on repeated tokens", 1 / result["vocab_size"])):
+    label = result.get("metric_label", "loss on repeated part")
+    chance_acc = math.exp(-result["chance_loss"])   # a uniform guess over as many outcomes as the chance loss says
+    for ax, key, title, chance in ((axes[1], "loss", label, result["chance_loss"]),
+                                   (axes[2], "acc", label.replace("loss", "accuracy", 1), chance_acc)):
         means = [summ[c][f"{key}_mean"] for c in CONDITIONS]
         stds = [summ[c][f"{key}_std"] for c in CONDITIONS]
         ax.bar(range(3), means, yerr=stds, capsize=5, color=colours, edgecolor="black", lw=0.6)
@@ -302,11 +308,11 @@ def format_table(result: dict) -> str:
     n = result["n_per_layer"]
     lines = [f"{result['kind']} ablation of {result['run_dir']} at step {result['step']}: "
              f"{result['eval_size']} eval sequences, seeds {result['seeds']}, {n} head(s)/layer for top and random",
-             f"{'seed':>5}  {'condition':<10} {'loss_repeat':>16} {'Δloss':>8} {'acc_repeat':>16}  heads"]
+             f"{'seed':>5}  {'condition':<10} {result['metric']:>16} {'Δloss':>8} {result['accuracy']:>16}  heads"]
     for r in result["rows"]:
         if r["condition"] not in CONDITIONS:
             continue
-        loss, acc = f"{r['loss_repeat']:.4f}", f"{r['acc_repeat']:.4f}"
+        loss, acc = f"{r[result['metric']]:.4f}", f"{r[result['accuracy']]:.4f}"
         if r["loss_std"] is not None:
             loss, acc = f"{loss} ± {r['loss_std']:.4f}", f"{acc} ± {r['acc_std']:.4f}"
         heads = f"{result['draws']} draws" if r["condition"] == "random" else r["heads"]

@@ -88,8 +88,10 @@ class ProgressBar(Callback):
     def on_log(self, trainer, record, outputs):
         self.bar.update(record["step"] - self.bar.n)
         post = {"loss": np.mean(record["train_loss"])} if "train_loss" in record else {}
-        if "loss_repeat" in record:
-            post["rep_loss"] = np.mean(record["loss_repeat"])
+        main = trainer.task.main_metric
+        if main in record:
+            post["main_loss" if main != "loss_repeat" else "rep_loss"] = np.mean(record[main])
+        if "induction" in record:
             post["induction"] = np.max(np.mean(record["induction"], 0))
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in post.items()}, refresh=False)
 
@@ -147,7 +149,8 @@ class AttentionSnapshots(Callback):
         """Indices and labels: start, before and after the loss transition (if any), final."""
         steps = np.asarray(self.steps)
         picks = [(0, "start")]
-        agg = summary.get("phase", {}).get("loss_repeat", {}).get("per_seed", [{}])[0]
+        main = summary.get("main_metric", "loss_repeat")
+        agg = summary.get("phase", {}).get(main, {}).get("per_seed", [{}])[0]
         if agg.get("detected"):
             before = np.flatnonzero(steps <= agg["onset"])
             after = np.flatnonzero(steps >= agg["end"])
@@ -165,12 +168,11 @@ class AttentionSnapshots(Callback):
                 out.append((i, lab))
         return [i for i, _ in out], [lab for _, lab in out]
 
-    def save(self, path: Path, summary: dict, probe, n_repeats: int) -> None:
+    def save(self, path: Path, summary: dict, info: dict) -> None:
+        """`info`: the task's snapshot_info of the probe (tokens of sequence 0, structure to outline)."""
         if not self.steps:
             return
         idx, labels = self.select(summary)
         np.savez_compressed(path, steps=np.asarray(self.steps)[idx],
                             patterns=np.stack([self.patterns[i] for i in idx]).astype(np.float32),
-                            labels=np.asarray(labels), tokens=np.asarray(probe.tokens[0]),
-                            repeat_start=int(probe.repeat_start[0]), repeat_len=int(probe.repeat_len[0]),
-                            n_repeats=n_repeats)
+                            labels=np.asarray(labels), **{k: np.asarray(v) for k, v in info.items()})

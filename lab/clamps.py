@@ -137,7 +137,7 @@ class Clamps:
     def __init__(self, cfgs, model, task, train_cfg, probe, measures_enabled: bool = True):
         self.model, self.task, self.probe = model, task, probe
         self.T, self.H = task.seq_len, model.n_heads
-        self.n_batch = max(train_cfg.batch_size, probe.tokens.shape[0])
+        self.n_batch = max(train_cfg.batch_size, probe.tokens.shape[0])   # every task's batch has tokens
         self.steps = train_cfg.steps
         self.batch_size = train_cfg.batch_size
         self.cfgs = {name: c for name, c in (cfgs or {}).items()}
@@ -321,19 +321,18 @@ class Clamps:
         """(logits, cache) of the model on `batch` with the clamps of `mode` at step t applied, after
         any `extra` interventions ({site: Intervention}, e.g. the trainer's own)."""
         specs = self.active(mode, only)
-        tokens = batch.tokens
         ivs = defaultdict(list)
         for site, iv in (extra or {}).items():
             ivs[site].append(iv)
         if not specs:
-            return self.model.apply(params, tokens, dict(ivs), cache_names)
-        B = tokens.shape[0]
-        clean = self._pass(params, tokens, {s.site for s in specs if s.value in CLEAN_VALUES})
-        probe = self._pass(params, self.probe.tokens, {s.site for s in specs if s.value == "mean"})
+            return self.model.apply(params, batch, dict(ivs), cache_names)
+        B = batch.tokens.shape[0]
+        clean = self._pass(params, batch, {s.site for s in specs if s.value in CLEAN_VALUES})
+        probe = self._pass(params, self.probe, {s.site for s in specs if s.value == "mean"})
         grafted = {}
         for src in {s.source for s in specs if s.value == "graft"}:
             model = self.sources[src][0]
-            grafted[src] = self._pass(args["_sources"][src], tokens, {s.site for s in specs if s.source == src}, model)
+            grafted[src] = self._pass(args["_sources"][src], batch, {s.site for s in specs if s.source == src}, model)
         cache_names = list(cache_names)
         for spec in specs:
             a = args[spec.key]
@@ -349,12 +348,12 @@ class Clamps:
                 site = f"blocks.{spec.copy_from[0]}.attn.pattern"
                 cache_names.append(site)
             ivs[spec.site].append(Intervention(mask, value, strength))
-        return self.model.apply(params, tokens, dict(ivs), tuple(dict.fromkeys(cache_names)))
+        return self.model.apply(params, batch, dict(ivs), tuple(dict.fromkeys(cache_names)))
 
-    def _pass(self, params, tokens, sites: set, model=None) -> dict:
+    def _pass(self, params, batch, sites: set, model=None) -> dict:
         if not sites:
             return {}
-        return (model or self.model).apply(params, tokens, cache_names=tuple(sorted(sites)))[1]
+        return (model or self.model).apply(params, batch, cache_names=tuple(sorted(sites)))[1]
 
     def _value(self, spec: ClampSpec, a: dict, batch, clean: dict, probe: dict, grafted: dict, strength):
         s, kind = a["pattern_strength"], spec.value
@@ -375,7 +374,7 @@ class Clamps:
             return lambda x, cache: jnp.where(strength != 0, a["factor"], 1.0) * x
         if kind == "perfect_copy":
             layer, head = spec.copy_from
-            vocab = self.model.vocab_size
+            vocab = self.model.n_outputs
             return lambda x, cache: copy_logits(cache[f"blocks.{layer}.attn.pattern"][:, head], batch.tokens, vocab)
         raise AssertionError(kind)
 

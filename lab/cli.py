@@ -108,13 +108,13 @@ def plot_main(argv=None) -> None:
                         help="overlay these runs (or every job of these multirun directories) in one figure, "
                              "labelled by how their configs differ; also writes <out>.json and prints a table")
     parser.add_argument("--metric", default=None,
-                        help="with --compare: the per-seed metric to overlay (default loss_repeat)")
+                        help="with --compare: the per-seed metric to overlay (default: the task's main loss, e.g. loss_repeat)")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the PNGs here instead of <run_dir>/plots; with --compare, the figure's path "
                              "(default compare.png in the current directory)")
     args = parser.parse_args(argv)
     if args.compare:
-        _compare_main(args.compare + args.run_dir, args.metric or "loss_repeat", args.out)
+        _compare_main(args.compare + args.run_dir, args.metric, args.out)
     if args.metric is not None:
         parser.error("--metric applies only with --compare")
     if not args.run_dir:

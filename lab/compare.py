@@ -157,7 +157,8 @@ def _gather_compared(run_dirs: list[Path], metric: str, labels) -> list[_Compare
     for i, (d, config, diff) in enumerate(zip(run_dirs, configs, diffs)):
         metrics = load_metrics(d)
         summary = _load_summary(d)
-        phase_metric = metric if isinstance((summary.get("phase") or {}).get(metric), dict) else "loss_repeat"
+        main = summary.get("main_metric") or "loss_repeat"
+        phase_metric = metric if isinstance((summary.get("phase") or {}).get(metric), dict) else main
         tr = _transition(summary, phase_metric)
         clamps = clamp_windows(config, float(metrics["step"][-1]), summary)
         runs.append(_Compared(run_dir=d, label=labels[i] if labels is not None else _diff_label(diff, clamps),
@@ -192,7 +193,7 @@ def _clamp_timeline(ax, runs: list[_Compared], timeline: list[tuple[int, ClampWi
     ax.grid(axis="x", alpha=0.3)
 
 
-def plot_compare(run_dirs, out_path, metric: str = "loss_repeat", labels=None, quiet: bool = False) -> Path:
+def plot_compare(run_dirs, out_path, metric: str | None = None, labels=None, quiet: bool = False) -> Path:
     """Overlay `metric` (mean over seeds thick, seeds thin) of several runs, with each run's
     phase-change midpoint (± std over seeds, from summary.json) and its clamp windows, in one
     colour per run. Runs are labelled by what differs between their config.yaml files (or by
@@ -202,6 +203,8 @@ def plot_compare(run_dirs, out_path, metric: str = "loss_repeat", labels=None, q
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise ValueError("no runs to compare")
+    if metric is None:   # the task's main loss (summary.json), e.g. loss_repeat
+        metric = _load_summary(run_dirs[0]).get("main_metric") or "loss_repeat"
     runs = _gather_compared(run_dirs, metric, labels)
     out_path = Path(out_path)
     if out_path.is_dir():
@@ -247,7 +250,7 @@ def plot_compare(run_dirs, out_path, metric: str = "loss_repeat", labels=None, q
         if timeline:
             handles.append(Patch(color="0.4", alpha=0.55, lw=0,
                                  label="top: each run's clamp windows (fading: strength ramp, dashed: eval only)"))
-        if metric == "loss_repeat":
+        if all(metric == (_load_summary(r.run_dir).get("main_metric") or "loss_repeat") for r in runs):
             thresholds = {(_load_summary(r.run_dir).get("thresholds") or {}).get(metric) for r in runs}
             if len(thresholds) == 1 and None not in thresholds:
                 ax.axhline(thresholds.pop(), color="0.3", ls=":", lw=1)

@@ -16,19 +16,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class TaskConfig:
+    """Every task's config extends this; the tasks' own schemas live in their modules (lab/tasks/)."""
     name: str = MISSING
     seq_len: int = 64          # tokens per sequence, BOS included
-
-
-@dataclass
-class InductionTaskConfig(TaskConfig):
-    """Repeated random tokens: a segment of random length n, at a random start, repeated."""
-    name: str = "induction"
-    vocab_size: int = 64       # random tokens are drawn from [0, vocab_size); BOS is an extra id
-    bos: bool = True
-    min_repeat_len: int = 4    # n ~ U{min_repeat_len, max_repeat_len}, drawn per sequence
-    max_repeat_len: int = 24
-    n_repeats: Optional[int] = None  # copies of the segment in a row; null: tile it to the end of the sequence
     probe_size: int = 64       # fixed probe batch the measures are computed on
     probe_seed: int = 12345
 
@@ -45,6 +35,9 @@ class ModelConfig:
     pos_embed: str = "learned"        # learned | sinusoidal | rope | none
     rope_base: float = 10000.0
     init_std: float = 0.02
+    attention: str = "softmax"        # softmax | linear (von Oswald et al.'s linear self-attention: no softmax)
+    attn_scale: bool = True           # scores / sqrt(d_head); Reddy (2024)'s network has no scaling
+    readout_hidden: Optional[int] = None  # a ReLU MLP of this width replaces the unembedding (Reddy's classifier)
 
 
 @dataclass
@@ -138,10 +131,15 @@ class Config:
     out_dir: str = "."
 
 
-# Each config group's schemas, by the name it is stored under in Hydra's ConfigStore.
-GROUP_SCHEMAS = {"task": {"schema_induction": InductionTaskConfig}, "model": {"schema_model": ModelConfig},
-                 "optim": {"schema_optim": OptimConfig}, "train": {"schema_train": TrainConfig},
-                 "measures": {"schema_measures": MeasuresConfig}}
+def group_schemas(task: Optional[str] = None) -> dict:
+    """Each config group's schemas, by the name it is stored under in Hydra's ConfigStore; the task
+    group holds every task module's `Config` (only `task`'s, if given and known)."""
+    from lab.tasks import registry
+    tasks = {f"schema_{name}": module.Config for name, module in registry().items()}
+    if task is not None and f"schema_{task}" in tasks:
+        tasks = {f"schema_{task}": tasks[f"schema_{task}"]}
+    return {"task": tasks, "model": {"schema_model": ModelConfig}, "optim": {"schema_optim": OptimConfig},
+            "train": {"schema_train": TrainConfig}, "measures": {"schema_measures": MeasuresConfig}}
 
 
 def register_configs() -> None:
@@ -149,7 +147,7 @@ def register_configs() -> None:
     cs.store(name="base_config", node=Config)
     # presets in clamp/ type their entries with `- /clamp_schema@clamps.<name>: schema_clamp`
     cs.store(group="clamp_schema", name="schema_clamp", node=ClampConfig)
-    for group, schemas in GROUP_SCHEMAS.items():
+    for group, schemas in group_schemas().items():
         for name, node in schemas.items():
             cs.store(group=group, name=name, node=node)
 
@@ -178,6 +176,8 @@ def check_override_keys(overrides: list[str]) -> None:
     (and `+clamps.<name>={...}` to normalize_clamps)."""
     from dataclasses import fields
 
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("task=")]
+    schemas_by_group = group_schemas(chosen[-1] if chosen else "induction")
     for override in overrides:
         if "=" not in override or override[0] in "+~":
             continue
@@ -188,9 +188,9 @@ def check_override_keys(overrides: list[str]) -> None:
                 raise ConfigError(f"unknown config key '{'.'.join(path)}'"
                                   f"{_did_you_mean(path[2], names, '.'.join(path[:2]))}")
             continue
-        if path[0] not in GROUP_SCHEMAS or len(path) < 2:
+        if path[0] not in schemas_by_group or len(path) < 2:
             continue
-        misses = [_first_unknown(schema, path[1:]) for schema in GROUP_SCHEMAS[path[0]].values()]
+        misses = [_first_unknown(schema, path[1:]) for schema in schemas_by_group[path[0]].values()]
         if None in misses:
             continue
         depth, node = misses[0]
@@ -256,6 +256,9 @@ def validate(cfg) -> None:
     if m.d_head is not None:
         _positive("model.d_head", m.d_head)
     _choice("model.pos_embed", m.pos_embed, ("learned", "sinusoidal", "rope", "none"))
+    _choice("model.attention", m.attention, ("softmax", "linear"))
+    if m.readout_hidden is not None:
+        _positive("model.readout_hidden", m.readout_hidden)
     if m.pos_embed == "rope" and (m.d_head or m.d_model // m.n_heads) % 2:
         raise ConfigError("model.pos_embed=rope needs an even head dimension (d_head)")
     _choice("optim.name", o.name, ("adam", "adamw", "sgd"))
@@ -274,20 +277,13 @@ def validate(cfg) -> None:
     _choice("train.seed_axis", tr.seed_axis, ("auto", "vmap", "map"))
     _choice("train.on_nonfinite", tr.on_nonfinite, ("stop", "skip"))
     _positive("task.seq_len", t.seq_len)
-    if t.name == "induction":
-        _positive("task.vocab_size", t.vocab_size)
-        _positive("task.probe_size", t.probe_size)
-        copies = 2 if t.n_repeats is None else t.n_repeats
-        if copies < 2:
-            raise ConfigError(f"task.n_repeats={t.n_repeats} must be >= 2 (a segment and at least one repeat)")
-        if not 1 <= t.min_repeat_len <= t.max_repeat_len:
-            raise ConfigError(f"task.min_repeat_len={t.min_repeat_len}, task.max_repeat_len={t.max_repeat_len}: "
-                              "need 1 <= min_repeat_len <= max_repeat_len")
-        room = t.seq_len - int(t.bos)
-        if copies * t.max_repeat_len > room:
-            raise ConfigError(f"task.seq_len={t.seq_len} cannot hold {copies} copies of "
-                              f"task.max_repeat_len={t.max_repeat_len} tokens{' after BOS' if t.bos else ''}; "
-                              f"raise seq_len to >= {copies * t.max_repeat_len + int(t.bos)} or lower max_repeat_len")
+    _positive("task.probe_size", t.probe_size)
+    from lab.tasks import registry
+    module = registry().get(t.name)
+    if module is None:
+        raise ConfigError(f"task.name={t.name!r} is not a known task; known: {', '.join(registry())}")
+    if hasattr(module, "validate"):
+        module.validate(cfg)
     ms = cfg.measures
     for key in ("icl_early", "icl_late"):
         v = ms[key]

@@ -8,22 +8,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from lab.tasks import TokenBatch
-
-
-def token_losses(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """(B, T-1) next-token cross-entropy: position i predicts token i+1."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
+from lab.tasks.base import masked_mean, token_losses
 
 
-def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    mask = jnp.broadcast_to(mask, x.shape)
-    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
-
-
-def repeat_loss_and_accuracy(logits: jax.Array, batch: TokenBatch):
+def repeat_loss_and_accuracy(logits: jax.Array, batch):
     """Loss and top-1 accuracy on the tokens that induction can predict (second and later copies)."""
     mask = batch.repeat_target[:, :-1]
     loss = masked_mean(token_losses(logits, batch.tokens), mask)
@@ -44,7 +33,7 @@ def icl_score(loss_by_pos: jax.Array, early: int, late: int) -> jax.Array:
     return loss_by_pos[late] - loss_by_pos[early]
 
 
-def induction_score(pattern: jax.Array, batch: TokenBatch) -> jax.Array:
+def induction_score(pattern: jax.Array, batch) -> jax.Array:
     """Per head: mean attention from query i (a repeated token) to key prev_occ(i) + 1, the token after
     the previous occurrence of the current token (Olsson et al. 2022), over positions where that
     next token is a repeat. A perfect induction head scores 1. Returns (H,)."""
@@ -95,12 +84,12 @@ def copying_score(params: dict, layer: int, exclude_last_token: bool = False) ->
     return jnp.mean(below / (V - 1), axis=-1)
 
 
-def probe_measures(model, params: dict, probe: TokenBatch, icl_early: int, icl_late: int,
+def probe_measures(model, params: dict, probe, icl_early: int, icl_late: int,
                    exclude_bos: bool, snapshot: bool = True, forward=None) -> dict[str, jax.Array]:
     """Every measure of one seed's model on the probe batch: scalars, (T-1,) and (L, H) arrays.
     `forward(cache_names) -> (logits, cache)` replaces the plain forward pass (e.g. with clamps)."""
     names = tuple(f"blocks.{l}.attn.pattern" for l in range(model.n_layers))
-    forward = forward or (lambda cache_names: model.apply(params, probe.tokens, cache_names=cache_names))
+    forward = forward or (lambda cache_names: model.apply(params, probe, cache_names=cache_names))
     logits, cache = forward(names)
     losses = token_losses(logits, probe.tokens)
     loss_by_pos = losses.mean(0)

@@ -65,6 +65,8 @@ class Attention(nnx.Module):
         self.W_V = _normal(rngs, (D, H, d_head), s)
         self.W_O = _normal(rngs, (H, d_head, D), s)
         self.rope_base = cfg.rope_base if cfg.pos_embed == "rope" else None
+        self.scale = 1 / math.sqrt(d_head) if cfg.attn_scale else 1.0
+        self.linear = cfg.attention == "linear"
 
     def __call__(self, x, hooks: Hooks, p: str):
         q = hooks(f"{p}.q", jnp.einsum("btd,dhe->bthe", x, self.W_Q[...]))
@@ -73,10 +75,14 @@ class Attention(nnx.Module):
         if self.rope_base is not None:
             q, k = rotary(q, self.rope_base), rotary(k, self.rope_base)
         T = x.shape[1]
-        scores = jnp.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
+        scores = jnp.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
         causal = jnp.tril(jnp.ones((T, T), bool))
-        scores = hooks(f"{p}.scores", jnp.where(causal, scores, -1e30))
-        pattern = hooks(f"{p}.pattern", jax.nn.softmax(scores, axis=-1))
+        if self.linear:   # linear self-attention (von Oswald et al. 2022): the causal scores themselves
+            scores = hooks(f"{p}.scores", jnp.where(causal, scores, 0.0))
+            pattern = hooks(f"{p}.pattern", scores)
+        else:
+            scores = hooks(f"{p}.scores", jnp.where(causal, scores, -1e30))
+            pattern = hooks(f"{p}.pattern", jax.nn.softmax(scores, axis=-1))
         z = hooks(f"{p}.z", jnp.einsum("bhqk,bkhe->bqhe", pattern, v))
         if hooks.wants(f"{p}.out"):
             out = hooks(f"{p}.out", jnp.einsum("bqhe,hed->bqhd", z, self.W_O[...]))
@@ -114,21 +120,43 @@ class Block(nnx.Module):
         return hooks(f"{p}.resid_post", x)
 
 
+class Readout(nnx.Module):
+    """Reddy (2024)'s classifier after the attention layers: a ReLU MLP from the residual stream."""
+
+    def __init__(self, d: int, hidden: int, n_out: int, s: float, rngs: nnx.Rngs):
+        self.W_1, self.b_1 = _normal(rngs, (d, hidden), s), nnx.Param(jnp.zeros(hidden))
+        self.W_2, self.b_2 = _normal(rngs, (hidden, n_out), s), nnx.Param(jnp.zeros(n_out))
+
+    def __call__(self, x, hooks: Hooks):
+        h = hooks("readout.post", jax.nn.relu(x @ self.W_1[...] + self.b_1[...]))
+        return h @ self.W_2[...] + self.b_2[...]
+
+
 class Transformer(nnx.Module):
-    def __init__(self, cfg, vocab_size: int, seq_len: int, rngs: nnx.Rngs):
+    def __init__(self, cfg, vocab_size: int, seq_len: int, rngs: nnx.Rngs, n_outputs: Optional[int] = None,
+                 feature_dim: int = 0):
         D, s = cfg.d_model, cfg.init_std
         d_head = cfg.d_head or D // cfg.n_heads
+        n_outputs = n_outputs or vocab_size
         self.W_E = _normal(rngs, (vocab_size, D), s)
+        if feature_dim:   # continuous items (e.g. exemplar vectors) are projected into the stream
+            self.W_F = _normal(rngs, (feature_dim, D), 1 / math.sqrt(feature_dim))
         self.pos_kind = cfg.pos_embed
         if cfg.pos_embed == "learned":
             self.W_pos = _normal(rngs, (seq_len, D), s)
         self.blocks = nnx.List([Block(cfg, d_head, rngs) for _ in range(cfg.n_layers)])
         self.ln_final = _norm(D, cfg.layer_norm, rngs)
-        self.W_U = _normal(rngs, (D, vocab_size), s)
+        if cfg.readout_hidden:
+            self.readout = Readout(D, cfg.readout_hidden, n_outputs, s, rngs)
+        else:
+            self.W_U = _normal(rngs, (D, n_outputs), s)
 
-    def __call__(self, tokens, hooks: Hooks):
+    def __call__(self, tokens, hooks: Hooks, features=None):
         T = tokens.shape[1]
-        x = hooks("embed", self.W_E[...][tokens])
+        x = self.W_E[...][tokens]
+        if features is not None:
+            x = x + features @ self.W_F[...]
+        x = hooks("embed", x)
         if self.pos_kind == "learned":
             x = x + hooks("pos_embed", self.W_pos[...][:T])[None]
         elif self.pos_kind == "sinusoidal":
@@ -136,27 +164,43 @@ class Transformer(nnx.Module):
         for l, block in enumerate(self.blocks):
             x = block(x, hooks, f"blocks.{l}")
         x = hooks("final", _apply_norm(self.ln_final, x))
+        if hasattr(self, "readout"):
+            return hooks("logits", self.readout(x, hooks))
         return hooks("logits", x @ self.W_U[...])
+
+
+def split_inputs(inputs) -> tuple[jax.Array, Optional[jax.Array]]:
+    """A task batch (anything with `.tokens`, maybe `.features`) or a plain (B, T) token array."""
+    return getattr(inputs, "tokens", inputs), getattr(inputs, "features", None)
 
 
 class Model:
     """Pure functional face of `Transformer`: `init(key) -> params`, `apply(params, tokens, ...)`."""
 
-    def __init__(self, cfg, vocab_size: int, seq_len: int):
+    def __init__(self, cfg, vocab_size: int, seq_len: int, n_outputs: Optional[int] = None, feature_dim: int = 0):
         self.cfg, self.vocab_size, self.seq_len = cfg, vocab_size, seq_len
-        abstract = nnx.eval_shape(lambda: Transformer(cfg, vocab_size, seq_len, nnx.Rngs(0)))
+        self.n_outputs, self.feature_dim = n_outputs or vocab_size, feature_dim
+        abstract = nnx.eval_shape(lambda: self._module(nnx.Rngs(0)))
         self.graphdef, _ = nnx.split(abstract)
         self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
         self.hook_names = self._trace_hook_names()
 
-    def init(self, key: jax.Array) -> dict:
-        return nnx.to_pure_dict(nnx.state(Transformer(self.cfg, self.vocab_size, self.seq_len, nnx.Rngs(key))))
+    @classmethod
+    def for_task(cls, cfg, task) -> "Model":
+        return cls(cfg, task.model_vocab_size, task.seq_len, task.n_outputs, task.feature_dim)
 
-    def apply(self, params: dict, tokens: jax.Array, interventions: Optional[dict] = None,
-              cache_names: Iterable[str] = ()):
-        """Logits (B, T, vocab) and the cache {site: activation} for the requested sites."""
+    def _module(self, rngs: nnx.Rngs) -> Transformer:
+        return Transformer(self.cfg, self.vocab_size, self.seq_len, rngs, self.n_outputs, self.feature_dim)
+
+    def init(self, key: jax.Array) -> dict:
+        return nnx.to_pure_dict(nnx.state(self._module(nnx.Rngs(key))))
+
+    def apply(self, params: dict, inputs, interventions: Optional[dict] = None, cache_names: Iterable[str] = ()):
+        """Logits (B, T, n_outputs) and the cache {site: activation} for the requested sites.
+        `inputs` is a task batch or a (B, T) token array."""
+        tokens, features = split_inputs(inputs)
         hooks = Hooks(interventions, cache_names)
-        logits = nnx.merge(self.graphdef, params)(tokens, hooks)
+        logits = nnx.merge(self.graphdef, params)(tokens, hooks, features)
         hooks.check_used()
         return logits, hooks.cache
 
@@ -164,16 +208,16 @@ class Model:
         hooks = Hooks()
         params = jax.eval_shape(self.init, jax.random.key(0))
         tokens = jax.ShapeDtypeStruct((1, self.seq_len), jnp.int32)
-        jax.eval_shape(lambda p, t: nnx.merge(self.graphdef, p)(t, hooks), params, tokens)
+        features = jax.ShapeDtypeStruct((1, self.seq_len, self.feature_dim), jnp.float32) if self.feature_dim else None
+        jax.eval_shape(lambda p, t, f: nnx.merge(self.graphdef, p)(t, hooks, f), params, tokens, features)
         return list(dict.fromkeys(hooks.seen))
 
     def run_with_cache(self, params: dict, tokens, names: Iterable[str] = ("*",),
                        interventions: Optional[dict] = None):
         """Like TransformerLens: (logits, {name: activation}); names may be globs."""
         names = resolve_names(names, self.hook_names)
-        tokens = getattr(tokens, "tokens", tokens)
         return jax.jit(self.apply, static_argnames="cache_names")(params, tokens, interventions, tuple(names))
 
     def run_with_hooks(self, params: dict, tokens, interventions: dict):
         resolve_names(interventions, self.hook_names)
-        return self.apply(params, getattr(tokens, "tokens", tokens), interventions)[0]
+        return self.apply(params, tokens, interventions)[0]

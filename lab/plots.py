@@ -136,7 +136,7 @@ def _stack_key(records: list[dict], key: str) -> np.ndarray | None:
 
 
 def _n_seeds(metrics: dict[str, np.ndarray]) -> int:
-    for key in ("loss", "loss_repeat", "train_loss"):
+    for key in ("loss", "loss_repeat", "train_loss"):   # every task logs loss and train_loss
         if key in metrics and metrics[key].ndim == 2:
             return metrics[key].shape[1]
     dims = [a.shape[1] for a in metrics.values() if a.ndim >= 2]
@@ -527,6 +527,9 @@ class _Run:
     strongest: dict[str, tuple[int, int]]
     has_summary: bool
     clamps: list[ClampWindow] = field(default_factory=list)
+    main: str = "loss_repeat"        # the task's main loss (summary.json main_metric) and its accuracy
+    main_acc: str = "acc_repeat"
+    main_label: str = "loss on repeated part"
 
     @property
     def x_range(self) -> tuple[float, float]:
@@ -581,6 +584,7 @@ def _strongest_head(summary: dict, heads: dict, summary_key: str, metric: str) -
 def _gather(run_dir: Path) -> _Run:
     metrics = load_metrics(run_dir)
     summary = _load_summary(run_dir)
+    main = summary.get("main_metric", "loss_repeat")
     config = load_config(run_dir)
     n_seeds = _n_seeds(metrics)
     scalars = {k: v for k, v in metrics.items() if k != "step" and v.ndim == 2 and v.shape[1] == n_seeds}
@@ -598,11 +602,14 @@ def _gather(run_dir: Path) -> _Run:
         scalars=scalars,
         heads=heads,
         n_seeds=n_seeds,
-        transition=_transition(summary),
+        transition=_transition(summary, main),
         thresholds=summary.get("thresholds") or {},
         strongest=strongest,
         has_summary=bool(summary),
         clamps=clamp_windows(config, float(metrics["step"][-1]), summary),
+        main=main,
+        main_acc=summary.get("main_accuracy", "acc_repeat"),
+        main_label=summary.get("main_metric_label", _label(main)),
     )
 
 
@@ -666,15 +673,15 @@ def _plot_loss(run: _Run, path: Path) -> Path:
     fig, (ax, ax_acc) = plt.subplots(2, 1, figsize=(9, 7.5), sharex=True, layout="constrained",
                                      height_ratios=[3, 2])
     seeds_note = f"thin: {run.n_seeds} seeds, thick: mean" if run.n_seeds > 1 else "1 seed"
-    for key, colour in (("loss_repeat", "C0"), ("loss", "C1")):
-        if key in run.scalars:
-            _plot_seeds(ax, run.steps, run.scalars[key], _label(key), colour)
-    for key, name, colour in run.clamped("loss_repeat"):
+    for key, colour, label in ((run.main, "C0", run.main_label), ("loss", "C1", _label("loss"))):
+        if key in run.scalars and (key != "loss" or run.main != "loss"):
+            _plot_seeds(ax, run.steps, run.scalars[key], label, colour)
+    for key, name, colour in run.clamped(run.main):
         _plot_seeds(ax, run.steps, run.scalars[key], f"loss under clamp {name}", colour, ls="--")
     run.shade_clamps(ax)
-    if run.thresholds.get("loss_repeat") is not None:
-        ax.axhline(run.thresholds["loss_repeat"], color="0.3", ls="--", lw=1,
-                   label=f"detection threshold ({run.thresholds['loss_repeat']:g})")
+    if run.thresholds.get(run.main) is not None:
+        ax.axhline(run.thresholds[run.main], color="0.3", ls="--", lw=1,
+                   label=f"detection threshold ({run.thresholds[run.main]:g})")
     _mark_transition(ax, run.transition, label=True)
     ax.set_ylabel("cross-entropy loss")
     ax.set_title(f"Probe loss ({seeds_note})")
@@ -687,13 +694,14 @@ def _plot_loss(run: _Run, path: Path) -> Path:
     # accuracy and ICL score have different units: twin y axes, each label coloured like its
     # line, which stands in for a legend that could not avoid the curves of both axes
     drawn = []
-    if "acc_repeat" in run.scalars:
-        _plot_seeds(ax_acc, run.steps, run.scalars["acc_repeat"], None, "C2")
+    if run.main_acc in run.scalars:
+        _plot_seeds(ax_acc, run.steps, run.scalars[run.main_acc], None, "C2")
         ax_acc.set_ylabel("accuracy", color="C2")
         ax_acc.tick_params(axis="y", colors="C2")
         ax_acc.set_ylim(-0.02, 1.02)
-        drawn.append("accuracy on repeated part (green, left axis)")
-        clamped = run.clamped("acc_repeat")
+        what = run.main_label.replace("loss", "accuracy", 1) if "loss" in run.main_label else run.main_acc
+        drawn.append(f"{what} (green, left axis)")
+        clamped = run.clamped(run.main_acc)
         for key, name, colour in clamped:
             _plot_seeds(ax_acc, run.steps, run.scalars[key], None, colour, ls="--")
         if clamped:
@@ -706,13 +714,14 @@ def _plot_loss(run: _Run, path: Path) -> Path:
         drawn.append("ICL score (red, right axis)")
     _mark_transition(ax_acc, run.transition, per_seed=False)
     run.shade_clamps(ax_acc)
-    title = " and ".join(drawn) if drawn else "acc_repeat / icl_score not logged"
+    title = " and ".join(drawn) if drawn else f"{run.main_acc} / icl_score not logged"
     ax_acc.set_title(title[0].upper() + title[1:])
     ax_acc.set_xlabel(STEP_LABEL)
     ax_acc.grid(alpha=0.3)
     _clamp_legend(fig, run.clamps)
     note = _clamp_note(run.clamps)
-    fig.suptitle(f"{run.name}: loss and the induction phase change" + (f"\n{note}" if note else ""))
+    what = "the induction phase change" if run.main == "loss_repeat" else f"the phase change in {run.main_label}"
+    fig.suptitle(f"{run.name}: loss and {what}" + (f"\n{note}" if note else ""))
     return _save(fig, path)
 
 

@@ -41,11 +41,6 @@ def _read_records(path: Path, up_to: int) -> list[dict]:
     return records
 
 
-def _copies_in_probe0(trainer) -> int:
-    start, n = int(trainer.probe.repeat_start[0]), int(trainer.probe.repeat_len[0])
-    return trainer.task.n_repeats or -(-(trainer.task.seq_len - start) // n)
-
-
 # Keys that may change when a run is continued (e.g. more steps, another cache location).
 RESUMABLE_CHANGES = ("train.resume", "train.steps", "train.progress", "train.tensorboard", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.compile_cache", "train.xla_cpu_threads", "out_dir")
@@ -134,7 +129,7 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
     try:
         trainer.fit()
     finally:
-        summary = summarize(records_to_arrays(trainer.records), cfg, trainer.task.chance_loss,
+        summary = summarize(records_to_arrays(trainer.records), cfg, trainer.task,
                             trainer.seeds, trainer.status) if trainer.records else {"status": trainer.status}
         if trainer.clamps:
             summary["clamps"] = trainer.clamps.describe()
@@ -143,7 +138,7 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
                                                   if "skipped_updates" in r)) for i in range(len(trainer.seeds))]
         if run_dir is not None:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-            snapshots.save(run_dir / "attention.npz", summary, trainer.probe, _copies_in_probe0(trainer))
+            snapshots.save(run_dir / "attention.npz", summary, jax.device_get(trainer.task.snapshot_info(trainer.probe)))
             if plots and trainer.records:
                 from lab.plots import plot_run
                 plot_run(run_dir)

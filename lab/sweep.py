@@ -30,7 +30,8 @@ import yaml
 
 from lab.plots import _load_summary, _n_seeds, load_config, load_metrics
 
-PHASE_METRIC = "loss_repeat"                 # the curve whose phase change the figures are about
+PHASE_METRIC = "loss_repeat"   # the curve whose phase change the figures are about, unless summary.json names
+                               # the task's own (main_metric), e.g. loss_query for in-context classification
 SEED_KEYS = ("train.seed",)                  # overrides that pick seeds: the `seed` column covers them
 MAIN_FINALS = ("loss_repeat", "acc_repeat", "loss", "train_loss")   # first among the final metrics
 JOB_MARKERS = ("metrics.jsonl", "summary.json", ".hydra/overrides.yaml", "train.log")
@@ -194,7 +195,7 @@ def _read_job(job_dir: Path) -> _Job:
     return _Job(dir=job_dir, overrides=overrides, params=parse_overrides(overrides), summary=summary,
                 metrics=metrics, seeds=list(seeds), status=status, category=category, error=error,
                 has_checkpoint=checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()),
-                chance=summary.get("chance_loss"), threshold=thresholds.get(PHASE_METRIC))
+                chance=summary.get("chance_loss"), threshold=thresholds.get(main_metric(summary)))
 
 
 # ----------------------------------------------------------------------------- the table
@@ -210,6 +211,10 @@ def _swept_keys(jobs: list[_Job]) -> list[str]:
     return [k for k in keys if not _same(j.params.get(k, _UNSET) for j in jobs)]
 
 
+def main_metric(summary: dict) -> str:
+    return summary.get("main_metric") or PHASE_METRIC
+
+
 def _phase_entry(entry, i: int) -> dict | None:
     per_seed = entry.get("per_seed") if isinstance(entry, dict) else None
     if isinstance(per_seed, list) and i < len(per_seed) and isinstance(per_seed[i], dict):
@@ -223,7 +228,7 @@ def _phase_groups(jobs: list[_Job]) -> tuple[list[str], list[str]]:
     scalars, heads = {}, {}
     for j in jobs:
         for name, entry in (j.summary.get("phase") or {}).items():
-            if name == PHASE_METRIC or not isinstance(entry, dict):
+            if name == main_metric(j.summary) or not isinstance(entry, dict):
                 continue
             if "per_seed" in entry:
                 scalars[name] = True
@@ -232,14 +237,14 @@ def _phase_groups(jobs: list[_Job]) -> tuple[list[str], list[str]]:
     return list(scalars), list(heads)
 
 
-def _seed_phase(summary: dict, i: int, scalar_groups, head_groups) -> dict:
+def _seed_phase(summary: dict, i: int, scalar_groups, head_groups, metric: str) -> dict:
     phase = summary.get("phase") or {}
-    p = _phase_entry(phase.get(PHASE_METRIC), i)
+    p = _phase_entry(phase.get(metric), i)
     detected = bool(p.get("detected")) if p else None
-    out = {f"{PHASE_METRIC}_detected": detected,
-           f"{PHASE_METRIC}_midpoint": p.get("midpoint") if detected else None,
-           f"{PHASE_METRIC}_onset": p.get("onset") if detected else None,
-           f"{PHASE_METRIC}_threshold_step": p.get("threshold_step") if p else None}
+    out = {f"{metric}_detected": detected,
+           f"{metric}_midpoint": p.get("midpoint") if detected else None,
+           f"{metric}_onset": p.get("onset") if detected else None,
+           f"{metric}_threshold_step": p.get("threshold_step") if p else None}
     for name in scalar_groups:
         q = _phase_entry(phase.get(name), i)
         out[f"{name}_midpoint"] = q.get("midpoint") if q and q.get("detected") else None
@@ -251,7 +256,7 @@ def _seed_phase(summary: dict, i: int, scalar_groups, head_groups) -> dict:
                 best = (q["midpoint"], head)
         out[f"{group}_midpoint"] = best[0] if best else None
         out[f"{group}_head"] = best[1] if best else None
-    out[f"{PHASE_METRIC}_reason"] = (p.get("reason") or None) if p and not detected else None
+    out[f"{metric}_reason"] = (p.get("reason") or None) if p and not detected else None
     return out
 
 
@@ -285,6 +290,7 @@ class Sweep:
     common: list[str]                   # overrides every job shares
     command: list[str] | None           # the sweep's task overrides from multirun.yaml
     rows: list[dict] = field(default_factory=list)    # with private "_job", "_category" keys
+    phase_metric: str = PHASE_METRIC    # the jobs' main metric (their task's), e.g. loss_repeat
 
     @property
     def public_rows(self) -> list[dict]:
@@ -292,7 +298,7 @@ class Sweep:
 
     def counts(self) -> dict:
         by = {c: sum(j.category == c for j in self.jobs) for c in (COMPLETED, FAILED, INCOMPLETE)}
-        detected = sum(bool(r[f"{PHASE_METRIC}_detected"]) for r in self.rows if r["_category"] == COMPLETED)
+        detected = sum(bool(r[f"{self.phase_metric}_detected"]) for r in self.rows if r["_category"] == COMPLETED)
         seeds_done = sum(r["_category"] == COMPLETED for r in self.rows)
         return {"jobs": len(self.jobs), "seeds": len(self.rows), **by,
                 "seeds_completed": seeds_done, "seeds_with_phase_change": detected}
@@ -321,7 +327,9 @@ def scan(sweep_dir) -> Sweep:
         command = [str(o) for o in multirun["hydra"]["overrides"]["task"]]
     except (TypeError, KeyError):
         command = None
-    sweep = Sweep(dir=sweep_dir, jobs=jobs, swept=swept, common=common, command=command)
+    mains = [main_metric(j.summary) for j in jobs if j.summary]
+    metric = max(set(mains), key=mains.count) if mains else PHASE_METRIC   # one task per sweep, as a rule
+    sweep = Sweep(dir=sweep_dir, jobs=jobs, swept=swept, common=common, command=command, phase_metric=metric)
 
     scalar_groups, head_groups = _phase_groups(jobs)
     finals = _final_keys(jobs)
@@ -331,15 +339,15 @@ def scan(sweep_dir) -> Sweep:
             row = {"job": j.name, "seed": seed}
             row.update({k: j.params.get(k) for k in swept})
             row["status"] = j.status
-            row.update(_seed_phase(j.summary, i, scalar_groups, head_groups))
-            reason = row.pop(f"{PHASE_METRIC}_reason")
+            row.update(_seed_phase(j.summary, i, scalar_groups, head_groups, metric))
+            reason = row.pop(f"{metric}_reason")
             row["last_step"] = None if last is None else int(last)
             for k in finals:
                 v = j.metrics.get(k) if j.metrics else None
                 ok = v is not None and v.ndim == 2 and i < v.shape[1]
                 row[f"final_{k}"] = _number(v[-1, i]) if ok else None
             row["error"] = j.error
-            row[f"{PHASE_METRIC}_reason"] = reason
+            row[f"{metric}_reason"] = reason
             row["overrides"] = " ".join(j.overrides)
             row["run_dir"] = str(j.dir)
             row["_job"], row["_category"], row["_index"] = j, j.category, i
@@ -349,7 +357,7 @@ def scan(sweep_dir) -> Sweep:
 
 def collect(sweep_dir) -> list[dict]:
     """One row per (job, seed) of the multirun in `sweep_dir`: job, seed, the swept parameters,
-    status, the loss_repeat phase change (detected, midpoint, onset, threshold_step), the earliest
+    status, the main metric's phase change (e.g. loss_repeat_detected, _midpoint, _onset, _threshold_step), the earliest
     detected midpoint of each per-head measure group (e.g. induction_midpoint, induction_head),
     last_step and final_<metric> for every per-seed metric, error, overrides and run_dir.
     Missing values are None. Raises SweepError when the directory holds no jobs."""
@@ -385,17 +393,18 @@ def condition_label(row_or_params: dict, keys: list[str]) -> str:
     return ", ".join(f"{k}={_fmt(row_or_params.get(k))}" for k in keys) or "all jobs"
 
 
-TEXT_COLUMNS = {"loss_repeat_detected": "phase?", "loss_repeat_midpoint": "midpoint",
-                "loss_repeat_onset": "onset", "loss_repeat_threshold_step": "threshold"}
+TEXT_COLUMNS = {"_detected": "phase?", "_midpoint": "midpoint", "_onset": "onset", "_threshold_step": "threshold"}
 
 
 def text_table(sweep: Sweep) -> str:
     """The plain-text table lab-sweep prints: the main columns of every row."""
     rows = sweep.rows
-    keys = ["job", "seed", *sweep.swept, "status", *TEXT_COLUMNS]
+    phase_columns = {f"{sweep.phase_metric}{k}": v for k, v in TEXT_COLUMNS.items()}
+    keys = ["job", "seed", *sweep.swept, "status", *phase_columns]
     keys += [k for k in rows[0] if k.endswith("_midpoint") and k not in keys and not k.startswith("_")]
-    keys += [k for k in ("final_loss_repeat", "final_acc_repeat") if k in rows[0]]
-    header = [TEXT_COLUMNS.get(k, k) for k in keys]
+    main_acc = next((j.summary.get("main_accuracy") for j in sweep.jobs if j.summary.get("main_accuracy")), "acc_repeat")
+    keys += [k for k in (f"final_{sweep.phase_metric}", f"final_{main_acc}") if k in rows[0]]
+    header = [phase_columns.get(k, k) for k in keys]
     cells = [[_fmt(r.get(k), k) for k in keys] for r in rows]
     widths = [max(len(c[i]) for c in [header] + cells) for i in range(len(keys))]
     line = lambda cs: "  ".join(c.ljust(w) for c, w in zip(cs, widths)).rstrip()  # noqa: E731

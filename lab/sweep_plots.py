@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from lab.plots import DPI, STEP_LABEL, STYLE, SCORE_CMAP, _label, _seed_mean
-from lab.sweep import (COMPLETED, FIGURES, MAX_GROUPS, MAX_PAIRS, PHASE_METRIC, Sweep, _fmt, _is_number,
+from lab.sweep import (COMPLETED, FIGURES, MAX_GROUPS, MAX_PAIRS, Sweep, _fmt, _is_number,
                        _sort_values, condition_label)
 
 import matplotlib.pyplot as plt  # noqa: E402  (lab.plots has chosen the Agg backend)
@@ -69,7 +69,7 @@ class _Axis:
 
 
 def _completed_rows(sweep: Sweep) -> list[dict]:
-    return [r for r in sweep.rows if r["_category"] == COMPLETED and r[f"{PHASE_METRIC}_detected"] is not None]
+    return [r for r in sweep.rows if r["_category"] == COMPLETED and r[f"{sweep.phase_metric}_detected"] is not None]
 
 
 def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
@@ -83,7 +83,7 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
         return None
     done_ids = {id(r) for r in done}
     rows = [r for r in sweep.rows if r["_category"] != COMPLETED or id(r) in done_ids]
-    mid_key = f"{PHASE_METRIC}_midpoint"
+    mid_key = f"{sweep.phase_metric}_midpoint"
     ncols = min(3, len(params))
     nrows = math.ceil(len(params) / ncols)
     width = max(5.6 * ncols, 9.0)     # room for the legend below a single panel
@@ -176,7 +176,7 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles) if ncols > 1 else 2,
                frameon=False, fontsize=9)
     note = f"; {left_out} seeds of failed or unfinished jobs" if left_out else ""
-    fig.suptitle(f"{_label(PHASE_METRIC)}: phase-change step vs swept parameters\n"
+    fig.suptitle(f"{_label(sweep.phase_metric)}: phase-change step vs swept parameters\n"
                  f"{n_det}/{len(done)} seeds of completed jobs with a phase change{note}", fontsize=12)
     return _save(fig, path)
 
@@ -185,7 +185,7 @@ def _condition_curves(sweep: Sweep):
     """[(label, key values, [(job, steps, values (N, S))])] in the order of the swept values."""
     conds: dict[str, dict] = {}
     for j in sweep.jobs:
-        values = j.metrics.get(PHASE_METRIC) if j.metrics else None
+        values = j.metrics.get(sweep.phase_metric) if j.metrics else None
         if values is None:
             continue
         values = values[:, None] if values.ndim == 1 else values
@@ -237,7 +237,7 @@ def _plot_curves(sweep: Sweep, path: Path) -> Path | None:
         any_done = any(j.category == COMPLETED for j, _, _ in runs)
         ax.plot(ms, mv, color=colour, lw=2.4, zorder=3, ls="-" if any_done else ":")
         ids = {id(j) for j, _, _ in runs}
-        mids = [r[f"{PHASE_METRIC}_midpoint"] for r in sweep.rows
+        mids = [r[f"{sweep.phase_metric}_midpoint"] for r in sweep.rows
                 if id(r["_job"]) in ids and r["_category"] == COMPLETED]
         found = [m for m in mids if m is not None]
         if found:
@@ -260,9 +260,9 @@ def _plot_curves(sweep: Sweep, path: Path) -> Path | None:
     handles.append(Line2D([], [], color="0.35", lw=0.8, alpha=0.6, label="thin: single seeds"))
     handles.append(Line2D([], [], color="0.35", lw=1.3, ls="--", label="dashed: mean phase-change midpoint"))
     ax.set_xlabel(STEP_LABEL)
-    ax.set_ylabel(_label(PHASE_METRIC))
+    ax.set_ylabel(_label(sweep.phase_metric))
     ax.grid(alpha=0.3)
-    ax.set_title(f"{_label(PHASE_METRIC)} of {len(conds)} condition{'s' if len(conds) != 1 else ''} "
+    ax.set_title(f"{_label(sweep.phase_metric)} of {len(conds)} condition{'s' if len(conds) != 1 else ''} "
                  "(thick: mean over seeds)")
     fig.legend(handles=handles, loc="outside lower center", ncols=legend_cols, frameon=False, fontsize=9)
     return _save(fig, path)
@@ -276,7 +276,7 @@ def _plot_grid(sweep: Sweep, path: Path) -> Path | None:
     if not pairs or not _completed_rows(sweep):
         return None
     rows = sweep.rows
-    mid_key = f"{PHASE_METRIC}_midpoint"
+    mid_key = f"{sweep.phase_metric}_midpoint"
     grids = []
     for p, q in pairs:
         xs, ys = _sort_values([r[p] for r in rows]), _sort_values([r[q] for r in rows])
@@ -332,7 +332,7 @@ def _plot_grid(sweep: Sweep, path: Path) -> Path | None:
         ax.set_visible(False)
     if len(finite):
         fig.colorbar(im, ax=axes, shrink=0.9, label="mean phase-change step")
-    fig.suptitle(f"mean phase-change step of the {_label(PHASE_METRIC)}\n"
+    fig.suptitle(f"mean phase-change step of the {_label(sweep.phase_metric)}\n"
                  "cells: mean step, seeds with a phase change / completed seeds", fontsize=12)
     return _save(fig, path)
 

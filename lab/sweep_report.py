@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from lab.sweep import (COMPLETED, FAILED, FIGURES, INCOMPLETE, PHASE_METRIC, Sweep, _fmt, _is_number,
+from lab.sweep import (COMPLETED, FAILED, FIGURES, INCOMPLETE, Sweep, _fmt, _is_number,
                        multirun_command, rerun_command, scan)
 from lab.sweep_plots import plot_sweep
 
@@ -108,12 +108,12 @@ CAPTIONS = {
                        "parameter: small dots are seeds, diamonds the mean ± std over the seeds with a phase "
                        "change; in the grey top band, hollow markers are seeds without one and red crosses "
                        "seeds of failed or unfinished jobs.",
-    "loss_curves": "Repeated-part loss of every condition (the job's overrides less the seed): thick lines "
+    "loss_curves": "The main loss (e.g. the repeated-part loss) of every condition (the job's overrides less the seed): thick lines "
                    "are means over seeds, thin lines single seeds, dashed verticals the mean phase-change step.",
     "phase_grid": "Mean phase-change step for each pair of swept parameters; each cell says how many of its "
                   "completed seeds had a phase change.",
 }
-HTML_HIDDEN = ("overrides", "run_dir", f"{PHASE_METRIC}_reason")
+HTML_HIDDEN = ("overrides", "run_dir")   # and <main metric>_reason, shown as the midpoint's tooltip
 
 
 def _td(row: dict, key: str) -> str:
@@ -129,8 +129,9 @@ def _td(row: dict, key: str) -> str:
         classes.append("none")
     sort = "" if v is None else ("1" if v is True else "0" if v is False else str(v))
     title = ""
-    if key == f"{PHASE_METRIC}_midpoint" and v is None and row.get(f"{PHASE_METRIC}_reason"):
-        title = f' title="{html.escape(row[f"{PHASE_METRIC}_reason"])}"'
+    reason = key.removesuffix("_midpoint") + "_reason"
+    if key.endswith("_midpoint") and v is None and row.get(reason):
+        title = f' title="{html.escape(row[reason])}"'
     elif key == "job":
         title = f' title="{html.escape(row["overrides"])}"'
     elif key in ("error", "status") and row.get("error"):
@@ -140,7 +141,7 @@ def _td(row: dict, key: str) -> str:
 
 
 def _html_table(sweep: Sweep) -> str:
-    keys = [k for k in sweep.rows[0] if not k.startswith("_") and k not in HTML_HIDDEN]
+    keys = [k for k in sweep.rows[0] if not k.startswith("_") and k not in HTML_HIDDEN and not k.endswith("_reason")]
     if not any(r["error"] for r in sweep.rows):
         keys.remove("error")
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)

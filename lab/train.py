@@ -22,7 +22,6 @@ import optax
 
 from lab.clamps import AutoHeads, Clamps
 from lab.config import validate
-from lab.measures import icl_positions, probe_measures, repeat_loss_and_accuracy, token_losses
 from lab.model import Model
 from lab.optim import make_optimizer
 from lab.tasks import make_task
@@ -40,11 +39,10 @@ class Trainer:
         validate(cfg)
         self.cfg = cfg
         self.task = make_task(cfg.task)
-        self.model = Model(cfg.model, self.task.model_vocab_size, cfg.task.seq_len)
+        self.model = Model.for_task(cfg.model, self.task)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         self.seeds = list(range(cfg.train.seed, cfg.train.seed + cfg.train.seeds))
         self.probe = self.task.probe()
-        self.icl_early, self.icl_late = icl_positions(cfg.task.seq_len, cfg.measures.icl_early, cfg.measures.icl_late)
         self.callbacks = list(callbacks or [])
         # site -> Intervention, shared by all seeds; a traced argument, so changing values never recompiles
         self.interventions: dict = {}
@@ -69,7 +67,7 @@ class Trainer:
 
     def loss_fn(self, params, batch, clamp_args, interventions, t):
         logits, _ = self.clamps.forward(params, batch, clamp_args, t, "train", extra=interventions)
-        return token_losses(logits, batch.tokens).mean()
+        return self.task.loss(logits, batch)
 
     def train_step(self, state: dict, clamp_args: dict, interventions: dict, t):
         """One update; t is the number of updates before this one (the clamps' step)."""
@@ -90,19 +88,20 @@ class Trainer:
         `apply: measure` clamp, the probe loss under that clamp alone (Singh et al.'s clamped loss)."""
         if not self.cfg.measures.enabled:
             return {}
-        forward = lambda names: self.clamps.forward(params, self.probe, clamp_args, t, "eval", cache_names=names)
+        forward = lambda batch, names: self.clamps.forward(params, batch, clamp_args, t, "eval", cache_names=names)
         out = self.probe_scores(self.model, params, snapshot=self.cfg.measures.attention_snapshots, forward=forward)
+        task = self.task
         for name in dict.fromkeys(s.name for s in self.clamps.active("measure")):
             logits, _ = self.clamps.forward(params, self.probe, clamp_args, t, "measure", only=name)
-            loss, acc = repeat_loss_and_accuracy(logits, self.probe)
-            out[f"loss_repeat_clamped_{name}"], out[f"acc_repeat_clamped_{name}"] = loss, acc
+            loss, acc = task.main_scores(logits, self.probe)
+            out[f"{task.main_metric}_clamped_{name}"], out[f"{task.main_accuracy}_clamped_{name}"] = loss, acc
         return out
 
     def probe_scores(self, model, params, snapshot: bool = False, forward=None) -> dict:
-        """Every measure on the probe of any model with this task's vocabulary (this run's, or a
-        clamp's source run); `forward` replaces its plain forward pass (e.g. with clamps)."""
-        return probe_measures(model, params, self.probe, self.icl_early, self.icl_late,
-                              exclude_bos=self.task.bos, snapshot=snapshot, forward=forward)
+        """Every measure on the probe of any model of this task (this run's, or a clamp's source
+        run); `forward(batch, cache_names)` replaces its plain forward pass (e.g. with clamps)."""
+        forward = forward or (lambda batch, names: model.apply(params, batch, cache_names=names))
+        return self.task.measures(model, params, self.probe, forward, self.cfg.measures, snapshot)
 
     def chunk(self, per_seed: tuple, shared: tuple, n_steps: int):
         (state, clamp_args), (interventions, step0) = per_seed, shared

@@ -54,9 +54,8 @@ def tiny_setup(clamps: dict, overrides=(), batch_size=1, probe=None):
     from lab.tasks.induction import InductionTask
     task = InductionTask(seq_len=7, vocab_size=5, bos=True, min_repeat_len=2, max_repeat_len=3, n_repeats=None,
                          probe_size=4, probe_seed=0)
-    mcfg = OmegaConf.create({"n_layers": 2, "n_heads": 2, "d_model": 8, "d_head": None, "attn_only": True,
-                             "d_mlp": None, "layer_norm": True, "pos_embed": "learned", "rope_base": 1e4,
-                             "init_std": 0.5})
+    from lab.config import ModelConfig
+    mcfg = OmegaConf.structured(ModelConfig(n_layers=2, n_heads=2, d_model=8, init_std=0.5))
     model = Model(mcfg, task.model_vocab_size, task.seq_len)
     probe = probe or task.probe()
     cfgs = {n: OmegaConf.merge(OmegaConf.structured(ClampConfig), c) for n, c in clamps.items()}

@@ -8,11 +8,42 @@ previous-token + induction circuit (DESIGN.md).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+
+from lab.config import ConfigError, TaskConfig, _positive
+from lab.tasks.base import Task as BaseTask
+
+
+@dataclass
+class Config(TaskConfig):
+    """Repeated random tokens: a segment of random length n, at a random start, repeated."""
+    name: str = "induction"
+    vocab_size: int = 64       # random tokens are drawn from [0, vocab_size); BOS is an extra id
+    bos: bool = True
+    min_repeat_len: int = 4    # n ~ U{min_repeat_len, max_repeat_len}, drawn per sequence
+    max_repeat_len: int = 24
+    n_repeats: Optional[int] = None  # copies of the segment in a row; null: tile it to the end of the sequence
+
+
+def validate(cfg) -> None:
+    t = cfg.task
+    _positive("task.vocab_size", t.vocab_size)
+    copies = 2 if t.n_repeats is None else t.n_repeats
+    if copies < 2:
+        raise ConfigError(f"task.n_repeats={t.n_repeats} must be >= 2 (a segment and at least one repeat)")
+    if not 1 <= t.min_repeat_len <= t.max_repeat_len:
+        raise ConfigError(f"task.min_repeat_len={t.min_repeat_len}, task.max_repeat_len={t.max_repeat_len}: "
+                          "need 1 <= min_repeat_len <= max_repeat_len")
+    room = t.seq_len - int(t.bos)
+    if copies * t.max_repeat_len > room:
+        raise ConfigError(f"task.seq_len={t.seq_len} cannot hold {copies} copies of "
+                          f"task.max_repeat_len={t.max_repeat_len} tokens{' after BOS' if t.bos else ''}; "
+                          f"raise seq_len to >= {copies * t.max_repeat_len + int(t.bos)} or lower max_repeat_len")
 
 
 class TokenBatch(NamedTuple):
@@ -29,7 +60,10 @@ class TokenBatch(NamedTuple):
 
 
 @dataclass(frozen=True)
-class InductionTask:
+class InductionTask(BaseTask):
+    name = "induction"
+    main_metric, main_accuracy, main_metric_label = "loss_repeat", "acc_repeat", "loss on repeated part"
+
     seq_len: int
     vocab_size: int
     bos: bool
@@ -39,17 +73,16 @@ class InductionTask:
     probe_size: int
     probe_seed: int
 
-    @classmethod
-    def from_config(cls, cfg) -> "InductionTask":
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
-
     @property
     def model_vocab_size(self) -> int:
         return self.vocab_size + int(self.bos)   # BOS is the extra id `vocab_size`
 
     @property
+    def n_outputs(self) -> int:
+        return self.model_vocab_size
+
+    @property
     def chance_loss(self) -> float:
-        import math
         return math.log(self.vocab_size)
 
     def _sample_one(self, key: jax.Array) -> TokenBatch:
@@ -83,6 +116,20 @@ class InductionTask:
         rows = target >= 0
         return jax.nn.one_hot(jnp.where(rows, target, 0), self.seq_len) * rows[..., None], rows
 
-    def probe(self) -> TokenBatch:
-        """The fixed probe batch the measures are evaluated on (same for every seed and run)."""
-        return jax.jit(self.sample, static_argnums=1)(jax.random.PRNGKey(self.probe_seed), self.probe_size)
+    def main_scores(self, logits, batch: TokenBatch):
+        from lab.measures import repeat_loss_and_accuracy
+        return repeat_loss_and_accuracy(logits, batch)
+
+    def measures(self, model, params, probe: TokenBatch, forward, measures_cfg, snapshot: bool) -> dict:
+        from lab.measures import icl_positions, probe_measures
+        early, late = icl_positions(self.seq_len, measures_cfg.icl_early, measures_cfg.icl_late)
+        return probe_measures(model, params, probe, early, late, exclude_bos=self.bos, snapshot=snapshot,
+                              forward=lambda names: forward(probe, names))
+
+    def snapshot_info(self, probe: TokenBatch) -> dict:
+        start, n = int(probe.repeat_start[0]), int(probe.repeat_len[0])
+        copies = self.n_repeats or -(-(self.seq_len - start) // n)
+        return {"tokens": probe.tokens[0], "repeat_start": start, "repeat_len": n, "n_repeats": copies}
+
+
+Task = InductionTask

@@ -1,0 +1,108 @@
+"""What every task gives the rest of the lab. A task is a frozen dataclass built from its config
+node; the trainer, clamps, summary and plots talk to it only through this interface, so a new task
+is one module in lab/tasks/ (found automatically) plus a config in configs/task/.
+
+A task module defines:
+  - `Config`: its structured-config dataclass (subclass of `lab.config.TaskConfig`), stored in Hydra's
+    ConfigStore as `schema_<name>`;
+  - `Task`: a subclass of `Task` below;
+  - optionally `validate(cfg)`: cross-key checks that raise `lab.config.ConfigError` with one line.
+
+A batch is any NamedTuple with `tokens` (B, T) int32, the ids the model embeds; tasks with continuous
+items add `features` (B, T, feature_dim), projected by the model and added to the token embedding.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def token_losses(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """(B, T-1) next-token cross-entropy: position i predicts token i+1."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = jnp.broadcast_to(mask, x.shape)
+    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+# forward(batch, cache_names) -> (logits, cache): the model's pass with this run's eval clamps applied
+Forward = Callable
+
+
+class Task:
+    """Defaults are those of a next-token task over `vocab_size` token ids."""
+
+    name: str = ""
+    # The scalar whose fall is "the" phase change of this task (summary.json, loss plot, clamped
+    # loss); `chance_loss` scales its detection threshold. `main_accuracy` is its accuracy.
+    main_metric: str = "loss"
+    main_accuracy: str = "acc"
+    main_metric_label: str = "loss"
+    # Per-head (L, H) measures whose rise is detected per head: summary group -> metric key.
+    # The plots show the first two (as "induction" and "previous-token" style scores).
+    head_scores: dict = {"induction": "induction", "prev_token": "prev_token_corrected"}
+    feature_dim: int = 0          # > 0: batches carry `features` (B, T, feature_dim)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Task":
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+
+    # ---- what the model needs ----
+    @property
+    def model_vocab_size(self) -> int:
+        """Token ids the model embeds."""
+        raise NotImplementedError
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the model's output (logits over the vocabulary unless the task says otherwise)."""
+        return self.model_vocab_size
+
+    @property
+    def chance_loss(self) -> float:
+        return math.log(self.n_outputs)
+
+    def phase_threshold(self, phase_cfg) -> tuple[float, float]:
+        """(threshold, minimum drop) for detecting the main metric's phase change. Default: fractions
+        (measures.phase.loss_threshold_frac, loss_min_drop_frac) of the chance loss; a task whose
+        solved loss is far from 0 (e.g. in-context Markov chains) scales between its own baselines."""
+        return phase_cfg.loss_threshold_frac * self.chance_loss, phase_cfg.loss_min_drop_frac * self.chance_loss
+
+    # ---- data ----
+    def sample(self, key: jax.Array, batch_size: int):
+        raise NotImplementedError
+
+    def probe(self):
+        """The fixed batch the measures are evaluated on (same for every seed and run)."""
+        return jax.jit(self.sample, static_argnums=1)(jax.random.PRNGKey(self.probe_seed), self.probe_size)
+
+    # ---- training ----
+    def loss(self, logits: jax.Array, batch) -> jax.Array:
+        """The training loss (scalar). Default: next-token cross-entropy at every position."""
+        return token_losses(logits, batch.tokens).mean()
+
+    def main_scores(self, logits: jax.Array, batch) -> tuple[jax.Array, jax.Array]:
+        """(main_metric, main_accuracy) of `logits` on `batch`: also the loss under an
+        `apply: measure` clamp and the loss lab-ablate reports."""
+        raise NotImplementedError
+
+    # ---- measures ----
+    def measures(self, model, params, probe, forward: Forward, measures_cfg, snapshot: bool) -> dict:
+        """Every progress measure of one seed on the probe: scalars, (T-1,) curves, (L, H) per-head
+        arrays, and with `snapshot` the probe-0 attention (L, H, T, T) under "attention"."""
+        raise NotImplementedError
+
+    def induction_attention(self, batch) -> tuple[jax.Array, jax.Array]:
+        """Where an ideal induction head attends: (B, T, T) weights over keys and (B, T) rows that
+        have a target. The `induction` clamp value is built from this."""
+        raise NotImplementedError(f"task {self.name!r} defines no ideal induction pattern")
+
+    def snapshot_info(self, probe) -> dict:
+        """Extra fields saved with the attention snapshots of probe sequence 0 (for plot overlays)."""
+        return {"tokens": probe.tokens[0]}
