@@ -1,3 +1,5 @@
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,3 +71,48 @@ def test_strength_interpolates():
     _, half = m.apply(params, tokens, {"blocks.0.resid_post": zero["blocks.0.resid_post"]},
                       cache_names=["blocks.0.resid_post"])
     np.testing.assert_allclose(half["blocks.0.resid_post"], 0.5 * clean["blocks.0.resid_post"], rtol=1e-5)
+
+
+def _scores_by_hand(cache, layer: int, scale: float) -> np.ndarray:
+    q, k = np.asarray(cache[f"blocks.{layer}.attn.q"]), np.asarray(cache[f"blocks.{layer}.attn.k"])
+    return np.einsum("bqhe,bkhe->bhqk", q, k) * scale
+
+
+@pytest.mark.parametrize("attn_scale", [True, False])
+def test_linear_attention_pattern_is_the_causal_scores(attn_scale):
+    m = tiny_model(attention="linear", attn_scale=attn_scale, layer_norm=False, pos_embed="none")
+    params = m.init(jax.random.key(1))
+    tokens = jnp.arange(24).reshape(2, 12) % 11
+    _, cache = m.run_with_cache(params, tokens, ["blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.pattern"])
+    expected = _scores_by_hand(cache, 0, 1 / np.sqrt(8) if attn_scale else 1.0) * np.tril(np.ones((12, 12)))
+    np.testing.assert_allclose(cache["blocks.0.attn.pattern"], expected, rtol=1e-4, atol=1e-7)
+
+
+def test_unscaled_softmax_attention_uses_raw_dot_products():
+    m = tiny_model(attn_scale=False, init_std=0.3)
+    params = m.init(jax.random.key(2))
+    _, cache = m.run_with_cache(params, jnp.arange(12)[None] % 11, ["blocks.0.attn.*"])
+    s = _scores_by_hand(cache, 0, 1.0)
+    s = np.where(np.tril(np.ones((12, 12), bool)), s, -np.inf)
+    expected = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(cache["blocks.0.attn.pattern"], expected / expected.sum(-1, keepdims=True), rtol=1e-4)
+
+
+def test_features_and_relu_readout():
+    """Continuous item features enter through W_F; a ReLU readout gives n_outputs logits."""
+    cfg = OmegaConf.structured(ModelConfig(n_layers=1, n_heads=1, d_model=8, readout_hidden=5, layer_norm=False))
+    m = Model(cfg, vocab_size=3, seq_len=4, n_outputs=2, feature_dim=6)
+    params = m.init(jax.random.key(0))
+    assert params["W_F"].shape == (6, 8) and "W_U" not in params and params["readout"]["W_2"].shape == (5, 2)
+    tokens = jnp.zeros((1, 4), jnp.int32)
+
+    class Batch(NamedTuple):
+        tokens: jax.Array
+        features: jax.Array
+
+    f = jax.random.normal(jax.random.key(1), (1, 4, 6))
+    logits, cache = m.run_with_cache(params, Batch(tokens, f), ["embed", "readout.post"])
+    assert logits.shape == (1, 4, 2) and float(cache["readout.post"].min()) >= 0.0
+    np.testing.assert_allclose(cache["embed"], params["W_E"][tokens] + f @ params["W_F"], rtol=1e-5)
+    other = m.run_with_hooks(params, Batch(tokens, f.at[0, 0].add(1.0)), {})
+    assert not np.allclose(other, logits)
