@@ -25,7 +25,7 @@ matplotlib.use("Agg")  # headless: runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
-from matplotlib.colors import PowerNorm  # noqa: E402
+from matplotlib.colors import PowerNorm, TwoSlopeNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
@@ -58,6 +58,15 @@ LABELS = {
     "prev_token_corrected": "corrected previous-token score",
     "copying": "copying score",
     "lr": "learning rate",
+    "loss_query": "loss at the query",
+    "acc_query": "accuracy at the query",
+    "r2_query": "R² at the query (vs predicting 0)",
+    "gd_loss": "loss of one GD step (η*)",
+    "pred_distance": "mean (ŷ − ŷ_GD)²",
+    "sensitivity_cosine": "cos(∂ŷ/∂x_q, ∂ŷ_GD/∂x_q)",
+    "anti_induction": "anti-induction score",
+    "cla": "context-label accuracy (CLA)",
+    "label_mass": "probability on in-context labels",
 }
 
 
@@ -674,7 +683,9 @@ def _plot_loss(run: _Run, path: Path) -> Path:
                                      height_ratios=[3, 2])
     seeds_note = f"thin: {run.n_seeds} seeds, thick: mean" if run.n_seeds > 1 else "1 seed"
     for key, colour, label in ((run.main, "C0", run.main_label), ("loss", "C1", _label("loss"))):
-        if key in run.scalars and (key != "loss" or run.main != "loss"):
+        same = key == "loss" and run.main in run.scalars and np.allclose(run.scalars[key], run.scalars[run.main],
+                                                                         equal_nan=True)
+        if key in run.scalars and not same:   # tasks scored only at the query log loss = the main loss
             _plot_seeds(ax, run.steps, run.scalars[key], label, colour)
     for key, name, colour in run.clamped(run.main):
         _plot_seeds(ax, run.steps, run.scalars[key], f"loss under clamp {name}", colour, ls="--")
@@ -683,7 +694,7 @@ def _plot_loss(run: _Run, path: Path) -> Path:
         ax.axhline(run.thresholds[run.main], color="0.3", ls="--", lw=1,
                    label=f"detection threshold ({run.thresholds[run.main]:g})")
     _mark_transition(ax, run.transition, label=True)
-    ax.set_ylabel("cross-entropy loss")
+    ax.set_ylabel("loss")
     ax.set_title(f"Probe loss ({seeds_note})")
     ax.grid(alpha=0.3)
     # the phase verdict heads the legend, so loc="best" keeps both clear of the curves
@@ -698,8 +709,10 @@ def _plot_loss(run: _Run, path: Path) -> Path:
         _plot_seeds(ax_acc, run.steps, run.scalars[run.main_acc], None, "C2")
         ax_acc.set_ylabel("accuracy", color="C2")
         ax_acc.tick_params(axis="y", colors="C2")
-        ax_acc.set_ylim(-0.02, 1.02)
-        what = run.main_label.replace("loss", "accuracy", 1) if "loss" in run.main_label else run.main_acc
+        if np.nanmin(run.scalars[run.main_acc]) >= 0:   # an R² can be negative: leave its axis free
+            ax_acc.set_ylim(-0.02, 1.02)
+        what = LABELS.get(run.main_acc) if run.main_acc not in ("acc_repeat", "acc") else None
+        what = what or (run.main_label.replace("loss", "accuracy", 1) if "loss" in run.main_label else run.main_acc)
         drawn.append(f"{what} (green, left axis)")
         clamped = run.clamped(run.main_acc)
         for key, name, colour in clamped:
@@ -870,13 +883,19 @@ def _plot_attention(run: _Run, att: dict, path: Path) -> Path | None:
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(size * len(cols) + 1.4, size * len(rows) + 1.0),
                              sharex=True, sharey=True, layout="constrained", squeeze=False)
     # square-root scale: before the phase change weights are spread thin, and a linear scale
-    # would show them as uniformly dark
-    norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
+    # would show them as uniformly dark; linear attention has signed, unbounded weights instead
+    signed = float(np.nanmin(att["patterns"])) < -1e-6
+    if signed:
+        top = float(np.nanmax(np.abs(att["patterns"]))) or 1.0
+        norm = TwoSlopeNorm(vcenter=0.0, vmin=-top, vmax=top)
+    else:
+        norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
     image = None
     for r, (name, (l, h)) in enumerate(rows):
         for c, k in enumerate(cols):
             ax = axes[r, c]
-            image = ax.imshow(att["patterns"][k, l, h], norm=norm, cmap=SCORE_CMAP, interpolation="nearest")
+            image = ax.imshow(att["patterns"][k, l, h], norm=norm, cmap="RdBu_r" if signed else SCORE_CMAP,
+                              interpolation="nearest")
             _outline_repeats(ax, att)
     for c, k in enumerate(cols):
         label = att["labels"][k] if k < len(att["labels"]) else ""
@@ -890,8 +909,11 @@ def _plot_attention(run: _Run, att: dict, path: Path) -> Path | None:
     axes[0, 0].yaxis.set_major_locator(MaxNLocator(6, integer=True))
     for ax in axes.flat:
         ax.tick_params(labelsize=8)
-    fig.colorbar(image, ax=axes, label="attention weight (square-root scale)", shrink=0.85, pad=0.01,
-                 ticks=[0, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0], format="%g")
+    if signed:
+        fig.colorbar(image, ax=axes, label="attention score (linear attention, signed)", shrink=0.85, pad=0.01)
+    else:
+        fig.colorbar(image, ax=axes, label="attention weight (square-root scale)", shrink=0.85, pad=0.01,
+                     ticks=[0, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0], format="%g")
     note = "; cyan boxes: ideal induction targets on each box's diagonal" if att["repeat_len"] else ""
     fig.suptitle(f"{run.name}: attention on probe sequence 0 (seed 0){note}", fontsize=11)
     return _save(fig, path)
@@ -920,7 +942,9 @@ def _position_steps(run: _Run) -> list[tuple[int, str]]:
 
 def _plot_loss_by_position(run: _Run, path: Path) -> Path | None:
     lbp = run.metrics.get("loss_by_pos")
-    if lbp is None or lbp.ndim != 3:
+    if lbp is None:
+        return None   # the task logs no per-position loss (e.g. classification: only the query is scored)
+    if lbp.ndim != 3:
         warnings.warn("loss_by_pos missing or not [S][T-1] per record; skipping loss_by_position.png")
         return None
     mean = _seed_mean(lbp)  # (N, T-1)
