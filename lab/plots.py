@@ -539,6 +539,7 @@ class _Run:
     main: str = "loss_repeat"        # the task's main loss (summary.json main_metric) and its accuracy
     main_acc: str = "acc_repeat"
     main_label: str = "loss on repeated part"
+    baselines: dict = field(default_factory=dict)   # summary.json: reference-predictor loss key -> label
 
     @property
     def x_range(self) -> tuple[float, float]:
@@ -619,6 +620,7 @@ def _gather(run_dir: Path) -> _Run:
         main=main,
         main_acc=summary.get("main_accuracy", "acc_repeat"),
         main_label=summary.get("main_metric_label", _label(main)),
+        baselines=summary.get("baselines") or {},
     )
 
 
@@ -689,6 +691,9 @@ def _plot_loss(run: _Run, path: Path) -> Path:
             _plot_seeds(ax, run.steps, run.scalars[key], label, colour)
     for key, name, colour in run.clamped(run.main):
         _plot_seeds(ax, run.steps, run.scalars[key], f"loss under clamp {name}", colour, ls="--")
+    for i, (key, label) in enumerate(run.baselines.items()):   # e.g. in-context unigram / bigram predictors
+        if key in run.scalars:
+            _plot_seeds(ax, run.steps, run.scalars[key], label, f"C{4 + i}", ls=":")
     run.shade_clamps(ax)
     if run.thresholds.get(run.main) is not None:
         ax.axhline(run.thresholds[run.main], color="0.3", ls="--", lw=1,

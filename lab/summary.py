@@ -30,7 +30,8 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
                "main_metric_label": task.main_metric_label,
                "thresholds": {main: threshold,
                               **{g: pc.score_threshold for g in head_scores}},
-               "chance_loss": chance_loss, "phase": {}, "final": {}}
+               "chance_loss": chance_loss, "baselines": dict(getattr(task, "baselines", {})),
+               "phase": {}, "final": {}}
     if main not in metrics or len(steps) < 2:
         return summary
     per_seed = [phase.detect(steps, metrics[main][:, s], direction="decrease",

@@ -48,6 +48,8 @@ class Task:
     # The plots show the first two (as "induction" and "previous-token" style scores).
     head_scores: dict = {"induction": "induction", "prev_token": "prev_token_corrected"}
     feature_dim: int = 0          # > 0: batches carry `features` (B, T, feature_dim)
+    # Reference predictors' losses logged as scalars, drawn dotted next to the main loss: key -> label
+    baselines: dict = {}
 
     @classmethod
     def from_config(cls, cfg) -> "Task":
