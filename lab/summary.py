@@ -34,7 +34,7 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
                "phase": {}, "final": {}}
     if main not in metrics or len(steps) < 2:
         return summary
-    per_seed = [phase.detect(steps, metrics[main][:, s], direction="decrease",
+    per_seed = [phase.detect(steps, task.phase_curve(metrics[main][:, s]), direction="decrease",
                              threshold=threshold, min_amplitude=min_drop, **kw) for s in range(len(seeds))]
     summary["phase"][main] = {"per_seed": per_seed, "aggregate": phase.aggregate(per_seed)}
     L, H = cfg.model.n_layers, cfg.model.n_heads

@@ -76,6 +76,12 @@ class Task:
         solved loss is far from 0 (e.g. in-context Markov chains) scales between its own baselines."""
         return phase_cfg.loss_threshold_frac * self.chance_loss, phase_cfg.loss_min_drop_frac * self.chance_loss
 
+    def phase_curve(self, values):
+        """The main metric's curve (per seed, numpy) as phase detection fits it. Default: as logged;
+        a task whose loss falls in two stages (e.g. to "any label in context", then to the right
+        one) can cut the first stage off so the sigmoid fits the transition that matters."""
+        return values
+
     # ---- data ----
     def sample(self, key: jax.Array, batch_size: int):
         raise NotImplementedError
