@@ -1,0 +1,350 @@
+"""Directional copy snippets interleaved into a background stream (Bi-Induct, Sabry & Belz 2025).
+
+Each sequence is [BOS] + a background stream of i.i.d. tokens over [0, V) (uniform, or Zipf with
+P_k ∝ k^-α). K snippets are written into it as spans of width 2n+1 at random non-overlapping starts:
+
+    forward copy  (induction):      [S, SEP, S]           S = s_0 .. s_{n-1}
+    backward copy (anti-induction): [S, SEP, reverse(S)]
+
+As in the paper's data rewrite, the first copy S is the background already at that place (so S has
+the background's token statistics); SEP is the extra id V (BOS, if any, is V+1). n ~ U{min_len..max_len}
+per snippet; each snippet is backward with probability `backward_frac`. Starts are drawn, not laid
+out, because a fixed layout lets the model copy by position (DESIGN.md).
+
+Targets, with s the span start and p = s+n+1+j the j-th position of the second copy (j = 0..n-1):
+  forward:  token[p] = s_j      prev_occ(p) = s+j         next token s_{j+1} at prev_occ(p) + 1
+  backward: token[p] = s_{n-1-j} prev_occ(p) = s+n-1-j     next token s_{n-2-j} at prev_occ(p) - 1
+The next token is predictable by copying for j = 0..n-2 (the last copied token is followed by fresh
+background). E.g. [a b c SEP a b c]: at the second 'a' (p=4, prev_occ=0) the next 'b' is at 1 = prev_occ+1;
+[a b c SEP c b a]: at the second 'c' (p=4, prev_occ=2) the next 'b' is at 1 = prev_occ-1.
+The token after SEP (the first copied token) is not counted: which of S's tokens comes first
+depends on the direction, which the model cannot know at SEP in a mixed stream.
+prev_occ is structural (the matching position in the first copy); a token repeated inside S or in
+the background does not change it.
+
+Measures: the losses (main: loss_copy over both directions) on the run's probe; the per-direction
+losses and head scores (induction at prev_occ+1 on forward spans, anti-induction at prev_occ-1 on
+backward spans) on a fixed direction-balanced probe, so a forward-only and a backward-only run are
+scored on the same spans. Note for reading anti-induction scores: a causal head cannot match the key
+prev_occ-1 on the token after it, but with learned positions it can find it as the mirror image of
+the query about SEP (2*SEP - i - 1); `backward_match` (attention to prev_occ itself) shows the other
+route, a duplicate-token match that reads the token before from a previous-token head.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lab.config import ConfigError, TaskConfig, _choice, _positive
+from lab.tasks.base import Task as BaseTask
+from lab.tasks.base import masked_mean, token_losses
+
+
+@dataclass
+class Config(TaskConfig):
+    """Forward / backward copy snippets [S, SEP, S] / [S, SEP, reverse(S)] in a background stream."""
+    name: str = "copy"
+    vocab_size: int = 64             # V: background and snippet tokens are ids [0, V); SEP = V, BOS = V+1
+    background: str = "uniform"      # uniform | zipf: the stream's unigram distribution
+    zipf_alpha: float = 1.0          # zipf: P(token k-1) ∝ k^-alpha, k = 1..V
+    min_len: int = 4                 # snippet length n ~ U{min_len..max_len} (the paper's span length L = 20)
+    max_len: int = 8
+    n_snippets: Optional[int] = 3    # K snippets per sequence; null: use `rate`
+    rate: Optional[float] = None     # each of the (seq_len - BOS) // (2 max_len + 1) slots holds a snippet with this probability
+    backward_frac: float = 0.5       # P(a snippet is a backward copy): 0 forward only (Induction), 1 backward only (Anti), 0.5 balanced
+    bos: bool = True
+
+
+def validate(cfg) -> None:
+    t = cfg.task
+    _positive("task.vocab_size", t.vocab_size)
+    _choice("task.background", t.background, ("uniform", "zipf"))
+    if t.zipf_alpha < 0:
+        raise ConfigError(f"task.zipf_alpha={t.zipf_alpha} must be >= 0 (0 is uniform)")
+    if t.min_len < 2:
+        raise ConfigError(f"task.min_len={t.min_len} must be >= 2 (a snippet of one token has nothing to copy-predict)")
+    if t.min_len > t.max_len:
+        raise ConfigError(f"task.min_len={t.min_len} > task.max_len={t.max_len}; need min_len <= max_len")
+    if not 0.0 <= t.backward_frac <= 1.0:
+        raise ConfigError(f"task.backward_frac={t.backward_frac} must lie in [0, 1] (0 forward only, 1 backward only)")
+    if (t.n_snippets is None) == (t.rate is None):
+        raise ConfigError(f"task.n_snippets={t.n_snippets}, task.rate={t.rate}: set exactly one of them "
+                          "(the other to null)")
+    width, room = 2 * t.max_len + 1, t.seq_len - int(t.bos)
+    if t.n_snippets is not None:
+        if t.n_snippets < 1:
+            raise ConfigError(f"task.n_snippets={t.n_snippets} must be >= 1")
+        if t.n_snippets * width > room:
+            raise ConfigError(f"task.seq_len={t.seq_len} cannot hold task.n_snippets={t.n_snippets} spans of up to "
+                              f"2*max_len+1={width} tokens{' after BOS' if t.bos else ''}; raise seq_len to >= "
+                              f"{t.n_snippets * width + int(t.bos)} or lower n_snippets / max_len")
+    else:
+        if not 0.0 < t.rate <= 1.0:
+            raise ConfigError(f"task.rate={t.rate} must lie in (0, 1]")
+        if width > room:
+            raise ConfigError(f"task.seq_len={t.seq_len} cannot hold one span of up to 2*max_len+1={width} tokens"
+                              f"{' after BOS' if t.bos else ''}; raise seq_len to >= {width + int(t.bos)} or lower max_len")
+
+
+class CopyBatch(NamedTuple):
+    tokens: jax.Array             # (B, T) int32
+    prev_occ: jax.Array           # (B, T) forward second copies: position of the same token in the first copy; else -1
+    repeat_target: jax.Array      # (B, T) bool: token i+1 is predictable by forward copying (key prev_occ(i) + 1)
+    prev_occ_backward: jax.Array  # (B, T) backward second copies: position of the same token in the first copy; else -1
+    anti_target: jax.Array        # (B, T) where backward_target: prev_occ_backward(i) - 1, the key holding token i+1; else -1
+    backward_target: jax.Array    # (B, T) bool: token i+1 is predictable by backward copying (key anti_target(i))
+    background_target: jax.Array  # (B, T) bool: token i+1 is a fresh stream token (not SEP, not in a second copy)
+    snippet_start: jax.Array      # (B, K) start s of each snippet slot (first copy at s .. s+n-1, SEP at s+n)
+    snippet_len: jax.Array        # (B, K) n
+    snippet_backward: jax.Array   # (B, K) bool
+    snippet_active: jax.Array     # (B, K) bool: the slot holds a snippet (always, with n_snippets)
+
+    @property
+    def induction_target(self) -> jax.Array:
+        """(B, T) the key an ideal induction head attends to on forward copies: prev_occ + 1."""
+        return jnp.where(self.prev_occ >= 0, self.prev_occ + 1, -1)
+
+    @property
+    def copy_target(self) -> jax.Array:
+        """(B, T) bool: token i+1 is predictable from the first copy (forward or backward)."""
+        return self.repeat_target | self.backward_target
+
+
+# ----------------------------------------------------------------------------- measures
+
+def copy_loss_and_accuracy(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean next-token cross-entropy -log p(token[i+1] | tokens[..i]) and top-1 accuracy
+    [argmax logits[i] == token[i+1]] over positions i with mask[i] (mask is (B, T); its last column
+    is ignored). NaN when the mask is empty (e.g. a probe without backward spans)."""
+    m = mask[:, :-1]
+    loss = masked_mean(token_losses(logits, tokens), m)
+    acc = masked_mean((jnp.argmax(logits[:, :-1], -1) == tokens[:, 1:]).astype(jnp.float32), m)
+    empty = ~jnp.any(m)
+    return jnp.where(empty, jnp.nan, loss), jnp.where(empty, jnp.nan, acc)
+
+
+def attention_to(pattern: jax.Array, key: jax.Array, mask: jax.Array) -> jax.Array:
+    """Per head h: sum_{b,i: mask[b,i]} pattern[b,h,i,key[b,i]] / #mask, the mean attention from
+    query i to key position key[b, i] over masked queries; 0 when the mask is empty. pattern is
+    (B, H, T, T), key (B, T) int, mask (B, T) bool. Returns (H,)."""
+    att = jnp.take_along_axis(pattern, jnp.clip(key, 0)[:, None, :, None], axis=-1)[..., 0]   # (B, H, T)
+    m = mask[:, None, :]
+    return jnp.sum(jnp.where(m, att, 0.0), axis=(0, 2)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def anti_induction_score(pattern: jax.Array, batch: CopyBatch) -> jax.Array:
+    """Anti-induction score per head (Bi-Induct 2025; DESIGN.md): mean attention from query i to
+    prev_occ(i) - 1, the position before the previous occurrence of the current token, over backward
+    second-copy positions whose next token is predictable (backward_target). In a reversed copy that
+    key holds the next token, so a perfect anti-induction head scores 1. Returns (H,)."""
+    return attention_to(pattern, batch.anti_target, batch.backward_target)
+
+
+def backward_match_score(pattern: jax.Array, batch: CopyBatch) -> jax.Array:
+    """Per head: mean attention from query i to prev_occ(i) itself (the previous occurrence of the
+    current token, a duplicate-token match) over the backward_target positions. A causal model cannot
+    match the key prev_occ-1 on the token that follows it, so backward copying can instead attend
+    here and read the token before it from a layer-1 previous-token head; this score shows that
+    route, which the anti-induction score (key prev_occ-1) misses. Returns (H,)."""
+    return attention_to(pattern, batch.prev_occ_backward, batch.backward_target)
+
+
+def ideal_copy_attention(batch: CopyBatch, seq_len: int) -> tuple[jax.Array, jax.Array]:
+    """The ideal copy pattern: one-hot on the key that holds the next token, prev_occ(i) + 1 on forward
+    spans (induction) and prev_occ(i) - 1 on backward spans (anti-induction), for the rows
+    repeat_target | backward_target; other rows are all zero. Returns ((B, T, T), (B, T))."""
+    key = jnp.where(batch.repeat_target, batch.prev_occ + 1, batch.anti_target)
+    rows = batch.copy_target
+    return jax.nn.one_hot(jnp.where(rows, key, 0), seq_len) * rows[..., None], rows
+
+
+def zipf_probs(vocab_size: int, alpha: float) -> np.ndarray:
+    """P(token k-1) = k^-alpha / sum_j j^-alpha, k = 1..V."""
+    w = np.arange(1, vocab_size + 1, dtype=np.float64) ** -alpha
+    return w / w.sum()
+
+
+# ----------------------------------------------------------------------------- task
+
+def _below(u: jax.Array, m) -> jax.Array:
+    """U{0..m-1} from u ~ U[0, 1): min(floor(u m), m - 1)."""
+    return jnp.minimum(jnp.floor(u * m), m - 1).astype(jnp.int32)
+
+
+@dataclass(frozen=True)
+class CopyTask(BaseTask):
+    name = "copy"
+    main_metric, main_accuracy, main_metric_label = "loss_copy", "acc_copy", "loss on copied snippet tokens"
+    head_scores = {"induction": "induction", "prev_token": "prev_token_corrected", "anti_induction": "anti_induction"}
+
+    seq_len: int
+    vocab_size: int
+    background: str
+    zipf_alpha: float
+    min_len: int
+    max_len: int
+    n_snippets: Optional[int]
+    rate: Optional[float]
+    backward_frac: float
+    bos: bool
+    probe_size: int
+    probe_seed: int
+
+    @property
+    def sep_id(self) -> int:
+        return self.vocab_size
+
+    @property
+    def model_vocab_size(self) -> int:
+        return self.vocab_size + 1 + int(self.bos)   # SEP = V, BOS = V + 1
+
+    @property
+    def chance_loss(self) -> float:
+        """Entropy of the background unigram: the loss of a model that knows the token frequencies
+        but does not copy (ln V for a uniform background)."""
+        if self.background == "uniform":
+            return math.log(self.vocab_size)
+        p = zipf_probs(self.vocab_size, self.zipf_alpha)
+        return float(-(p * np.log(p)).sum())
+
+    @property
+    def bag_loss(self) -> float:
+        """E_n[ln n], n ~ U{min_len..max_len}: the copy loss of a model that knows the snippet's tokens
+        (e.g. summarised at SEP) but not their order, spreading its prediction over the n of them.
+        Trained models sit on this plateau before the induction / anti-induction circuit forms."""
+        return float(np.mean(np.log(np.arange(self.min_len, self.max_len + 1))))
+
+    def phase_threshold(self, phase_cfg) -> tuple[float, float]:
+        """Threshold frac * bag_loss (frac = loss_threshold_frac): the fall below the order-blind
+        plateau is the copy circuit's phase change, not the earlier fall from ln V to that plateau;
+        minimum drop loss_min_drop_frac * chance_loss as in the default."""
+        return phase_cfg.loss_threshold_frac * self.bag_loss, phase_cfg.loss_min_drop_frac * self.chance_loss
+
+    @property
+    def max_snippets(self) -> int:
+        """K, the snippet slots per sequence."""
+        if self.n_snippets is not None:
+            return self.n_snippets
+        return (self.seq_len - int(self.bos)) // (2 * self.max_len + 1)
+
+    def _background(self, u: jax.Array) -> jax.Array:
+        """Stream tokens from uniforms u ~ U[0, 1): floor(u V), or the Zipf inverse CDF."""
+        V = self.vocab_size
+        if self.background == "uniform":
+            return _below(u, V)
+        cdf = jnp.asarray(np.cumsum(zipf_probs(V, self.zipf_alpha))[:-1], jnp.float32)
+        return jnp.searchsorted(cdf, u, side="right").astype(jnp.int32)
+
+    def _sample_one(self, u: jax.Array) -> CopyBatch:
+        """One sequence from T + 4K uniforms u ~ U[0, 1)."""
+        T, K, first = self.seq_len, self.max_snippets, int(self.bos)
+        u_bg, u_len, u_dir, u_on, u_gap = jnp.split(u, [T, T + K, T + 2 * K, T + 3 * K])
+        bg = self._background(u_bg)
+        n = self.min_len + _below(u_len, self.max_len - self.min_len + 1)
+        backward = u_dir < self.backward_frac
+        active = jnp.ones((K,), bool) if self.n_snippets is not None else u_on < self.rate
+        width = jnp.where(active, 2 * n + 1, 0)
+        free = T - first - width.sum()                     # tokens left to the background between spans
+        # K gaps: sorted draws from U{0..free}; span i starts after the gaps and spans before it
+        gaps = jnp.sort(_below(u_gap, free + 1))
+        start = first + gaps + jnp.cumsum(width) - width
+        pos = jnp.arange(T)
+        rel = pos[None, :] - start[:, None]                                 # (K, T)
+        inside = active[:, None] & (rel >= 0) & (rel < width[:, None])      # at most one slot per position
+        pick = lambda x: jnp.sum(jnp.where(inside, x[:, None] if x.ndim == 1 else x, 0), axis=0)
+        r, m, s, back = pick(rel), pick(n), pick(start), pick(backward.astype(jnp.int32)) > 0
+        in_span = inside.any(0)
+        sep = in_span & (r == m)
+        second = in_span & (r > m)
+        j = r - m - 1                                                       # index in the second copy
+        src = jnp.where(back, s + m - 1 - j, s + j)                         # its token's place in the first copy
+        tokens = jnp.where(sep, self.sep_id, jnp.where(second, bg[jnp.clip(src, 0, T - 1)], bg))
+        if self.bos:
+            tokens = tokens.at[0].set(self.vocab_size + 1)
+        predictable = second & (j < m - 1)
+        fwd_t, bwd_t = predictable & ~back, predictable & back
+        fresh = ~sep & ~second & (pos >= first)
+        return CopyBatch(
+            tokens=tokens.astype(jnp.int32),
+            prev_occ=jnp.where(second & ~back, src, -1),
+            repeat_target=fwd_t,
+            prev_occ_backward=jnp.where(second & back, src, -1),
+            anti_target=jnp.where(bwd_t, src - 1, -1),
+            backward_target=bwd_t,
+            background_target=jnp.append(fresh[1:], False),
+            snippet_start=start, snippet_len=n, snippet_backward=backward, snippet_active=active)
+
+    def sample(self, key: jax.Array, batch_size: int) -> CopyBatch:
+        # one PRNG call for the whole batch: it compiles several times faster on CPU than one per field
+        u = jax.random.uniform(key, (batch_size, self.seq_len + 4 * self.max_snippets))
+        return jax.vmap(self._sample_one)(u)
+
+    def direction_probe(self) -> CopyBatch:
+        """The probe the direction measures use: the same draws with backward_frac = 0.5, so that
+        forward-only and backward-only runs are scored on the same balanced spans."""
+        balanced = dataclasses.replace(self, backward_frac=0.5)
+        return jax.jit(balanced.sample, static_argnums=1)(jax.random.PRNGKey(self.probe_seed), self.probe_size)
+
+    def main_scores(self, logits, batch: CopyBatch):
+        return copy_loss_and_accuracy(logits, batch.tokens, batch.copy_target)
+
+    def induction_attention(self, batch: CopyBatch):
+        """Where an ideal copy head attends: the key holding the next token, i.e. prev_occ + 1 on forward
+        spans (an induction head) and prev_occ - 1 on backward spans (an anti-induction head), on the rows
+        whose next token is predictable by copying. We clamp the ideal *outcome* for both directions;
+        a causal model's own backward route attends to prev_occ instead (see backward_match_score)."""
+        return ideal_copy_attention(batch, self.seq_len)
+
+    def measures(self, model, params, probe: CopyBatch, forward, measures_cfg, snapshot: bool) -> dict:
+        """Losses on the run's probe; the per-direction losses and scores on the balanced direction
+        probe (the run's probe itself when backward_frac = 0.5)."""
+        from lab.measures import copying_score, induction_score, prev_token_scores
+        names = tuple(f"blocks.{l}.attn.pattern" for l in range(model.n_layers))
+        logits, cache = forward(probe, names)
+        patterns = [cache[n] for n in names]
+        losses = token_losses(logits, probe.tokens)
+        if self.backward_frac == 0.5:
+            dprobe, dlogits, dpatterns = probe, logits, patterns
+        else:
+            dprobe = self.direction_probe()
+            dlogits, dcache = forward(dprobe, names)
+            dpatterns = [dcache[n] for n in names]
+        loss_copy, acc_copy = copy_loss_and_accuracy(logits, probe.tokens, probe.copy_target)
+        loss_fwd, acc_fwd = copy_loss_and_accuracy(dlogits, dprobe.tokens, dprobe.repeat_target)
+        loss_bwd, acc_bwd = copy_loss_and_accuracy(dlogits, dprobe.tokens, dprobe.backward_target)
+        loss_bg, _ = copy_loss_and_accuracy(logits, probe.tokens, probe.background_target)
+        prev = [prev_token_scores(p) for p in patterns]
+        V = self.vocab_size   # the copying score compares the V stream tokens only (not SEP or BOS)
+        stream = {**params, "W_E": params["W_E"][:V], "W_U": params["W_U"][:, :V]} if "W_U" in params else None
+        out = {
+            "loss": losses.mean(),
+            "loss_copy": loss_copy, "acc_copy": acc_copy,
+            "loss_copy_forward": loss_fwd, "acc_copy_forward": acc_fwd,
+            "loss_copy_backward": loss_bwd, "acc_copy_backward": acc_bwd,
+            "loss_background": loss_bg,
+            "loss_by_pos": losses.mean(0),
+            "induction": jnp.stack([induction_score(p, dprobe) for p in dpatterns]),
+            "anti_induction": jnp.stack([anti_induction_score(p, dprobe) for p in dpatterns]),
+            "backward_match": jnp.stack([backward_match_score(p, dprobe) for p in dpatterns]),
+            "prev_token": jnp.stack([p[0] for p in prev]),
+            "prev_token_corrected": jnp.stack([p[1] for p in prev]),
+        }
+        if stream is not None:
+            out["copying"] = jnp.stack([copying_score(stream, l) for l in range(model.n_layers)])
+        if snapshot:
+            out["attention"] = jnp.stack([p[0] for p in patterns])             # (L, H, T, T), probe 0
+        return out
+
+    def snapshot_info(self, probe: CopyBatch) -> dict:
+        return {"tokens": probe.tokens[0], "snippet_start": probe.snippet_start[0],
+                "snippet_len": probe.snippet_len[0], "snippet_backward": probe.snippet_backward[0],
+                "snippet_active": probe.snippet_active[0]}
+
+
+Task = CopyTask
