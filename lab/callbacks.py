@@ -113,8 +113,10 @@ class Checkpointer(Callback):
 
     def _save(self, trainer):
         if self.last != trainer.step:
-            self.checkpoints.save(trainer.step, trainer.state)
+            # callback state first: a kill between the two writes must not leave a checkpoint whose
+            # callback state is missing (the resumed run would silently lose its attention snapshots)
             self.checkpoints.save_callback_state(trainer.step, trainer.all_callbacks)
+            self.checkpoints.save(trainer.step, trainer.state)
             self.last = trainer.step
 
     def on_end(self, trainer):

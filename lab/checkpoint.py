@@ -61,7 +61,7 @@ class Checkpoints:
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(path)
-        kept = set(self.manager.all_steps())
+        kept = set(self.manager.all_steps()) | {step}   # written before its checkpoint (see Checkpointer)
         for old in path.parent.glob("*.npz"):
             if old.stem.isdigit() and int(old.stem) not in kept:
                 old.unlink()

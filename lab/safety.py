@@ -12,7 +12,6 @@ from fixed tables), and checkpoints are read by orbax as arrays, never unpickled
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 

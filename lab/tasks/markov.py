@@ -32,7 +32,6 @@ loss curve locks onto it; α = 1 and T = 64 as a CPU-sized context.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -182,10 +181,6 @@ class MarkovTask(BaseTask):
     @property
     def model_vocab_size(self) -> int:
         return self.n_states
-
-    @property
-    def chance_loss(self) -> float:
-        return math.log(self.n_states)
 
     def phase_threshold(self, phase_cfg) -> tuple[float, float]:
         """The bigram phase change: threshold at bigram + frac·(unigram - bigram) (frac =

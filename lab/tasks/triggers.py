@@ -134,10 +134,6 @@ class TriggersTask(BaseTask):
         return self.vocab_size
 
     @property
-    def chance_loss(self) -> float:
-        return math.log(self.vocab_size)
-
-    @property
     def no_context_loss(self) -> float:
         """ln(N - K): the best loss after a trigger without the context (uniform over the outputs)."""
         return math.log(self.vocab_size - self.n_triggers)
