@@ -49,9 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab.config import ConfigError, TaskConfig, _positive
-from lab.tasks.classification import (ClassBatch, ClassificationTask, build_sequence, check_layout,
-                                      query_label_attention)
-from lab.tasks.singh import check_table_size, fixed_batches, fixed_exemplars, uniform_int, uniforms
+from lab.tasks.classification import (ClassBatch, ClassificationTask, build_sequence, check_layout, fixed_batches,
+                                      labels_in_context, query_label_attention)
+from lab.tasks.singh import check_table_size, fixed_exemplars, uniform_int, uniforms
 
 
 @dataclass
@@ -114,7 +114,7 @@ def restricted_accuracy(logits: jax.Array, batch: ClassBatch, n_labels: int) -> 
     """Accuracy of the query's argmax taken over the labels present in the context only (Chan et al.
     2022's m-way evaluation): mean_b [argmax_{l in context_b} logits[b, -1, l] == query_label_b].
     Chance is 1/m for m distinct context labels."""
-    present = jax.nn.one_hot(batch.context_labels, n_labels).max(axis=1) > 0          # (B, L)
+    present = labels_in_context(batch, n_labels)                                      # (B, L)
     masked = jnp.where(present, logits[:, -1], -jnp.inf)
     return (jnp.argmax(masked, -1) == batch.query_label).mean()
 

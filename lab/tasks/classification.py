@@ -55,10 +55,26 @@ def query_loss_and_accuracy(logits: jax.Array, batch: ClassBatch) -> tuple[jax.A
     return loss, (jnp.argmax(q, -1) == batch.query_label).mean()
 
 
+def labels_in_context(batch: ClassBatch, n_labels: int) -> jax.Array:
+    """(B, L) bool: which labels occur among each sequence's context labels."""
+    return jax.nn.one_hot(batch.context_labels, n_labels).max(axis=1) > 0
+
+
+def fixed_batches(task, samplers: dict) -> dict:
+    """name -> (offset, sample_fn): each sampled once, concretely, with key PRNGKey(probe_seed + offset)
+    and probe_size sequences, in one compiled call, even when first asked for inside a jit trace; the
+    measures then see constants instead of tracing the samplers. Tasks build their eval_sets() with it."""
+    def draw():
+        return {name: fn(jax.random.PRNGKey(task.probe_seed + offset), task.probe_size)
+                for name, (offset, fn) in samplers.items()}
+    with jax.ensure_compile_time_eval():
+        return jax.jit(draw)() if samplers else {}
+
+
 def context_label_measures(logits: jax.Array, batch: ClassBatch, n_labels: int) -> tuple[jax.Array, jax.Array]:
     """CLA (Reddy 2024): the fraction of queries whose predicted label is one of the labels in the
     context; and the probability mass the query's softmax puts on the in-context labels."""
-    present = jax.nn.one_hot(batch.context_labels, n_labels).max(axis=1) > 0        # (B, L)
+    present = labels_in_context(batch, n_labels)
     pred = jnp.argmax(logits[:, -1], -1)
     cla = jnp.take_along_axis(present, pred[:, None], axis=1)[:, 0].mean()
     mass = jnp.sum(jax.nn.softmax(logits[:, -1], -1) * present, -1).mean()
@@ -125,9 +141,6 @@ class ClassificationTask(Task):
 
     def eval_sets(self) -> dict:
         return {}
-
-    def _eval_batch(self, seed_offset: int, sample_fn):
-        return sample_fn(jax.random.PRNGKey(self.probe_seed + seed_offset), self.probe_size)
 
     def measures(self, model, params, probe, forward, measures_cfg, snapshot: bool) -> dict:
         names = tuple(f"blocks.{l}.attn.pattern" for l in range(model.n_layers))

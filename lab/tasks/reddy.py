@@ -42,8 +42,8 @@ import numpy as np
 
 from lab.config import ConfigError, TaskConfig
 from lab.tasks.base import masked_mean
-from lab.tasks.classification import (ClassBatch, ClassificationTask, build_sequence, check_layout,
-                                      item_label_attention, query_label_attention)
+from lab.tasks.classification import (ClassBatch, ClassificationTask, build_sequence, check_layout, fixed_batches,
+                                      item_label_attention, labels_in_context, query_label_attention)
 
 
 @dataclass
@@ -120,7 +120,7 @@ def in_context_choice(logits: jax.Array, batch: ClassBatch, n_labels: int) -> tu
     then 0: it isolates the induction step of Reddy (2024)'s transition from the earlier, gradual
     learning to predict *some* in-context label (CLA, label mass). (Our measure; Reddy reports IC
     accuracy and CLA.)"""
-    present = jax.nn.one_hot(batch.context_labels, n_labels).max(axis=1) > 0          # (B, L)
+    present = labels_in_context(batch, n_labels)                                      # (B, L)
     logp = jax.nn.log_softmax(jnp.where(present, logits[:, -1], -1e30), -1)
     nll = -jnp.take_along_axis(logp, batch.query_label[:, None], 1)[:, 0]
     has = jnp.take_along_axis(present, batch.query_label[:, None], 1)[:, 0]
@@ -256,9 +256,8 @@ class ReddyTask(ClassificationTask):
         kinds = {"ic": (1.0, 1.0, 0),     # novel classes, bursty
                  "ic2": (1.0, 0.0, 1),    # known classes, bursty, every label + 1
                  "iw": (0.0, 0.0, 0)}     # i.i.d. from P (the bursty draw is made but never chosen)
-        with jax.ensure_compile_time_eval():   # concrete arrays even when first asked for inside a trace
-            return {name: jax.device_get(self._eval_batch(i + 1, lambda key, size: draw(key, size, *kind)))
-                    for i, (name, kind) in enumerate(kinds.items())}
+        return jax.device_get(fixed_batches(self, {name: (i + 1, lambda key, size, kind=kind: draw(key, size, *kind))
+                                                   for i, (name, kind) in enumerate(kinds.items())}))
 
     def eval_sets(self) -> dict:
         """Fixed batches of probe_size sequences from keys probe_seed + 1, 2, 3: ic, ic2, iw."""

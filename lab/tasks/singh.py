@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab.config import ConfigError, TaskConfig, _positive
-from lab.tasks.classification import ClassBatch, ClassificationTask, build_sequence, check_layout
+from lab.tasks.classification import ClassBatch, ClassificationTask, build_sequence, check_layout, fixed_batches
 
 MAX_LABEL_SETS = 100_000     # label sets are enumerated (to reserve some) only up to this many
 MAX_TABLE = 2 ** 24          # floats in the exemplar table (64 MB), a constant of the compiled step
@@ -107,17 +107,6 @@ def uniforms(key: jax.Array, *shapes) -> list:
 def uniform_int(u: jax.Array, n) -> jax.Array:
     """Integers uniform in [0, n) from U[0, 1) numbers u."""
     return jnp.minimum((u * n).astype(jnp.int32), n - 1)
-
-
-def fixed_batches(task, samplers: dict) -> dict:
-    """name -> (offset, sample_fn): each sampled once, concretely, with key PRNGKey(probe_seed + offset)
-    and probe_size sequences (as ClassificationTask._eval_batch), in one compiled call, even when first
-    asked for inside a jit trace; the measures then see constants instead of tracing the samplers."""
-    def draw():
-        return {name: fn(jax.random.PRNGKey(task.probe_seed + offset), task.probe_size)
-                for name, (offset, fn) in samplers.items()}
-    with jax.ensure_compile_time_eval():
-        return jax.jit(draw)() if samplers else {}
 
 
 def _max_uses(t) -> int:
