@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-sweep clean
+.PHONY: setup run test test-all bench bench-sweep experiments clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,14 @@ bench: $(STAMP)
 
 bench-sweep: $(STAMP)
 	$(BIN)/python benchmarks/sweep_bench.py $(ARGS)
+
+# Reproduce the seed papers' findings (experiments/README.md): each writes experiments/out/<name>/
+# (figures, runs, verdict.json); then the README's table is regenerated from the verdicts.
+# ARGS=--full for the papers' scale, ARGS=--smoke to check the scripts in seconds.
+EXPERIMENTS := olsson_layers singh_subcircuits reddy_data bi_induct_copy von_oswald_gd edelman_markov
+experiments: $(STAMP)
+	@for e in $(EXPERIMENTS); do $(BIN)/python -m experiments.$$e $(ARGS) || exit $$?; done
+	$(BIN)/python -m experiments.report
 
 clean:
 	rm -rf outputs multirun .pytest_cache

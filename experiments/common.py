@@ -1,0 +1,236 @@
+"""What every experiment shares: its command line, cached lab runs, claims and `verdict.json`.
+
+An experiment script builds an `Experiment`, trains runs with `exp.run(label, overrides)` (each a
+normal lab run directory under `<out>/runs/<label>`, resumed if it was killed, reused if it already
+finished with the same config), measures its claims with `claim(...)`, draws its figures and calls
+`exp.finish(claims, figures)`, which writes `<out>/verdict.json` and prints the claims.
+
+Modes: `--smoke` (a few steps of tiny runs: checks the script end to end, in seconds; its verdicts
+mean nothing and are marked so), the default (the finding at reduced scale, <= 15 min on 2 CPU
+cores), `--full` (the paper's scale where it differs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_ROOT = ROOT / "experiments" / "out"
+MODES = ("smoke", "default", "full")
+# Smoke runs: tiny and quiet. Experiments add their own model/steps overrides on top.
+SMOKE_TRAIN = ["train.steps=30", "train.log_every=10", "train.batch_size=8", "train.checkpoint_every=0",
+               "train.tensorboard=false", "measures.attention_snapshots=false"]
+
+log = logging.getLogger("experiments")
+
+
+def _finite(values) -> np.ndarray:
+    a = np.asarray([np.nan if v is None else v for v in np.ravel(np.asarray(values, dtype=object))], float)
+    return a[np.isfinite(a)]
+
+
+def claim(id: str, claim: str, quantity: str, values, threshold: str, held: Optional[bool],
+          paper: str = "", note: str = "") -> dict:
+    """One checked claim: `values` are per seed (or per condition) measurements; value and spread
+    are their mean and standard deviation over the finite ones; `held` is None when nothing could
+    be measured (e.g. no seed crossed the threshold)."""
+    v = _finite(values)
+    return {"id": id, "claim": claim, "quantity": quantity,
+            "value": float(v.mean()) if v.size else None,
+            "spread": float(v.std()) if v.size > 1 else None,
+            "n": int(v.size), "values": [None if not math.isfinite(x) else float(x)
+                                         for x in np.asarray([np.nan if x is None else x
+                                                              for x in np.ravel(np.asarray(values, dtype=object))], float)],
+            "threshold": threshold, "held": None if held is None else bool(held),
+            "paper": paper, "note": note}
+
+
+def crossing_step(steps, curve, threshold: float, direction: str = "decrease") -> Optional[float]:
+    """First logged step where `curve` is below (decrease) or above (increase) `threshold`."""
+    curve = np.asarray(curve, float)
+    hit = curve < threshold if direction == "decrease" else curve > threshold
+    idx = np.flatnonzero(hit & np.isfinite(curve))
+    return float(np.asarray(steps)[idx[0]]) if idx.size else None
+
+
+@dataclass
+class Run:
+    """A finished lab run: config, summary, metrics (arrays with a leading log-step axis, then seed),
+    and its directory; params are loaded from its checkpoint on first use."""
+    label: str
+    cfg: object
+    summary: dict
+    metrics: dict
+    run_dir: Path
+    _params: object = field(default=None, repr=False)
+    _trainer: object = field(default=None, repr=False)
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self.metrics["step"]
+
+    def curve(self, key: str) -> np.ndarray:
+        """(log steps, seeds, ...) values of a logged metric."""
+        if key not in self.metrics:
+            raise KeyError(f"run {self.label} logged no {key!r}; it has {sorted(self.metrics)}")
+        return self.metrics[key]
+
+    def final(self, key: str) -> np.ndarray:
+        """Per-seed value of a metric at the last log step."""
+        return self.curve(key)[-1]
+
+    def midpoints(self, key: Optional[str] = None, group_head: Optional[tuple] = None) -> list:
+        """Per-seed fitted phase-change midpoints (None where not detected) of the main metric,
+        of `key`, or of a head group's head, e.g. group_head=("induction", "L1H0")."""
+        phase = self.summary.get("phase", {})
+        entry = phase[group_head[0]][group_head[1]] if group_head else phase[key or self.summary["main_metric"]]
+        return [r["midpoint"] if r["detected"] else None for r in entry["per_seed"]]
+
+    def load(self):
+        """(trainer, params with a seed axis) from the run's newest checkpoint."""
+        if self._params is None:
+            from lab.runs import load_run
+            _, self._trainer, _, self._params = load_run(self.run_dir)
+        return self._trainer, self._params
+
+
+class Experiment:
+    """Command line, run cache and verdict of one experiment script."""
+
+    def __init__(self, name: str, title: str, paper: str, argv: Optional[Sequence[str]] = None,
+                 description: str = ""):
+        parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description or title)
+        mode = parser.add_mutually_exclusive_group()
+        mode.add_argument("--smoke", action="store_true", help="tiny runs, seconds; checks the script, not the claim")
+        mode.add_argument("--full", action="store_true", help="the paper's scale (slow on a CPU)")
+        parser.add_argument("--out", type=Path, default=None, help=f"output directory (default experiments/out/{name})")
+        parser.add_argument("--seeds", type=int, default=None, help="seeds per condition (default: the mode's)")
+        parser.add_argument("--retrain", action="store_true", help="train again even where a finished run is cached")
+        args = parser.parse_args(argv)
+        self.name, self.title, self.paper = name, title, paper
+        self.mode = "smoke" if args.smoke else "full" if args.full else "default"
+        self.out = Path(args.out) if args.out else OUT_ROOT / name
+        self.seeds_override = args.seeds
+        self.retrain = args.retrain
+        self.started = time.time()
+        self.runs: dict[str, list[str]] = {}
+        self.out.mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        for noisy in ("absl", "jax", "orbax", "lab"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        self.say(f"{title} ({paper}) — {self.mode} mode, writing to {self.out}")
+
+    @property
+    def smoke(self) -> bool:
+        return self.mode == "smoke"
+
+    def pick(self, smoke, default, full=None):
+        """The value for the current mode (full defaults to default)."""
+        return {"smoke": smoke, "default": default, "full": default if full is None else full}[self.mode]
+
+    def seeds(self, smoke: int, default: int, full: Optional[int] = None) -> int:
+        return self.seeds_override or self.pick(smoke, default, full)
+
+    def say(self, text: str) -> None:
+        print(f"[{self.name} {time.time() - self.started:6.0f}s] {text}", flush=True)
+
+    # ---- runs ----
+    def run(self, label: str, overrides: Sequence[str]) -> Run:
+        """Train (or reuse) one lab run. In smoke mode SMOKE_TRAIN is applied after `overrides`,
+        so smoke runs stay tiny whatever the experiment asks for."""
+        from omegaconf import OmegaConf
+
+        import lab
+        from lab.plots import load_metrics
+
+        overrides = list(overrides) + (SMOKE_TRAIN if self.smoke else [])
+        self.runs[label] = overrides
+        cfg = lab.load_config(overrides + [f"train.progress={str(sys.stderr.isatty() and not self.smoke).lower()}"])
+        run_dir = self.out / "runs" / label
+        wanted = OmegaConf.to_yaml(cfg, resolve=True)
+        summary_path = run_dir / "summary.json"
+        if summary_path.exists() and not self.retrain:
+            summary = json.loads(summary_path.read_text())
+            if self._unfinished_same(run_dir, wanted) and summary.get("status") == "completed":
+                self.say(f"{label}: reusing the finished run in {run_dir}")
+                return Run(label, cfg, summary, load_metrics(run_dir), run_dir)
+        if run_dir.exists() and (self.retrain or not self._unfinished_same(run_dir, wanted)):
+            shutil.rmtree(run_dir)   # an outdated run of this experiment: its config changed
+        self.say(f"{label}: training ({' '.join(overrides)})")
+        t0 = time.time()
+        result = lab.run(cfg, run_dir, plots=not self.smoke)
+        if result.summary.get("status") != "completed":
+            raise RuntimeError(f"run {label} ended with status {result.summary.get('status')}; see {run_dir}")
+        self.say(f"{label}: done in {time.time() - t0:.0f}s — {result.summary.get('verdict', '')}")
+        run = Run(label, cfg, result.summary, load_metrics(run_dir), run_dir)
+        run._trainer, run._params = result.trainer, result.params
+        return run
+
+    @staticmethod
+    def _unfinished_same(run_dir: Path, wanted: str) -> bool:
+        """Whether the run directory holds this config (the progress bar aside); lab.run resumes an
+        unfinished one from its checkpoint."""
+        cfg = run_dir / "config.yaml"
+        def key(text):
+            return [ln for ln in text.splitlines() if not ln.strip().startswith("progress:")]
+        return cfg.exists() and key(cfg.read_text()) == key(wanted)
+
+    # ---- outputs ----
+    def figure_path(self, name: str) -> Path:
+        return self.out / name
+
+    def finish(self, claims: list[dict], figures: Sequence[Path] = (), extra: Optional[dict] = None) -> dict:
+        """Write verdict.json and print the claims."""
+        verdict = {"experiment": self.name, "title": self.title, "paper": self.paper, "mode": self.mode,
+                   "command": f"python -m experiments.{self.name}" + {"smoke": " --smoke", "default": "",
+                                                                       "full": " --full"}[self.mode],
+                   "seconds": round(time.time() - self.started, 1),
+                   "claims": claims, "figures": [str(Path(f).relative_to(self.out)) for f in figures],
+                   "runs": self.runs, **(extra or {})}
+        path = self.out / "verdict.json"
+        path.write_text(json.dumps(verdict, indent=1))
+        self.say(f"verdict ({self.mode} mode{'; smoke verdicts mean nothing' if self.smoke else ''}) -> {path}")
+        for c in claims:
+            print(f"  [{held_text(c['held'])}] {c['claim']}\n        {c['quantity']} = {value_text(c)}"
+                  f" (threshold {c['threshold']})")
+        return verdict
+
+
+def held_text(held: Optional[bool]) -> str:
+    return {True: "held", False: "did not hold", None: "not measured"}[held]
+
+
+def value_text(c: dict, digits: int = 3) -> str:
+    if c["value"] is None:
+        return "n/a"
+    v = f"{c['value']:.{digits}g}"
+    if c.get("spread") is not None:
+        v += f" ± {c['spread']:.2g}"
+    return v + (f" (n={c['n']})" if c.get("n", 0) > 1 else "")
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def script_main(main):
+    """Run an experiment's main() with a one-line error for bad input instead of a traceback."""
+    from lab.config import ConfigError
+    try:
+        main()
+    except (ConfigError, KeyboardInterrupt) as e:
+        sys.exit(f"error: {e}" if isinstance(e, ConfigError) else "interrupted; rerun the same command to "
+                                                                    "continue from the runs' checkpoints")
