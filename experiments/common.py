@@ -31,6 +31,7 @@ MODES = ("smoke", "default", "full")
 SMOKE_TRAIN = ["train.steps=30", "train.log_every=10", "train.batch_size=8", "train.checkpoint_every=0",
                "train.tensorboard=false", "measures.attention_snapshots=false"]
 
+WALL_FILE = "experiment_wall_seconds.txt"   # written into each run dir: its training wall time
 log = logging.getLogger("experiments")
 
 
@@ -124,6 +125,8 @@ class Experiment:
         self.retrain = args.retrain
         self.started = time.time()
         self.runs: dict[str, list[str]] = {}
+        self.train_seconds = 0.0    # wall time of this experiment's runs, cached ones included
+        self.new_seconds = 0.0
         self.out.mkdir(parents=True, exist_ok=True)
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         for noisy in ("absl", "jax", "orbax", "lab"):
@@ -163,6 +166,7 @@ class Experiment:
             summary = json.loads(summary_path.read_text())
             if self._unfinished_same(run_dir, wanted) and summary.get("status") == "completed":
                 self.say(f"{label}: reusing the finished run in {run_dir}")
+                self.train_seconds += self._wall_seconds(run_dir)
                 return Run(label, cfg, summary, load_metrics(run_dir), run_dir)
         if run_dir.exists() and (self.retrain or not self._unfinished_same(run_dir, wanted)):
             shutil.rmtree(run_dir)   # an outdated run of this experiment: its config changed
@@ -171,10 +175,21 @@ class Experiment:
         result = lab.run(cfg, run_dir, plots=not self.smoke)
         if result.summary.get("status") != "completed":
             raise RuntimeError(f"run {label} ended with status {result.summary.get('status')}; see {run_dir}")
-        self.say(f"{label}: done in {time.time() - t0:.0f}s — {result.summary.get('verdict', '')}")
+        seconds = time.time() - t0
+        (run_dir / WALL_FILE).write_text(f"{seconds:.1f}\n")
+        self.train_seconds += seconds
+        self.new_seconds += seconds
+        self.say(f"{label}: done in {seconds:.0f}s — {result.summary.get('verdict', '')}")
         run = Run(label, cfg, result.summary, load_metrics(run_dir), run_dir)
         run._trainer, run._params = result.trainer, result.params
         return run
+
+    @staticmethod
+    def _wall_seconds(run_dir: Path) -> float:
+        try:
+            return float((run_dir / WALL_FILE).read_text())
+        except (OSError, ValueError):
+            return 0.0
 
     @staticmethod
     def _unfinished_same(run_dir: Path, wanted: str) -> bool:
@@ -194,7 +209,8 @@ class Experiment:
         verdict = {"experiment": self.name, "title": self.title, "paper": self.paper, "mode": self.mode,
                    "command": f"python -m experiments.{self.name}" + {"smoke": " --smoke", "default": "",
                                                                        "full": " --full"}[self.mode],
-                   "seconds": round(time.time() - self.started, 1),
+                   # training time of every run (cached ones as recorded when they ran) plus this analysis
+                   "seconds": round(self.train_seconds + time.time() - self.started - self.new_seconds, 1),
                    "claims": claims, "figures": [str(Path(f).relative_to(self.out)) for f in figures],
                    "runs": self.runs, **(extra or {})}
         path = self.out / "verdict.json"
