@@ -5,7 +5,7 @@ Claims: the 2- and 3-layer models show a phase change in the repeated-part loss 
 the rise of an induction head and of the in-context-learning score; the 1-layer model shows neither;
 the previous-token head forms no later than the induction head.
 
-    python -m experiments.olsson_layers            # 3 seeds x 1500 steps per depth, ~10 min on 2 cores
+    python -m experiments.olsson_layers            # 3 seeds x 1500 steps per depth
     python -m experiments.olsson_layers --full     # 5 seeds x 3000 steps
 """
 from __future__ import annotations

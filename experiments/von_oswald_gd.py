@@ -8,7 +8,7 @@ its query loss, the squared distance of its predictions to GD's, and the cosine 
 predictions' sensitivities to x_q. A two-layer model is expected to beat one GD step (their
 multi-layer results: K layers behave like K steps of a GD variant).
 
-    python -m experiments.von_oswald_gd           # 3 seeds x 2000 steps, 1 and 2 layers: ~4 min on 2 cores
+    python -m experiments.von_oswald_gd           # 3 seeds x 2000 steps, 1 and 2 layers
     python -m experiments.von_oswald_gd --full    # 5 seeds x 5000 steps
 """
 from __future__ import annotations
