@@ -56,6 +56,17 @@ def claim(id: str, claim: str, quantity: str, values, threshold: str, held: Opti
             "paper": paper, "note": note}
 
 
+def all_measured(values, ok) -> Optional[bool]:
+    """Whether `ok` holds for every measured (non-None) value; None when nothing was measured."""
+    measured = [v for v in values if v is not None]
+    return all(ok(v) for v in measured) if measured else None
+
+
+def measured_note(values) -> str:
+    measured = sum(v is not None for v in values)
+    return "" if measured == len(values) else f"measured in {measured} of {len(values)} seeds (the others had nothing to time)"
+
+
 def crossing_step(steps, curve, threshold: float, direction: str = "decrease") -> Optional[float]:
     """First logged step where `curve` is below (decrease) or above (increase) `threshold`."""
     curve = np.asarray(curve, float)

@@ -28,7 +28,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from experiments.common import Experiment, claim, crossing_step, save_figure, script_main
+from experiments.common import Experiment, all_measured, claim, crossing_step, measured_note, save_figure, script_main
 
 REACHED = 0.25        # unigram stage: KL to the unigram predictor <= 1/4 of its value at initialisation
 CLOSER = 2.0          # ... and KL to bigram >= 2x KL to unigram there
@@ -144,9 +144,9 @@ def main(argv=None):
               f"|step where KL(bigram‖model) falls below KL(unigram‖model) − step where a layer-1 head's "
               f"induction score exceeds {score_thr}|", gaps,
               f"<= {tol:.0f} steps (10 % of the run) in every seed",
-              None if any(g is None for g in gaps) else all(g <= tol for g in gaps),
+              all_measured(gaps, lambda g: g <= tol),
               paper="the second-layer statistical induction head forms at the bigram transition",
-              note="crossover steps " + ", ".join(f"{c}" for c in crossover)
+              note=(measured_note(gaps) + "; " if measured_note(gaps) else "") + "crossover steps " + ", ".join(f"{c}" for c in crossover)
                    + "; induction-score crossings " + ", ".join(f"{c}" for c in ind_cross)),
     ]
     fig = _figure(run, st, exp.figure_path("markov_stages.png"))

@@ -18,7 +18,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from experiments.common import Experiment, claim, save_figure, script_main
+from experiments.common import Experiment, all_measured, claim, measured_note, save_figure, script_main
 
 DEPTHS = (1, 2, 3)
 # Olsson's "coincides": the loss bump and the induction head's rise share a window. Here: the fitted
@@ -110,21 +110,24 @@ def main(argv=None):
             f"phase_change_{depth}l", f"A {depth}-layer attention-only model shows a phase change in the repeated-part loss.",
             "fraction of seeds with a detected phase change (loss_repeat)",
             [m is not None for m in loss_mid], "= 1 (every seed)", all(m is not None for m in loss_mid),
-            paper="a bump in the loss curve of every multi-layer model"))
+            paper="a bump in the loss curve of every multi-layer model",
+            note="; ".join(f"seed {run.summary['seeds'][i]}: {r['reason']}"
+                           for i, r in enumerate(run.summary["phase"]["loss_repeat"]["per_seed"]) if not r["detected"])))
         ind = [_strongest_induction_midpoint(run, s)[0] for s in range(seeds)]
         gaps = [abs(a - b) if a is not None and b is not None else None for a, b in zip(loss_mid, ind)]
         claims.append(claim(
             f"coincides_induction_{depth}l",
             f"In the {depth}-layer model the loss phase change coincides with the rise of the strongest induction head.",
-            "|loss midpoint − induction-head midpoint| (steps)", gaps, f"<= {tol:.0f} steps (10 % of the run) in every seed",
-            None if any(g is None for g in gaps) else all(g <= tol for g in gaps)))
+            "|loss midpoint − induction-head midpoint| (steps)", gaps,
+            f"<= {tol:.0f} steps (10 % of the run) in every seed with both", all_measured(gaps, lambda g: g <= tol),
+            note=measured_note(gaps)))
         icl = _icl_midpoints(run, pc)
         gaps = [abs(a - b) if a is not None and b is not None else None for a, b in zip(loss_mid, icl)]
         claims.append(claim(
             f"coincides_icl_{depth}l",
             f"In the {depth}-layer model the in-context-learning score falls at the loss phase change.",
-            "|loss midpoint − ICL-score midpoint| (steps)", gaps, f"<= {tol:.0f} steps in every seed",
-            None if any(g is None for g in gaps) else all(g <= tol for g in gaps)))
+            "|loss midpoint − ICL-score midpoint| (steps)", gaps, f"<= {tol:.0f} steps in every seed with both",
+            all_measured(gaps, lambda g: g <= tol), note=measured_note(gaps)))
         order = []
         for s in range(seeds):
             prev, _ = _head_midpoint(run, "prev_token", s)
@@ -135,8 +138,10 @@ def main(argv=None):
             f"prev_before_induction_{depth}l",
             f"In the {depth}-layer model the previous-token head forms no later than the induction head.",
             "first previous-token-head midpoint − first induction-head midpoint (steps)", order,
-            f"<= {log_every} (one log interval) in every seed",
-            None if any(o is None for o in order) else all(o <= log_every for o in order)))
+            f"<= {log_every} (one log interval) in every seed with both", all_measured(order, lambda o: o <= log_every),
+            paper="previous-token heads form during the same phase change as the induction heads they feed",
+            note="; ".join(filter(None, [measured_note(order), "per seed: " + ", ".join(
+                "n/a" if o is None else f"{o:+.0f}" for o in order)]))))
     one = runs[1]
     max_ind = one.final("induction").max(axis=(1, 2))
     thr = one.summary["thresholds"].get("induction", 0.4)
