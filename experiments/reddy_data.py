@@ -13,7 +13,10 @@ burstiness B) on his two-layer attention-only network. Three questions:
    of context pairs N but not when L = N: the slow first stage (predict *some* label of the context,
    accuracy 1/L -> 1/N) is the intrinsic curriculum that leads to the induction head, and with L = N
    it gives nothing. Tested here with N = 8 context pairs of 8 distinct classes (B = 1) and L = 8
-   labels, against L = 32 at the same B.
+   labels, against L = 32 at the same B, with `task.distinct_labels=true`: as in Reddy's data code
+   (no_repeats) the classes of a context carry distinct labels, so at L = N every label is present.
+   The same check on the main grid's runs (labels class mod L, which repeat: ~5.3 distinct of 8 at
+   L = N, B = 1) is reported too; there part of the first stage stays in place.
 3. Progress measures: Reddy's CLA (context-label accuracy) rises slowly during the plateau, before
    the abrupt IC transition; ILA1 (layer-1 label -> own item) and TILA2 (layer-2 query -> labels of
    its class) form the induction head and rise abruptly with the transition ("progress measures that
@@ -26,12 +29,14 @@ minimum to its later maximum (rises < 0.2 do not count). The transition's step i
 head forms, then ~1). CLA is `cla_ic`, ILA1 / TILA2 / TLA2 are `ila1` / `tila2` / `tla2`, all on the
 fixed IC set (novel classes), as logged by lab/tasks/reddy.py.
 
-    python -m experiments.reddy_data            # 7 conditions x 2 seeds x 1500 steps, ~11 min alone on 2 cores
+    python -m experiments.reddy_data            # 8 conditions x 1500 steps, 2 seeds (K = 512: 1 seed), ~14 min alone
     python -m experiments.reddy_data --full     # K in {512, 1024, 2048}, L = N at B = 1 and 4, 6 seeds, 3000 steps
 
-Default-mode budget, estimated from timed runs on this VM (user CPU time, as the VM is shared):
-a 2-seed 1500-step run costs ~27 s fixed (start, compile, plots) + ~0.021 s per step + ~0.55 s per
-log at probe_size 256 (1.1 s at 512), i.e. ~92 s; 7 runs ~ 650 s.
+Default-mode budget, estimated from this VM (shared with other workers, so from user CPU time, not
+wall time): the 7-condition grid with 2 seeds everywhere took 802 s of user CPU (1373 s wall at load
+5-7), ~115 s per 2-seed 1500-step run (plots, compile and the 60 logged measure passes included).
+With one seed for the two K = 512 conditions: 4 x 115 + 2 x ~62 s ~ 580 s; the two L = N runs with
+distinct labels add ~230 s, ~810 s in all (the L = N run with repeating labels is in --full only).
 """
 from __future__ import annotations
 
@@ -80,6 +85,16 @@ def rise_step(steps, values, window: int = 5, min_rise: float = MIN_RISE):
     return float(np.asarray(steps)[idx])
 
 
+def mean_distinct_labels(task_cfg, n: int = 4096) -> float:
+    """Mean number of distinct labels among the N context labels of the task's training sequences."""
+    import jax
+
+    from lab.tasks import make_task
+    task = make_task(task_cfg)
+    labels = np.asarray(jax.jit(lambda key: task.sample(key, n))(jax.random.PRNGKey(0)).context_labels)
+    return float(np.mean([len(set(row.tolist())) for row in labels]))
+
+
 def sigmoid_midpoint(run, key: str, seed: int):
     """The lab's sigmoid-fit midpoint of a rising curve (None where no abrupt rise is detected)."""
     from lab import phase
@@ -123,7 +138,7 @@ def _order_claim(cid, text, rows, quantity_fn, threshold_text, ok_fn, paper, not
     return claim(cid, text, quantity_fn.__doc__ or "", values, threshold_text, held, paper=paper, note=note)
 
 
-def _figure_accuracy(runs, ks, path):
+def _figure_accuracy(runs, ks, path, l_eq_n_runs):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -149,7 +164,7 @@ def _figure_accuracy(runs, ks, path):
         ax.set_title(f"{title} vs B (L = {L_DEFAULT}, N = {N_CONTEXT}; dots: seeds)")
         ax.legend(fontsize=7)
     ax = axes[2]
-    for (K, L, B), run in runs.items():
+    for (K, L, B), run in l_eq_n_runs.items():
         if B != 1 or K != K_DEFAULT:
             continue
         color = "tab:red" if L == N_CONTEXT else "tab:blue"
@@ -161,7 +176,8 @@ def _figure_accuracy(runs, ks, path):
     ax.set_xlabel("training step")
     ax.set_ylabel("IC accuracy (novel classes)")
     ax.set_ylim(-0.03, 1.03)
-    ax.set_title(f"L = N vs L > N (N = {N_CONTEXT}, B = 1, K = {K_DEFAULT}; dashed: chance 1/L)")
+    ax.set_title(f"L = N vs L > N (N = {N_CONTEXT}, B = 1, K = {K_DEFAULT}, distinct labels\nin each context; "
+                 "dashed: chance 1/L)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.suptitle("Reddy 2024 task: burstiness favours in-context over in-weights learning")
@@ -228,16 +244,17 @@ def main(argv=None):
     steps = exp.pick(30, 1500, 3000)
     probe = exp.pick(64, 256, 512)
     ks = exp.pick((K_DEFAULT,), (512, K_DEFAULT), (512, 1024, K_DEFAULT))
+    # K = 512 conditions with half the seeds in default mode, to stay in the 12-minute budget
+    seeds_k = {K: (max(1, seeds // 2) if exp.mode == "default" and K != K_DEFAULT else seeds) for K in ks}
     conditions = exp.pick(
         smoke=[(K_DEFAULT, L_DEFAULT, 0), (K_DEFAULT, L_DEFAULT, 4)],
-        default=[(K_DEFAULT, L_DEFAULT, B) for B in BS] + [(512, L_DEFAULT, 0), (512, L_DEFAULT, 4),
-                                                           (K_DEFAULT, N_CONTEXT, 1)],
+        default=[(K_DEFAULT, L_DEFAULT, B) for B in BS] + [(512, L_DEFAULT, 0), (512, L_DEFAULT, 4)],
         full=[(K, L_DEFAULT, B) for K in ks for B in BS] + [(K_DEFAULT, N_CONTEXT, 1), (K_DEFAULT, N_CONTEXT, 4)])
     runs = {}
     for K, L, B in conditions:
         runs[(K, L, B)] = exp.run(label(K, L, B), [
             "task=reddy", "model=reddy", f"task.n_classes={K}", f"task.n_labels={L}", f"task.burstiness={B}",
-            f"task.probe_size={probe}", f"train.seeds={seeds}", f"train.steps={steps}"])
+            f"task.probe_size={probe}", f"train.seeds={seeds_k.get(K, seeds)}", f"train.steps={steps}"])
     any_run = next(iter(runs.values()))
     log_every = int(any_run.cfg.train.log_every)
     claims = []
@@ -299,26 +316,40 @@ def main(argv=None):
             paper="ICL rises and IWL falls with K (Fig. 2); Reddy's default K = 2048 is where ICL wins"))
 
     # ---- L = N ----
-    for B in (1, 4):
-        eq, gt = runs.get((K_DEFAULT, N_CONTEXT, B)), runs.get((K_DEFAULT, L_DEFAULT, B))
-        if eq is None:
-            continue
-        acc_eq = eq.final("acc_ic")
-        learned_eq = float(np.mean(acc_eq >= ICL_LEARNED))
-        learned_gt = float(np.mean(gt.final("acc_ic") >= ICL_LEARNED)) if gt is not None else None
-        held = None if learned_gt is None else (learned_eq <= 0.5 and learned_gt == 1.0)
-        claims.append(claim(
-            f"no_icl_L_eq_N_B{B}", f"With as many labels as context pairs (L = N = {N_CONTEXT}, B = {B}) the network "
-            f"does not learn ICL, while with L = {L_DEFAULT} > N at the same B it does.",
-            f"final acc_ic per seed at L = N (ICL learned: acc_ic >= {ICL_LEARNED})", acc_eq.tolist(),
-            f"at L = N at most half the seeds learn ICL, and every seed at L = {L_DEFAULT} does "
-            f"(here: {learned_eq:.2f} vs {'n/a' if learned_gt is None else f'{learned_gt:.2f}'})", held,
-            paper="'the full model robustly learns an ICL solution for L > N but not when L = N' (Fig. A.5: N in "
-                  "{2, 4, 8}, six seeds), a prediction of the three-logit model: with L = N there is no slow "
-                  "context-label stage (accuracy 1/L -> 1/N) to lead the network to the induction head",
-            note="the sources reachable here do not give B and p_C of Fig. A.5; B = 1 (N distinct classes in "
-                 "context) is the case the theory describes. Labels are class mod L, so at L = N a B = 1 "
-                 "context holds ~5.3 of the 8 labels on average, not all of them"))
+    # The paper's condition: the classes of a context carry distinct labels (Reddy's no_repeats,
+    # task.distinct_labels), so at L = N, B = 1 every label is in every context; the L = 32 control is
+    # run the same way. The grid's runs (labels k mod L, which repeat) are checked as a second variant.
+    variants, distinct = {"distinct": {}, "repeating": {}}, {}
+    for L in exp.pick((N_CONTEXT,), (N_CONTEXT, L_DEFAULT)):
+        variants["distinct"][(K_DEFAULT, L, 1)] = exp.run(label(K_DEFAULT, L, 1) + "_distinct", [
+            "task=reddy", "model=reddy", f"task.n_classes={K_DEFAULT}", f"task.n_labels={L}", "task.burstiness=1",
+            "task.distinct_labels=true", f"task.probe_size={probe}", f"train.seeds={seeds}", f"train.steps={steps}"])
+    variants["repeating"] = runs
+    for variant, vruns in variants.items():
+        for B in (1, 4):
+            eq, gt = vruns.get((K_DEFAULT, N_CONTEXT, B)), vruns.get((K_DEFAULT, L_DEFAULT, B))
+            if eq is None:
+                continue
+            n_distinct = distinct[eq.label] = mean_distinct_labels(eq.cfg.task)
+            acc_eq = eq.final("acc_ic")
+            learned_eq = float(np.mean(acc_eq >= ICL_LEARNED))
+            learned_gt = float(np.mean(gt.final("acc_ic") >= ICL_LEARNED)) if gt is not None else None
+            held = None if learned_gt is None else (learned_eq <= 0.5 and learned_gt == 1.0)
+            how = ("the context's classes carry distinct labels, as in Reddy's data" if variant == "distinct"
+                   else "labels k mod L, which may repeat in a context")
+            claims.append(claim(
+                f"no_icl_L_eq_N_B{B}" + ("" if variant == "distinct" else "_repeating_labels"),
+                f"With as many labels as context pairs (L = N = {N_CONTEXT}, B = {B}; {how}) the network does "
+                f"not learn ICL, while with L = {L_DEFAULT} > N at the same B it does.",
+                f"final acc_ic per seed at L = N (ICL learned: acc_ic >= {ICL_LEARNED})", acc_eq.tolist(),
+                f"at L = N at most half the seeds learn ICL, and every seed at L = {L_DEFAULT} does "
+                f"(here: {learned_eq:.2f} vs {'n/a' if learned_gt is None else f'{learned_gt:.2f}'})", held,
+                paper="'the full model robustly learns an ICL solution for L > N but not when L = N' (Fig. A.5: N in "
+                      "{2, 4, 8} x L, six seeds), a prediction of the three-logit model: with L = N there is no slow "
+                      "context-label stage (accuracy 1/L -> 1/N) to lead the network to the induction head",
+                note=f"{n_distinct:.2f} distinct labels of {N_CONTEXT} per training context"
+                     + ("" if variant == "distinct" else
+                        f", so the context-label stage still helps (1/{N_CONTEXT} -> ~1/{n_distinct:.1f})")))
 
     # ---- progress measures ----
     progress = _progress(runs, log_every)
@@ -362,12 +393,13 @@ def main(argv=None):
         "IC transition.", rows, tila2_vs_transition, f"<= +{log_every} in every seed",
         lambda v: v <= log_every, paper_order, note_rows))
 
-    figs = [_figure_accuracy(runs, ks, exp.figure_path("accuracy_vs_B.png"))]
+    figs = [_figure_accuracy(runs, ks, exp.figure_path("accuracy_vs_B.png"), variants["distinct"])]
     if base is not None:
         figs.append(_figure_progress(runs, progress, exp.figure_path("progress_measures.png")))
     finals = {run.label: {k: run.final(k).tolist() for k in ("acc_ic", "acc_ic2", "acc_iw", "acc_ic_ctx", "cla_ic")}
-              | {"ic_phase_midpoints": run.midpoints()} for run in runs.values()}
-    exp.finish(claims, figs, extra={"final": finals, "progress": progress})
+              | {"ic_phase_midpoints": run.midpoints()} for run in [*runs.values(), *variants["distinct"].values()]}
+    exp.finish(claims, figs, extra={"final": finals, "progress": progress,
+                                    "mean_distinct_context_labels": distinct})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from conftest import CACHE
 def make(**kw) -> ReddyTask:
     base = dict(seq_len=17, n_classes=64, n_labels=8, n_context=8, item_dim=63, noise=0.1, zipf_alpha=0.0,
                 burstiness=4, p_bursty=1.0, p_novel=0.0, eval_burstiness=None, data_seed=0,
-                probe_size=32, probe_seed=7)
+                probe_size=32, probe_seed=7, distinct_labels=False)
     base.update(kw)
     return ReddyTask(**base)
 
@@ -101,6 +101,24 @@ def test_novel_sequences():
     d_novel = np.linalg.norm(b.features[novel, -1][:, None] - mu[None], axis=-1).min(1)
     d_known = np.linalg.norm(b.features[~novel, -1] - mu[b.query_class[~novel]], axis=-1)
     assert d_novel.min() > 0.5 > 0.2 > d_known.max()
+
+
+def test_distinct_labels_like_reddys_no_repeats():
+    """distinct_labels: every bursty or novel context holds N/B classes with N/B different labels, the
+    classes still follow P within that constraint (uniform here), and the default stream is unchanged."""
+    task = make(burstiness=1, n_labels=8, p_novel=0.3, distinct_labels=True)
+    b = draw(task, 3000)
+    for c, q, lab in zip(b.context_classes, b.query_class, b.context_labels):
+        assert is_bursty(c, q, 1)
+        assert len(set(lab.tolist())) == 8          # L = N: every label in every context
+    known = b.query_class < task.n_classes
+    counts = np.bincount(b.context_classes[known].reshape(-1), minlength=task.n_classes)
+    assert counts.min() > 0.6 * counts.mean() and counts.max() < 1.4 * counts.mean()
+    np.testing.assert_array_equal(b.context_labels[known], b.context_classes[known] % 8)
+    plain = draw(make(burstiness=1, n_labels=8, p_novel=0.3), 3000)
+    repeats = np.mean([len(set(lab.tolist())) < 8 for lab in plain.context_labels])
+    assert repeats > 0.9                            # without it labels repeat in most contexts
+    np.testing.assert_array_equal(draw(make(), 50).tokens, draw(make(distinct_labels=False), 50).tokens)
 
 
 def test_eval_sets_are_fixed_and_built_as_described():
@@ -191,6 +209,8 @@ BASE = ["task=reddy", "model=reddy"]
     (["task.seq_len=16"], "task.seq_len=16"),
     (["task.eval_burstiness=8"], "task.eval_burstiness=8"),
     (["task.burstiness=-1"], "task.burstiness=-1"),
+    (["task.distinct_labels=true", "task.n_labels=4", "task.n_classes=2048", "task.burstiness=1"],
+     "task.distinct_labels=true needs N/B=8 distinct labels"),
 ])
 def test_config_errors_are_one_line(overrides, key):
     cfg = load_config(BASE + overrides)

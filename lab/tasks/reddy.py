@@ -12,7 +12,9 @@ layout in lab/tasks/classification.py) and only the query's label is scored.
   - otherwise: the N context classes and the query class are i.i.d. from P (the query is usually
     absent from the context when K is large);
   - novel (probability p_C): the sequence's classes are fresh draws μ ~ N(0, I/D) made for this
-    sequence only, with labels drawn uniformly from L (two fresh classes may share a label). Novel
+    sequence only, with labels drawn uniformly from L (two fresh classes may share a label; with
+    `distinct_labels`, never, and the known classes of a bursty context have distinct labels too, as
+    in Reddy's data code: N/B labels drawn without replacement, then a class of each label). Novel
     sequences are always bursty (with B, or `eval_burstiness` when B = 0), since a query of a fresh
     class can only be answered from the context. Novel class ids are K + j.
 
@@ -62,6 +64,7 @@ class Config(TaskConfig):
     p_novel: float = 0.0                    # p_C: fraction of sequences with novel (fresh) classes
     eval_burstiness: Optional[int] = None   # B of the ic/ic2 sets (and novel sequences when B = 0); null: N/2
     data_seed: int = 0                      # seed of the class means μ_k (fixed across training seeds)
+    distinct_labels: bool = False           # bursty and novel contexts: classes with distinct labels (Reddy's no_repeats)
 
 
 def _uniform(key, shape) -> jax.Array:
@@ -109,6 +112,9 @@ def validate(cfg) -> None:
         if B and N // B > t.n_classes:
             raise ConfigError(f"task.{key}={B} asks for N/B={N // B} classes in context but only "
                               f"task.n_classes={t.n_classes} exist; raise B or n_classes")
+        if B and t.distinct_labels and N // B > t.n_labels:
+            raise ConfigError(f"task.distinct_labels=true needs N/B={N // B} distinct labels per context "
+                              f"(task.{key}={B}) but task.n_labels={t.n_labels}; raise B or n_labels")
     check_layout(cfg, N)
 
 
@@ -152,6 +158,7 @@ class ReddyTask(ClassificationTask):
     eval_burstiness: Optional[int]
     data_seed: int
     probe_size: int
+    distinct_labels: bool
     probe_seed: int
 
     # ---- fixed data: computed once, as concrete arrays, even when first asked for inside a trace ----
@@ -192,14 +199,15 @@ class ReddyTask(ClassificationTask):
 
     def _n_uniform(self) -> int:
         N = self.n_context
-        return (N + 1) + self.n_classes + (N + 1) + 1 + (N + 1) + N + 1   # the pieces of u in _sequence
+        extra = self.n_labels if self.distinct_labels else 0                # (the default's stream is unchanged)
+        return (N + 1) + self.n_classes + (N + 1) + 1 + (N + 1) + N + 1 + extra   # the pieces of u in _sequence
 
     def _sequence(self, u, z, p_bursty: float, p_novel: float, B: int, B_novel: int, shift: int) -> ClassBatch:
         """One sequence from uniforms u (_n_uniform(),) in (0, 1) and normals z (N + 1 + N, D).
         B = 0: no known-class bursty sequences; `shift` adds to every label (mod L)."""
         N, K, L, D = self.n_context, self.n_classes, self.n_labels, self.item_dim
-        cuts = np.cumsum([N + 1, K, N + 1, 1, N + 1, N])
-        u_iid, u_gumbel, u_slots, u_bursty, u_novel_slots, u_fresh_labels, u_novel = np.split(u, cuts)
+        cuts = np.cumsum([N + 1, K, N + 1, 1, N + 1, N, 1])
+        u_iid, u_gumbel, u_slots, u_bursty, u_novel_slots, u_fresh_labels, u_novel, u_labels = np.split(u, cuts)
 
         def slots(v, B_):   # a bursty layout: tile(0..N/B-1, B) shuffled, then the query's slot
             n_cls = N // B_
@@ -211,7 +219,8 @@ class ReddyTask(ClassificationTask):
         classes = jnp.minimum(jnp.searchsorted(cdf, u_iid, side="right", method="compare_all"), K - 1).astype(jnp.int32)
         if B > 0:    # bursty: N/B distinct classes from P (Gumbel top-k: sampling without replacement)
             gumbel = -jnp.log(-jnp.log(u_gumbel))
-            top = jax.lax.top_k(jnp.asarray(self.class_log_probs) + gumbel, N // B)[1]
+            top = (self._distinct_label_classes(gumbel, u_labels, N // B) if self.distinct_labels
+                   else jax.lax.top_k(jnp.asarray(self.class_log_probs) + gumbel, N // B)[1])
             classes = jnp.where(u_bursty[0] < p_bursty, top[slots(u_slots, B)], classes)
         means = jnp.asarray(self.class_means)[classes]
         labels = classes % L
@@ -220,7 +229,8 @@ class ReddyTask(ClassificationTask):
             n_new = N // B_novel
             new_slots = slots(u_novel_slots, B_novel)
             fresh = z[N + 1:N + 1 + n_new] / math.sqrt(D)
-            fresh_labels = jnp.minimum((u_fresh_labels[:n_new] * L).astype(jnp.int32), L - 1)
+            fresh_labels = (jnp.argsort(u_labels)[:n_new].astype(jnp.int32) if self.distinct_labels
+                            else jnp.minimum((u_fresh_labels[:n_new] * L).astype(jnp.int32), L - 1))
             novel = u_novel[0] < p_novel
             classes = jnp.where(novel, K + new_slots, classes)
             means = jnp.where(novel, fresh[new_slots], means)
@@ -228,6 +238,16 @@ class ReddyTask(ClassificationTask):
         items = (means + self.noise * eta) / math.sqrt(1 + self.noise ** 2)
         labels = (labels + shift) % L
         return build_sequence(items[:N], labels[:N], classes[:N], items[N], labels[N], classes[N], L)
+
+    def _distinct_label_classes(self, gumbel, u_labels, n: int) -> jax.Array:
+        """n distinct classes with distinct labels, drawn like n classes without replacement from P
+        conditioned on distinct labels: labels by Gumbel top-k on their total mass, then one class
+        per label (class k = ℓ + L·j has label ℓ) by Gumbel max within the label's classes."""
+        K, L = self.n_classes, self.n_labels
+        lp = jnp.asarray(self.class_log_probs).reshape(K // L, L)           # [j, ℓ] = class j·L + ℓ
+        labels = jax.lax.top_k(jax.nn.logsumexp(lp, axis=0) - jnp.log(-jnp.log(u_labels)), n)[1]
+        j = jnp.argmax(lp + gumbel.reshape(K // L, L), axis=0)              # a class of every label
+        return labels + L * j[labels]
 
     def _sampler(self, p_bursty: float, p_novel: float, B: int, B_novel: int, shift: int = 0):
         def sample(key, batch_size: int) -> ClassBatch:
