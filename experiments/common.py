@@ -246,8 +246,12 @@ def value_text(c: dict, digits: int = 3) -> str:
     return v + (f" (n={c['n']})" if c.get("n", 0) > 1 else "")
 
 
-def save_figure(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, title: Optional[str] = None) -> Path:
+    """Save and close a figure; with a title, set it (suptitle) and lay the figure out first."""
     import matplotlib.pyplot as plt
+    if title:
+        fig.suptitle(title)
+        fig.tight_layout()
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path

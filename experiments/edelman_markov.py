@@ -98,9 +98,7 @@ def _figure(run, st, path):
     ax.legend(fontsize=8)
     for a in axes:
         a.set_xlabel("training step")
-    fig.suptitle("In-context Markov chains: uniform → unigram → bigram")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, "In-context Markov chains: uniform → unigram → bigram")
 
 
 def main(argv=None):

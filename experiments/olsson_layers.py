@@ -85,10 +85,8 @@ def _figure(exp, runs, path):
         ax2.set_ylim(-0.05, 1.05)
         ax2.set_xlabel("training step")
         ax2.set_ylabel("max over heads: induction (—),\nprev-token corrected (- -)" if j == 0 else "")
-    fig.suptitle("Induction heads need two layers: loss, ICL score and head scores per seed "
+    return save_figure(fig, path, "Induction heads need two layers: loss, ICL score and head scores per seed "
                  "(red: detected loss phase change)")
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 def main(argv=None):

@@ -180,9 +180,7 @@ def _figure_accuracy(runs, ks, path, l_eq_n_runs):
                  "dashed: chance 1/L)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.suptitle("Reddy 2024 task: burstiness favours in-context over in-weights learning")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, "Reddy 2024 task: burstiness favours in-context over in-weights learning")
 
 
 def _figure_progress(runs, progress, path):
@@ -233,9 +231,7 @@ def _figure_progress(runs, progress, path):
     ax.set_title("all seeds with a detected IC transition\n(grey: ± one log interval)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    fig.suptitle("Progress measures around the abrupt in-context transition (Reddy 2024 Fig. 4 analogue)")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, "Progress measures around the abrupt in-context transition (Reddy 2024 Fig. 4 analogue)")
 
 
 def main(argv=None):

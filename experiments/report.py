@@ -30,20 +30,32 @@ def experiment_modules() -> list[str]:
     return sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
+def values_text(c: dict, most: int = 8) -> str:
+    """The individual values, compactly (booleans as yes/no); '' when there is only one."""
+    vals = c.get("values") or []
+    if len(vals) <= 1:
+        return ""
+    if all(v in (0.0, 1.0, None) for v in vals) and "fraction" in c["quantity"]:
+        shown = ["n/a" if v is None else ("yes" if v else "no") for v in vals[:most]]
+    else:
+        shown = ["n/a" if v is None else f"{v:.3g}" for v in vals[:most]]
+    return ", ".join(shown) + (f", … ({len(vals)} in all)" if len(vals) > most else "")
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def table(verdicts: list[dict]) -> str:
-    lines = ["| experiment | claim | measured | value | threshold | outcome |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| experiment | claim | measured | value | values (per seed or condition) | threshold | outcome |",
+             "|---|---|---|---|---|---|---|"]
     for v in verdicts:
         for i, c in enumerate(v["claims"]):
             name = f"**{v['title']}** ({v['paper']}; `{v['command']}`, {v['seconds'] / 60:.0f} min)" if i == 0 else ""
             outcome = {True: "✅ held", False: "❌ did not hold", None: "— not measured"}[c["held"]]
             note = f" — {c['note']}" if c.get("note") else ""
             lines.append(f"| {_cell(name)} | {_cell(c['claim'])} | {_cell(c['quantity'])} | {_cell(value_text(c))} "
-                         f"| {_cell(c['threshold'])} | {outcome}{_cell(note)} |")
+                         f"| {_cell(values_text(c))} | {_cell(c['threshold'])} | {outcome}{_cell(note)} |")
     return "\n".join(lines)
 
 

@@ -57,9 +57,7 @@ def _figure(runs, target_var, path):
     axes[2].set_title("1 layer: cos(∂ŷ/∂x_q, ∂ŷ_GD/∂x_q)")
     for ax in axes:
         ax.set_xlabel("training step")
-    fig.suptitle("Linear self-attention trained on in-context regression vs one step of gradient descent (per seed)")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, "Linear self-attention trained on in-context regression vs one step of gradient descent (per seed)")
 
 
 def main(argv=None):

@@ -74,7 +74,7 @@ def test_report_table_from_verdicts(tmp_path):
     text = readme.read_text()
     assert "old table" not in text and text.startswith("# X\n\nintro\n") and text.endswith("after\n")
     assert "1 of 2 claims held in 1 experiments" in body
-    assert "| It holds. | q | 0.6 ± 0.1 (n=2) | > 0.4 | ✅ held |" in body
+    assert "| It holds. | q | 0.6 ± 0.1 (n=2) | 0.5, 0.7 | > 0.4 | ✅ held |" in body
     assert "❌ did not hold" in body
     assert all(n in body for n in report.experiment_modules()[1:])    # named as missing
     verdict["mode"] = "smoke"
