@@ -165,17 +165,20 @@ class Experiment:
         from omegaconf import OmegaConf
 
         import lab
+        from lab.config import validate
         from lab.plots import load_metrics
 
         overrides = list(overrides) + (SMOKE_TRAIN if self.smoke else [])
         self.runs[label] = overrides
         cfg = lab.load_config(overrides + [f"train.progress={str(sys.stderr.isatty() and not self.smoke).lower()}"])
+        validate(cfg)    # fills in clamp defaults as lab.run does, so the saved config.yaml compares equal
         run_dir = self.out / "runs" / label
         wanted = OmegaConf.to_yaml(cfg, resolve=True)
         summary_path = run_dir / "summary.json"
         if summary_path.exists() and not self.retrain:
             summary = json.loads(summary_path.read_text())
-            if self._unfinished_same(run_dir, wanted) and summary.get("status") == "completed":
+            if (self._unfinished_same(run_dir, wanted) and summary.get("status") == "completed"
+                    and not self._source_newer(cfg, summary_path)):
                 self.say(f"{label}: reusing the finished run in {run_dir}")
                 self.train_seconds += self._wall_seconds(run_dir)
                 return Run(label, cfg, summary, load_metrics(run_dir), run_dir)
@@ -194,6 +197,15 @@ class Experiment:
         run = Run(label, cfg, result.summary, load_metrics(run_dir), run_dir)
         run._trainer, run._params = result.trainer, result.params
         return run
+
+    @staticmethod
+    def _source_newer(cfg, summary_path: Path) -> bool:
+        """Whether a run this one grafts from (a clamp's `source`) finished after it: then it is stale."""
+        for c in (cfg.get("clamps") or {}).values():
+            src = Path(c.source) / "summary.json" if c.get("source") else None
+            if src is not None and src.exists() and src.stat().st_mtime > summary_path.stat().st_mtime:
+                return True
+        return False
 
     @staticmethod
     def _wall_seconds(run_dir: Path) -> float:

@@ -15,8 +15,10 @@ through everything left free):
   i.e. where it attends and what it copies from the exemplar before each label, is exactly what a
   converged network writes there, and no parameter between the exemplar and that write is learned.
   Layer 0 stays free at the item and query positions, so the query side of B is still learned.
-  `A_att` is the attend part alone: an ideal previous-token pattern on L0H0 (`value: prev_token`);
-  its copy (L0H0's W_V, W_O) is learned. A_att is run alone only; the combinations use A.
+  `A_att` is the attend part alone: an ideal previous-token pattern on L0H0 (`value: prev_token`:
+  every position attends to the one before it); its copy (L0H0's W_V, W_O) is learned. A_att is run
+  alone and in --full only (measured once at default scale: crossing 540, 590, 460 vs unclamped 810,
+  930, 720); the combinations use A.
 - B, induction-head query/key match (layer 1): L1H0's attention pattern at the query is set to the
   ideal one, all mass on the label token equal to the query's label (`value: induction`, heads [0];
   other rows and heads are free). What B's pattern does with the label (the copy) is still learned.
@@ -30,15 +32,17 @@ through everything left free):
 - With B and C together the logits are fixed entirely (the ideal pattern read out perfectly), so
   BC and ABC have nothing left to learn: their loss is ~0 from step 0 by construction.
 
-Beyond the paper: the same clamps switched on at step LATE_START (mid-plateau; the unclamped loss
-leaves its ln 2 plateau at ~500-700 and crosses at ~840), ramped linearly over LATE_RAMP steps.
+Beyond the paper: the same clamps switched on at step 400 (mid-plateau: the unclamped loss sits at
+~ln 2 from step ~300, leaves it at ~500-700 and crosses at ~820), ramped linearly over 50 steps.
 
-    python -m experiments.singh_subcircuits            # 3 seeds, 18 runs, ~9 min on 2 cores alone
-    python -m experiments.singh_subcircuits --full     # 5 seeds, longer runs, more classes/labels values
+    python -m experiments.singh_subcircuits            # 3 seeds, 16 runs: ~9 min alone (warm compile cache), ~11 cold
+    python -m experiments.singh_subcircuits --full     # 5 seeds, 2x steps, all conditions, more values
 
-Reduced in the default mode (say so): Fig. 6 uses one extra value per axis (classes 50 -> 1000,
-labels 5 -> 20) and three conditions per value: unclamped, "only B left to learn" (A and C clamped)
-and "only C left to learn" (A and B clamped). The late clamps are A, B and C singly.
+Reduced in the default mode: Fig. 5b without A_att and B+C (B+C is A+B+C here, see above); Fig. 6
+with one extra value per axis (classes 50 -> 500, labels 5 -> 20) and three conditions per value:
+unclamped, "only B left to learn" (A and C clamped) and "only C left to learn" (A and B clamped).
+The late clamps are A, B and C singly. Each lab run costs ~20 s beyond its steps (compile, the
+per-head phase fits of summary.json, plots), so the budget goes mostly to the number of runs.
 """
 from __future__ import annotations
 
@@ -68,12 +72,16 @@ COLORS = {"none": "black", "A_att": "tab:olive", "A": "tab:orange", "B": "tab:bl
           "AB": "tab:purple", "AC": "tab:red", "BC": "tab:cyan", "ABC": "tab:gray"}
 
 
-def clamp_overrides(cond: str, source: Path, start: int = 0) -> list[str]:
-    """The `+clamps.<name>={...}` overrides of a condition; `source` is the unclamped run A grafts from."""
+def clamp_overrides(cond: str, source=None, start: int = 0) -> list[str]:
+    """The `+clamps.<name>={...}` overrides of a condition; `source` is the finished unclamped Run that A
+    grafts from. Its final step is pinned (`source_step`), so a retrained source changes this config
+    and the clamped run is retrained too instead of being reused from the cache."""
     late = f", start: {start}, schedule: linear, ramp_steps: {LATE_RAMP}" if start else ""
+    graft = "" if source is None else "{site: blocks.0.attn.out, value: graft, source: '%s', source_step: %d, " \
+        "queries: %s%%s}" % (Path(source.run_dir).resolve(), int(source.cfg.train.steps), LABEL_POSITIONS)
     spec = {
         "A_att": "{site: blocks.0.attn.pattern, value: prev_token, heads: [0]%s}",
-        "A": "{site: blocks.0.attn.out, value: graft, source: '%s', queries: %s%%s}" % (source, LABEL_POSITIONS),
+        "A": graft,
         "B": "{site: blocks.1.attn.pattern, value: induction, heads: [0]%s}",
         "C": "{site: logits, value: perfect_copy, copy_from: L1H0%s}",
     }
@@ -104,30 +112,33 @@ def main(argv=None):
     scale = exp.pick(1, 1, 2)
     # steps per condition: long enough for every seed to cross (exploratory runs: unclamped ~725-950,
     # A ~300-550, the others <= 200), the unclamped baseline with margin
-    steps1 = {c: s * scale for c, s in {"none": 1500, "A_att": 1000, "A": 1000, "B": 500, "C": 500, "AB": 500,
-                                          "AC": 500, "BC": 100, "ABC": 100}.items()}
+    steps1 = {c: s * scale for c, s in {"none": 1300, "A_att": 800, "A": 600, "B": 300, "C": 300, "AB": 300,
+                                          "AC": 300, "BC": 50, "ABC": 50}.items()}
     # smoke: two runs (compile time dominates): the baseline, and all three clamps switched on late
-    conds = exp.pick(smoke=["none"], default=list(CONDITIONS))
-    sweep = exp.pick(smoke={}, default={"classes": [1000], "labels": [20]},
-                     full={"classes": [200, 1000], "labels": [10, 20, 50]})
+    # default: A_att and BC only in --full (BC fixes the logits exactly as ABC does; both for time)
+    conds = exp.pick(smoke=["none"], default=[c for c in CONDITIONS if c not in ("A_att", "BC")],
+                     full=list(CONDITIONS))
+    sweep = exp.pick(smoke={}, default={"classes": [500], "labels": [20]},
+                     full={"classes": [200, 500, 1000], "labels": [10, 20, 50]})
     sweep_conds = exp.pick(smoke=["none"], default=["none", ONLY_B, ONLY_C])
-    # steps for the sweep's extra values (more classes delay B, more labels C; exploratory seed 0:
-    # unclamped 1900 at 1000 classes, 875 at 20 labels)
-    sweep_steps = {("classes", "none"): 3000, ("classes", ONLY_B): 1000, ("classes", ONLY_C): 500,
-                   ("labels", "none"): 2000, ("labels", ONLY_B): 500, ("labels", ONLY_C): 1000}
+    # steps for the sweep's extra values (a step costs ~0.02 ms more per class; crossings measured
+    # at 1000 classes: unclamped 1630-1900, only B 540-640, only C 150-160; at 20 labels: unclamped
+    # 800-880, only B 120-180, only C 400-410). The unclamped runs are also A's graft source, so they
+    # run well past their crossing.
+    sweep_steps = {("classes", "none"): 3000, ("classes", ONLY_B): 1000, ("classes", ONLY_C): 300,
+                   ("labels", "none"): 1300, ("labels", ONLY_B): 300, ("labels", ONLY_C): 600}
     late_start = exp.pick(10, 400, 400)
     late_conds = exp.pick(smoke=["ABC"], default=["A", "B", "C"])
-    late_steps = 1500 * scale
+    late_steps = 1300 * scale
     common = BASE + [f"train.seeds={seeds}", f"train.log_every={log_every}"]
 
-    def run(label, cond, steps, task=(), start=0, source_label=None):
-        source = exp.out.resolve() / "runs" / (source_label or "none")
+    def run(label, cond, steps, task=(), start=0, source=None):
         return exp.run(label, common + [f"train.steps={steps}", *task] + clamp_overrides(cond, source, start))
 
     # ---- 1. Fig. 5b: clamps from step 0 ----
     p1 = {}
     for c in conds:
-        p1[c] = run(c if c == "none" else f"clamp_{c}", c, steps1[c])
+        p1[c] = run(c if c == "none" else f"clamp_{c}", c, steps1[c], source=p1.get("none"))
     m = p1["none"].cfg.task.n_context_classes
     threshold = 0.4 * math.log(m)
     x1 = {c: crossings(r, threshold) for c, r in p1.items()}
@@ -139,16 +150,15 @@ def main(argv=None):
     for ax, values in sweep.items():
         for v in values:
             task = [f"{axis_key[ax]}={v}"]
-            src = f"{ax}{v}_none"
             for c in sweep_conds:      # "none" first: it is A's graft source for this task config
                 steps = exp.pick(30, sweep_steps[(ax, c)], 2 * sweep_steps[(ax, c)])
-                label = src if c == "none" else f"{ax}{v}_{c}"
-                p2[ax].setdefault(c, {})[v] = run(label, c, steps, task, source_label=src)
+                src = p2[ax].get("none", {}).get(v)
+                p2[ax].setdefault(c, {})[v] = run(f"{ax}{v}_{c}", c, steps, task, source=src)
     x2 = {ax: {c: {v: crossings(r, threshold) for v, r in runs.items()} for c, runs in d.items()}
           for ax, d in p2.items()}
 
     # ---- 3. beyond the paper: the clamps switched on mid-training ----
-    p3 = {c: run(f"late_{c}", c, late_steps, start=late_start) for c in late_conds}
+    p3 = {c: run(f"late_{c}", c, late_steps, start=late_start, source=p1["none"]) for c in late_conds}
     x3 = {c: crossings(r, threshold) for c, r in p3.items()}
 
     claims = make_claims(exp, x1, p1, x2, p2, x3, p3, threshold, late_start, log_every)
@@ -178,6 +188,8 @@ def make_claims(exp, x1, p1, x2, p2, x3, p3, threshold, late_start, log_every):
              "C": "subcircuit C (perfect copy of L1H0's attention to the logits)"}
     for c in ("A_att", "A", "B", "C"):
         vals = x1.get(c)
+        if vals is None and c == "A_att":
+            continue            # run in --full only
         held = None
         if vals is not None and none_mean is not None:
             held = all(v is not None for v in vals) and float(np.mean(vals)) <= none_mean
@@ -189,17 +201,18 @@ def make_claims(exp, x1, p1, x2, p2, x3, p3, threshold, late_start, log_every):
             note="" if vals is not None else "not run in this mode"))
     # pairs: no later than the slower of their two single clamps
     diffs, notes = [], []
-    for pair in ("AB", "AC", "BC"):
+    pairs = [p for p in ("AB", "AC", "BC") if p in x1] or ["AB"]
+    for pair in pairs:
         singles = [mean_or_none(x1[p]) if p in x1 else None for p in pair]
         pm = mean_or_none(x1[pair]) if pair in x1 else None
         if pm is None or any(s is None for s in singles):
             diffs.append(None)
         else:
             diffs.append(pm - max(singles))
-            notes.append(f"{pair}: {pm:.0f} vs max({', '.join(f'{s:.0f}' for s in singles)})")
+            notes.append(f"{pair}: {pm:.0f} vs {' and '.join(f'{p} {s:.0f}' for p, s in zip(pair, singles))}")
     claims.append(claim(
         "pairs_no_later", "Clamping a pair of subcircuits makes the phase change no later than the slower of its two single clamps.",
-        "mean crossing of the pair − the larger mean crossing of its two single clamps, for AB, AC, BC",
+        f"mean crossing of the pair − the larger mean crossing of its two single clamps, for {', '.join(pairs)}",
         diffs, "<= 0 for every pair", None if any(d is None for d in diffs) else all(d <= 0 for d in diffs),
         paper="Fig. 5b: clamping more subcircuits speeds the phase change further (weakest form)",
         note="; ".join(notes)))
@@ -343,18 +356,28 @@ def fig_data(exp, p2, x2, threshold):
             top = max(float(r.steps[-1]) for r in runs.values())
             for v in vs:
                 _points(ax, v, x2[name][c][v], top, COLORS[c])
-            means = [mean_or_none(x2[name][c][v]) for v in vs]
-            ok = [(v, mu) for v, mu in zip(vs, means) if mu is not None]
-            if ok:
-                ax.plot(*zip(*ok), color=COLORS[c], lw=1.5, marker="o", ms=4, label=text.get(c, c))
+            # mean with never-crossed seeds at their run's end (a lower bound: dashed, marked ">=")
+            means = [float(np.mean(censored(x2[name][c][v], float(runs[v].steps[-1])))) for v in vs]
+            low = [any(x is None for x in x2[name][c][v]) for v in vs]
+            ax.plot(vs, means, color=COLORS[c], lw=1.5, marker="o", ms=4, label=text.get(c, c),
+                    ls="--" if any(low) else "-")
+            for v, mu, lb in zip(vs, means, low):
+                if lb:
+                    ax.annotate(f"≥ {mu:.0f}", (v, mu), textcoords="offset points", xytext=(6, -4),
+                                fontsize=8, color=COLORS[c])
         ax.set_xscale("log")
+        ticks = sorted({v for runs in p2.get(name, {}).values() for v in runs})
+        if ticks:
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
+            ax.set_xlim(ticks[0] / 1.4, ticks[-1] * 1.4)
         ax.set_xlabel({"classes": "training classes (task.n_classes)", "labels": "labels (task.n_labels)"}[name])
         ax.set_ylabel(f"first step with query loss < {threshold:.3f}")
         ax.set_title(f"Timing against the number of {name}")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle("Singh et al. Fig. 6 in the lab: lines = mean over seeds, dots = seeds, "
-                 "open triangles = never crossed (drawn at the run's end)", fontsize=9)
+    fig.suptitle("Singh et al. Fig. 6 in the lab: lines = mean over seeds, dots = seeds, open triangles = never "
+                 "crossed (drawn at the run's end; the mean then is a lower bound, dashed)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, exp.figure_path("data_dependence.png"))
 
@@ -394,7 +417,7 @@ def fig_late(exp, p1, x1, p3, x3, threshold, late_start):
     ax2.set_xticks(range(len(conds)), [f"clamp {c}" for c in conds])
     ax2.set_ylabel("steps")
     ax2.set_title("Steps to the phase change after the clamp goes on")
-    ax2.legend(fontsize=7)
+    ax2.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return save_figure(fig, exp.figure_path("late_clamps.png"))
 
