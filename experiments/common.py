@@ -108,6 +108,15 @@ class Run:
         entry = phase[group_head[0]][group_head[1]] if group_head else phase[key or self.summary["main_metric"]]
         return [r["midpoint"] if r["detected"] else None for r in entry["per_seed"]]
 
+    def fit(self, values, direction: str, min_amplitude: float, steps=None) -> dict:
+        """lab.phase.detect on one curve (default x: the run's log steps) with this run's phase
+        settings (smoothing, R², width): the per-curve phase-change fit summary.json uses."""
+        from lab import phase
+        pc = self.cfg.measures.phase
+        return phase.detect(self.steps if steps is None else steps, values, direction=direction,
+                            min_amplitude=min_amplitude, min_r2=pc.min_r2, max_width_frac=pc.max_width_frac,
+                            smooth_window=pc.smooth)
+
     def load(self):
         """(trainer, params with a seed axis) from the run's newest checkpoint."""
         if self._params is None:

@@ -39,17 +39,14 @@ COINCIDE_FRAC = 0.10  # transition and induction-head midpoints within 10 % of t
 def stages(run, seed: int) -> dict:
     """The unigram stage (step of minimal KL to the unigram predictor before the bigram transition)
     and the bigram transition (a phase change in KL to the bigram predictor after it)."""
-    from lab import phase
     steps = run.steps
     kl_uni, kl_bi = run.curve("kl_unigram")[:, seed], run.curve("kl_bigram")[:, seed]
     # Before the bigram transition: while the model is still closer to the unigram predictor.
     closer_uni = np.flatnonzero(kl_uni < kl_bi)
     last = closer_uni[-1] if closer_uni.size else 0
     i_uni = int(np.nanargmin(kl_uni[: last + 1]))
-    pc = run.cfg.measures.phase
-    fit = phase.detect(steps[i_uni:], kl_bi[i_uni:], direction="decrease",
-                       min_amplitude=0.5 * float(kl_bi[i_uni] - np.nanmin(kl_bi[i_uni:])) if i_uni < len(steps) - 1 else 0,
-                       min_r2=pc.min_r2, max_width_frac=pc.max_width_frac, smooth_window=pc.smooth)
+    drop = 0.5 * float(kl_bi[i_uni] - np.nanmin(kl_bi[i_uni:])) if i_uni < len(steps) - 1 else 0
+    fit = run.fit(kl_bi[i_uni:], "decrease", min_amplitude=drop, steps=steps[i_uni:])
     plateau = (kl_bi >= CLOSER * kl_uni)[: last + 1]
     return {"unigram_step": float(steps[i_uni]), "kl_unigram_at": float(kl_uni[i_uni]),
             "kl_unigram_drop": float(kl_uni[i_uni] / kl_uni[0]),

@@ -26,17 +26,11 @@ DEPTHS = (1, 2, 3)
 COINCIDE_FRAC = 0.10
 
 
-def _icl_midpoints(run, cfg_phase) -> list:
+def _icl_midpoints(run) -> list:
     """Per-seed phase change in the ICL score (late-token minus early-token loss; it falls)."""
-    from lab import phase
     curve = run.curve("icl_score")
-    out = []
-    for s in range(curve.shape[1]):
-        r = phase.detect(run.steps, curve[:, s], direction="decrease", min_amplitude=0.2,
-                         min_r2=cfg_phase.min_r2, max_width_frac=cfg_phase.max_width_frac,
-                         smooth_window=cfg_phase.smooth)
-        out.append(r["midpoint"] if r["detected"] else None)
-    return out
+    fits = [run.fit(curve[:, s], "decrease", min_amplitude=0.2) for s in range(curve.shape[1])]
+    return [r["midpoint"] if r["detected"] else None for r in fits]
 
 
 def _head_midpoint(run, group: str, seed: int):
@@ -98,7 +92,6 @@ def main(argv=None):
         model = "attn_only_1l" if depth == 1 else "attn_only_2l"
         runs[depth] = exp.run(f"layers{depth}", [f"model={model}", f"model.n_layers={depth}",
                                                  f"train.seeds={seeds}", f"train.steps={steps}"])
-    pc = runs[2].cfg.measures.phase
     tol = COINCIDE_FRAC * steps
     claims = []
     for depth in (2, 3):
@@ -119,7 +112,7 @@ def main(argv=None):
             "|loss midpoint − induction-head midpoint| (steps)", gaps,
             f"<= {tol:.0f} steps (10 % of the run) in every seed with both", all_measured(gaps, lambda g: g <= tol),
             note=measured_note(gaps)))
-        icl = _icl_midpoints(run, pc)
+        icl = _icl_midpoints(run)
         gaps = [abs(a - b) if a is not None and b is not None else None for a, b in zip(loss_mid, icl)]
         claims.append(claim(
             f"coincides_icl_{depth}l",

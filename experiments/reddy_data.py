@@ -97,10 +97,7 @@ def mean_distinct_labels(task_cfg, n: int = 4096) -> float:
 
 def sigmoid_midpoint(run, key: str, seed: int):
     """The lab's sigmoid-fit midpoint of a rising curve (None where no abrupt rise is detected)."""
-    from lab import phase
-    pc = run.cfg.measures.phase
-    r = phase.detect(run.steps, run.curve(key)[:, seed], direction="increase", min_amplitude=MIN_RISE,
-                     min_r2=pc.min_r2, max_width_frac=pc.max_width_frac, smooth_window=pc.smooth)
+    r = run.fit(run.curve(key)[:, seed], "increase", min_amplitude=MIN_RISE)
     return r["midpoint"] if r["detected"] else None
 
 
