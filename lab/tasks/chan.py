@@ -49,9 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab.config import ConfigError, TaskConfig, _positive
-from lab.tasks.classification import (ClassBatch, ClassificationTask, build_sequence, check_layout, fixed_batches,
-                                      labels_in_context, query_label_attention)
-from lab.tasks.singh import check_table_size, fixed_exemplars, uniform_int, uniforms
+from lab.tasks.classification import (ClassBatch, ClassificationTask, build_sequence, check_layout, check_table_size,
+                                      fixed_batches, fixed_exemplars, labels_in_context, query_label_attention,
+                                      uniform_int, uniforms)
 
 
 @dataclass

@@ -13,11 +13,46 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lab.config import ConfigError
 from lab.measures import prev_token_scores
 from lab.tasks.base import Task
+
+
+MAX_TABLE = 2 ** 24          # floats in an exemplar table (64 MB), a constant of the compiled step
+
+
+def fixed_exemplars(seed: int, n_classes: int, n_exemplars: int, dim: int, noise: float) -> np.ndarray:
+    """(n_classes, n_exemplars, dim) float32, drawn once from `seed` (numpy): exemplar j of class k is
+    x = (mu_k + eps*eta_kj) / sqrt(1 + eps^2), mu_k, eta_kj ~ N(0, I/D) (Reddy 2024's item recipe)."""
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(0, 1 / math.sqrt(dim), (n_classes, 1, dim))
+    eta = rng.normal(0, 1 / math.sqrt(dim), (n_classes, n_exemplars, dim))
+    return ((mu + noise * eta) / math.sqrt(1 + noise ** 2)).astype(np.float32)
+
+
+def check_table_size(key: str, n_classes: int, n_exemplars: int, dim: int) -> None:
+    """The exemplar table is a constant of the compiled step; keep it to MAX_TABLE floats."""
+    if n_classes * n_exemplars * dim > MAX_TABLE:
+        raise ConfigError(f"{key}: the exemplar table ({n_classes} classes x {n_exemplars} exemplars x {dim} dims) "
+                          f"exceeds {MAX_TABLE} floats; lower the classes, exemplars or task.item_dim")
+
+
+def uniforms(key: jax.Array, *shapes) -> list:
+    """Arrays of U[0, 1) numbers of the given shapes from ONE draw: every random choice of a sequence
+    is derived from these, which keeps the sampler's compiled program small (each jax.random call is
+    a separate unrolled hash)."""
+    sizes = [math.prod(s) for s in shapes]
+    u = jax.random.uniform(key, (sum(sizes),))
+    starts = np.cumsum([0] + sizes)
+    return [u[i:i + n].reshape(s) for i, n, s in zip(starts, sizes, shapes)]
+
+
+def uniform_int(u: jax.Array, n) -> jax.Array:
+    """Integers uniform in [0, n) from U[0, 1) numbers u."""
+    return jnp.minimum((u * n).astype(jnp.int32), n - 1)
 
 
 class ClassBatch(NamedTuple):

@@ -45,7 +45,7 @@ import numpy as np
 from lab.config import ConfigError, TaskConfig
 from lab.tasks.base import masked_mean
 from lab.tasks.classification import (ClassBatch, ClassificationTask, build_sequence, check_layout, fixed_batches,
-                                      item_label_attention, labels_in_context, query_label_attention)
+                                      item_label_attention, labels_in_context, query_label_attention, uniform_int)
 
 
 @dataclass
@@ -212,7 +212,7 @@ class ReddyTask(ClassificationTask):
         def slots(v, B_):   # a bursty layout: tile(0..N/B-1, B) shuffled, then the query's slot
             n_cls = N // B_
             ctx = jnp.tile(jnp.arange(n_cls), B_)[jnp.argsort(v[:N])]
-            return jnp.append(ctx, jnp.minimum((v[N] * n_cls).astype(jnp.int32), n_cls - 1))
+            return jnp.append(ctx, uniform_int(v[N], n_cls))
 
         # i.i.d. context and query from P (inverse CDF)
         cdf = jnp.asarray(self.class_cdf)
@@ -230,7 +230,7 @@ class ReddyTask(ClassificationTask):
             new_slots = slots(u_novel_slots, B_novel)
             fresh = z[N + 1:N + 1 + n_new] / math.sqrt(D)
             fresh_labels = (jnp.argsort(u_labels)[:n_new].astype(jnp.int32) if self.distinct_labels
-                            else jnp.minimum((u_fresh_labels[:n_new] * L).astype(jnp.int32), L - 1))
+                            else uniform_int(u_fresh_labels[:n_new], L))
             novel = u_novel[0] < p_novel
             classes = jnp.where(novel, K + new_slots, classes)
             means = jnp.where(novel, fresh[new_slots], means)
