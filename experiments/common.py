@@ -35,9 +35,9 @@ WALL_FILE = "experiment_wall_seconds.txt"   # written into each run dir: its tra
 log = logging.getLogger("experiments")
 
 
-def _finite(values) -> np.ndarray:
-    a = np.asarray([np.nan if v is None else v for v in np.ravel(np.asarray(values, dtype=object))], float)
-    return a[np.isfinite(a)]
+def _floats(values) -> np.ndarray:
+    """Values (per seed or condition; None = not measured, booleans count 0/1) as floats, None -> NaN."""
+    return np.asarray([np.nan if v is None else v for v in np.ravel(np.asarray(values, dtype=object))], float)
 
 
 def claim(id: str, claim: str, quantity: str, values, threshold: str, held: Optional[bool],
@@ -45,13 +45,12 @@ def claim(id: str, claim: str, quantity: str, values, threshold: str, held: Opti
     """One checked claim: `values` are per seed (or per condition) measurements; value and spread
     are their mean and standard deviation over the finite ones; `held` is None when nothing could
     be measured (e.g. no seed crossed the threshold)."""
-    v = _finite(values)
+    a = _floats(values)
+    v = a[np.isfinite(a)]
     return {"id": id, "claim": claim, "quantity": quantity,
             "value": float(v.mean()) if v.size else None,
             "spread": float(v.std()) if v.size > 1 else None,
-            "n": int(v.size), "values": [None if not math.isfinite(x) else float(x)
-                                         for x in np.asarray([np.nan if x is None else x
-                                                              for x in np.ravel(np.asarray(values, dtype=object))], float)],
+            "n": int(v.size), "values": [float(x) if math.isfinite(x) else None for x in a],
             "threshold": threshold, "held": None if held is None else bool(held),
             "paper": paper, "note": note}
 
