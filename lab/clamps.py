@@ -305,8 +305,9 @@ class Clamps:
     def active(self, mode: str, only: Optional[str] = None) -> list[ClampSpec]:
         return [s for s in self.specs if s.apply in MODES[mode] and (only is None or s.name == only)]
 
-    def _mask(self, spec: ClampSpec, a: dict, B: int) -> jax.Array:
-        parts = {"batch": a["batch"][:B], "head": a["heads"], "query": a["queries"], "key": a["keys"]}
+    def _mask(self, spec: ClampSpec, a: dict, B: int, batch_offset=0) -> jax.Array:
+        parts = {"batch": jax.lax.dynamic_slice_in_dim(a["batch"], batch_offset, B), "head": a["heads"],
+                 "query": a["queries"], "key": a["keys"]}
         axes = spec.axes
         mask = jnp.ones((1,) * len(axes), bool)
         for i, ax in enumerate(axes):
@@ -317,9 +318,10 @@ class Clamps:
         return mask
 
     def forward(self, params, batch, args: dict, t, mode: str = "train", only: Optional[str] = None,
-                extra: Optional[dict] = None, cache_names=()):
+                extra: Optional[dict] = None, cache_names=(), batch_offset=0):
         """(logits, cache) of the model on `batch` with the clamps of `mode` at step t applied, after
-        any `extra` interventions ({site: Intervention}, e.g. the trainer's own)."""
+        any `extra` interventions ({site: Intervention}, e.g. the trainer's own). `batch_offset`: the
+        index of `batch`'s first item in the whole batch, when it is a microbatch (for batch masks)."""
         specs = self.active(mode, only)
         ivs = defaultdict(list)
         for site, iv in (extra or {}).items():
@@ -336,7 +338,7 @@ class Clamps:
         cache_names = list(cache_names)
         for spec in specs:
             a = args[spec.key]
-            mask = self._mask(spec, a, B)
+            mask = self._mask(spec, a, B, batch_offset)
             strength = schedule_strength(t, a)
             if spec.value == "induction":   # the pattern and the rows it covers come from the batch
                 weights, rows = self.task.induction_attention(batch)
@@ -366,7 +368,7 @@ class Clamps:
             return sg(probe[spec.site].mean(0, keepdims=True))
         if kind == "preserve":
             return sg(clean[spec.site])
-        if kind == "resample":   # each item gets the activation of another sequence in the batch
+        if kind == "resample":   # each item gets the activation of another sequence in its (micro)batch
             return sg(jnp.roll(clean[spec.site], 1, axis=0))
         if kind == "graft":
             return jax.lax.stop_gradient(grafted[spec.source][spec.site])

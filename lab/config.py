@@ -60,6 +60,7 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0                     # first seed; seeds run are seed .. seed + seeds - 1
     seeds: int = 1                    # independent seeds trained as one compiled program
+    microbatch: Optional[int] = None  # sequences per gradient pass (must divide batch_size); null: automatic (see lab/train.py)
     seed_axis: str = "auto"           # vmap | map | auto (vmap on GPU/TPU; map, i.e. a loop inside the program, on CPU)
     log_every: int = 25               # steps per compiled chunk; measures are logged after each
     checkpoint_every: int = 1000      # 0 disables periodic checkpoints (the final one is always written)
@@ -275,6 +276,11 @@ def validate(cfg) -> None:
     _positive("train.keep_checkpoints", tr.keep_checkpoints)
     _choice("train.xla_cpu_threads", tr.xla_cpu_threads, ("single", "multi"))
     _choice("train.seed_axis", tr.seed_axis, ("auto", "vmap", "map"))
+    if tr.microbatch is not None:
+        _positive("train.microbatch", tr.microbatch)
+        if tr.batch_size % tr.microbatch:
+            raise ConfigError(f"train.microbatch={tr.microbatch} does not divide train.batch_size={tr.batch_size}; "
+                              f"use a divisor, or null to choose automatically")
     _choice("train.on_nonfinite", tr.on_nonfinite, ("stop", "skip"))
     _positive("task.seq_len", t.seq_len)
     _positive("task.probe_size", t.probe_size)

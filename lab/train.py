@@ -34,6 +34,19 @@ class TrainingDiverged(RuntimeError):
 PER_STEP = ("train_loss", "grad_norm")   # returned by the scan per step, logged as chunk means
 
 
+def auto_microbatch(cfg, task, model) -> int:
+    """On CPU, the largest divisor of the batch whose attention arrays (sequences x heads x T^2
+    floats) fit in 2 MiB, roughly one core's L2 cache: past that, each of the many elementwise passes
+    over them runs from slower memory (measured: batch 64 x 64 tokens, 4 heads: 31.5 ms per gradient
+    in one pass, 21.5 ms in two of 32). On accelerators, the whole batch."""
+    B = cfg.train.batch_size
+    if jax.default_backend() != "cpu":
+        return B
+    per_sequence = model.n_heads * task.seq_len ** 2 * 4
+    fits = [d for d in range(1, B + 1) if B % d == 0 and d * per_sequence <= 2 ** 21]
+    return max(fits, default=1)
+
+
 class Trainer:
     def __init__(self, cfg, callbacks: Optional[list] = None):
         validate(cfg)
@@ -43,6 +56,7 @@ class Trainer:
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         self.seeds = list(range(cfg.train.seed, cfg.train.seed + cfg.train.seeds))
         self.probe = self.task.probe()
+        self.microbatch = cfg.train.microbatch or auto_microbatch(cfg, self.task, self.model)
         self.callbacks = list(callbacks or [])
         # site -> Intervention, shared by all seeds; a traced argument, so changing values never recompiles
         self.interventions: dict = {}
@@ -65,15 +79,36 @@ class Trainer:
         params = self.model.init(jax.random.wrap_key_data(k_init))
         return {"params": params, "opt_state": self.optimizer.init(params), "key": k_data}
 
-    def loss_fn(self, params, batch, clamp_args, interventions, t):
-        logits, _ = self.clamps.forward(params, batch, clamp_args, t, "train", extra=interventions)
+    def loss_fn(self, params, batch, clamp_args, interventions, t, batch_offset=0):
+        logits, _ = self.clamps.forward(params, batch, clamp_args, t, "train", extra=interventions,
+                                        batch_offset=batch_offset)
         return self.task.loss(logits, batch)
+
+    def loss_and_grad(self, params, batch, clamp_args, interventions, t):
+        """The batch's loss and gradient, computed in microbatches of `self.microbatch` sequences whose
+        gradients are averaged: the same update up to float rounding (every task's loss is a mean over
+        equally weighted sequences), but on CPU two passes of 32 sequences that stay in cache run ~1.5x
+        faster than one pass of 64."""
+        value_and_grad = jax.value_and_grad(self.loss_fn)
+        B, mb = self.cfg.train.batch_size, self.microbatch
+        if mb >= B:
+            return value_and_grad(params, batch, clamp_args, interventions, t)
+        parts = jax.tree.map(lambda x: x.reshape(B // mb, mb, *x.shape[1:]), batch)
+
+        def accumulate(total, part_and_offset):
+            part, offset = part_and_offset
+            loss, grads = value_and_grad(params, part, clamp_args, interventions, t, offset)
+            return jax.tree.map(jnp.add, total, (loss, grads)), None
+
+        zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+        total, _ = jax.lax.scan(accumulate, zero, (parts, jnp.arange(0, B, mb)))
+        return jax.tree.map(lambda x: x / (B // mb), total)
 
     def train_step(self, state: dict, clamp_args: dict, interventions: dict, t):
         """One update; t is the number of updates before this one (the clamps' step)."""
         key, k_batch = jax.random.split(state["key"])
         batch = self.task.sample(k_batch, self.cfg.train.batch_size)
-        loss, grads = jax.value_and_grad(self.loss_fn)(state["params"], batch, clamp_args, interventions, t)
+        loss, grads = self.loss_and_grad(state["params"], batch, clamp_args, interventions, t)
         updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         gnorm = optax.tree.norm(grads)

@@ -148,3 +148,24 @@ def test_divergence_stops_the_run_and_marks_it_failed(tiny_overrides, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"].startswith("failed: non-finite training loss")
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_microbatches_give_the_whole_batch_gradient(tiny_overrides):
+    """Averaging the gradients of microbatches is the whole batch's gradient, batch-item clamps
+    included: item 5 lies in the second microbatch of 4, so its mask needs the microbatch's offset."""
+    clamp = "+clamps.c={site: blocks.0.attn.pattern, value: zero, batch: [5]}"
+    batch_size = 8
+    results = {}
+    for name, extra in (("whole", ["train.microbatch=8", clamp]), ("micro", ["train.microbatch=4", clamp]),
+                        ("unclamped", ["train.microbatch=4"])):
+        trainer = lab.Trainer(lab.load_config(tiny_overrides + [f"train.batch_size={batch_size}"] + extra))
+        state = jax.tree.map(lambda x: x[0], trainer.init_state())
+        args = jax.tree.map(lambda x: x[0], trainer.clamp_args)
+        batch = trainer.task.sample(jax.random.key(1), batch_size)
+        results[name] = trainer.loss_and_grad(state["params"], batch, args, {}, 0)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    jax.tree.map(close, results["micro"], results["whole"])
+    flat = {k: np.concatenate([np.ravel(x) for x in jax.tree.leaves(v)]) for k, v in results.items()}
+    assert np.abs(flat["unclamped"] - flat["whole"]).max() > 100 * np.abs(flat["micro"] - flat["whole"]).max()
+    with pytest.raises(ConfigError, match="train.microbatch=3 does not divide train.batch_size=8"):
+        lab.Trainer(lab.load_config(tiny_overrides + ["train.batch_size=8", "train.microbatch=3"]))
