@@ -24,8 +24,9 @@ parser.add_argument("--chunks", type=int, default=8, help="timed chunks of train
 parser.add_argument("--no-phase", action="store_true", help="skip the full runs (time to phase change, 1-layer control)")
 parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
 args = parser.parse_args()
-if args.threads == "single":
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+if args.threads == "single":   # as lab-train sets them (lab/runtime.py)
+    from lab.runtime import single_thread_flags
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + single_thread_flags()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -60,6 +61,11 @@ def step_flops(trainer: Trainer) -> float:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
+
+
+def devices(trainer: Trainer) -> str:
+    mesh = trainer.mesh
+    return "1 x 1" if mesh is None else f"{mesh.shape['seeds']} x {mesh.shape['batch']}"
 
 
 def peak_memory() -> str:
@@ -103,7 +109,8 @@ def main() -> None:
         mfu = r["flops"] * r["seed_steps_per_s"] / peak
         print(f"seeds={seeds:<3d} compile+first chunk {r['compile_s']:5.1f} s | {r['steps_per_s']:7.1f} steps/s | "
               f"{r['seed_steps_per_s']:8.1f} seed-steps/s ({r['seed_steps_per_s'] / base['seed_steps_per_s']:.2f}x seeds=1) | "
-              f"train step {r['flops'] / 1e9:.3f} GFLOP | MFU {mfu:6.1%} | microbatch {r['trainer'].microbatch}")
+              f"train step {r['flops'] / 1e9:.3f} GFLOP | MFU {mfu:6.1%} | microbatch {r['trainer'].microbatch} | "
+              f"devices (seeds x batch) {devices(r['trainer'])}")
     print(peak_memory())
     if args.no_phase:
         return

@@ -11,15 +11,33 @@ log = logging.getLogger(__name__)
 SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (a SLURM job's share, not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # macOS
+        return os.cpu_count() or 1
+
+
+def single_thread_flags() -> str:
+    """XLA CPU flags for tiny models: single-threaded Eigen, and one XLA CPU device per core, over
+    which the trainer spreads a run's seeds (lab/train.py: `Trainer.seed_mesh`)."""
+    return f"{SINGLE_THREAD_FLAGS} --xla_force_host_platform_device_count={usable_cores()}"
+
+
 def configure_xla_threads(train_cfg) -> None:
-    """Tiny models run faster on one XLA CPU thread; then parallel jobs use the other cores."""
+    """Tiny models run faster on one XLA CPU thread; then parallel jobs, or a run's seeds spread
+    over one device per core, use the other cores."""
     flags = os.environ.get("XLA_FLAGS", "")
     if train_cfg.xla_cpu_threads != "single" or "xla_cpu_multi_thread_eigen" in flags:
         return
     if "jax" in sys.modules:
         log.debug("JAX already imported; XLA CPU threading can no longer be changed in this process")
         return
-    os.environ["XLA_FLAGS"] = f"{SINGLE_THREAD_FLAGS} {flags}".strip()
+    if "xla_force_host_platform_device_count" in flags:
+        os.environ["XLA_FLAGS"] = f"{SINGLE_THREAD_FLAGS} {flags}".strip()
+    else:
+        os.environ["XLA_FLAGS"] = f"{single_thread_flags()} {flags}".strip()
 
 
 _cache_dir = None

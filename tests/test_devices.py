@@ -1,0 +1,46 @@
+"""Spreading seeds and microbatches over several devices changes nothing but the speed. The tests
+run on one CPU device (conftest.py), so the several-device side runs in a subprocess with two."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+import lab
+
+SCRIPT = """
+import json, sys, numpy as np, lab
+out = {}
+for name, extra in json.loads(sys.argv[1]).items():
+    res = lab.run(lab.load_config(extra))
+    mesh = res.trainer.mesh
+    out[name] = {"mesh": None if mesh is None else dict(mesh.shape), "loss": np.asarray(res.metrics["train_loss"]).tolist(),
+                 "induction": np.asarray(res.metrics["induction"]).tolist(),
+                 "W_E": [np.asarray(res.seed_params(i)["W_E"]).tolist() for i in range(len(res.trainer.seeds))]}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_two_devices_give_the_one_device_results(tiny_overrides):
+    runs = {"seeds": tiny_overrides + ["train.seeds=2", "train.seed=3"],
+            "microbatches": tiny_overrides + ["train.batch_size=8", "train.microbatch=4"]}
+    env = {**os.environ, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=2"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(runs)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(proc.stdout.split("RESULT")[-1])
+    assert two["seeds"]["mesh"] == {"seeds": 2, "batch": 1}
+    assert two["microbatches"]["mesh"] == {"seeds": 1, "batch": 2}
+    assert len(jax.devices()) == 1
+    for name, overrides in runs.items():
+        one = lab.run(lab.load_config(overrides))
+        assert one.trainer.mesh is None
+        for key in ("loss", "induction"):
+            np.testing.assert_allclose(two[name][key], np.asarray(one.metrics[key if key != "loss" else "train_loss"]),
+                                       rtol=2e-5, atol=1e-6)
+        for i in range(len(one.trainer.seeds)):
+            np.testing.assert_allclose(two[name]["W_E"][i], one.seed_params(i)["W_E"], rtol=2e-5, atol=1e-6)
+    seed_losses = np.asarray(two["seeds"]["loss"])
+    assert not np.allclose(seed_losses[:, 0], seed_losses[:, 1])   # two different seeds, not one twice
