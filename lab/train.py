@@ -38,14 +38,15 @@ PER_STEP = ("train_loss", "grad_norm")   # returned by the scan per step, logged
 
 def auto_microbatch(cfg, task, model) -> int:
     """On CPU, the largest divisor of the batch whose attention arrays (sequences x heads x T^2
-    floats) fit in 2 MiB, roughly one core's L2 cache: past that, each of the many elementwise passes
-    over them runs from slower memory (measured: batch 64 x 64 tokens, 4 heads: 31.5 ms per gradient
-    in one pass, 21.5 ms in two of 32). On accelerators, the whole batch."""
+    floats) fit in 1 MiB, one core's L2 cache here: past that, each of the many elementwise passes
+    over them runs from slower memory. Measured for batch 64 x 64 tokens, 4 heads, on 2 cores with
+    one device per core (benchmarks/bench.py): one pass of 64, 43 steps/s; microbatches of 32,
+    50-54; of 16, 60-61; of 8, 61. On accelerators, the whole batch."""
     B = cfg.train.batch_size
     if jax.default_backend() != "cpu":
         return B
     per_sequence = model.n_heads * task.seq_len ** 2 * 4
-    fits = [d for d in range(1, B + 1) if B % d == 0 and d * per_sequence <= 2 ** 21]
+    fits = [d for d in range(1, B + 1) if B % d == 0 and d * per_sequence <= 2 ** 20]
     return max(fits, default=1)
 
 
@@ -90,8 +91,8 @@ class Trainer:
     def loss_and_grad(self, params, batch, clamp_args, interventions, t):
         """The batch's loss and gradient, computed in microbatches of `self.microbatch` sequences whose
         gradients are averaged: the same update up to float rounding (every task's loss is a mean over
-        equally weighted sequences), but on CPU two passes of 32 sequences that stay in cache run ~10 %
-        faster than one pass of 64. With several devices on the mesh's "batch" axis, each device takes
+        equally weighted sequences), but on CPU small microbatches that stay in cache run faster
+        (`auto_microbatch`). With several devices on the mesh's "batch" axis, each device takes
         its share of the microbatches (all sample the same batch) and the sums are added across them."""
         value_and_grad = jax.value_and_grad(self.loss_fn)
         B, mb = self.cfg.train.batch_size, self.microbatch
