@@ -24,9 +24,11 @@ parser.add_argument("--chunks", type=int, default=8, help="timed chunks of train
 parser.add_argument("--no-phase", action="store_true", help="skip the full runs (time to phase change, 1-layer control)")
 parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
 args = parser.parse_args()
-if args.threads == "single":   # as lab-train sets them (lab/runtime.py)
-    from lab.runtime import single_thread_flags
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + single_thread_flags()
+if args.threads == "single":   # the XLA flags lab-train sets (one single-threaded device per core)
+    from types import SimpleNamespace
+
+    from lab.runtime import configure_xla_threads
+    configure_xla_threads(SimpleNamespace(xla_cpu_threads="single"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -21,7 +21,7 @@ def usable_cores() -> int:
 
 def single_thread_flags() -> str:
     """XLA CPU flags for tiny models: single-threaded Eigen, and one XLA CPU device per core, over
-    which the trainer spreads a run's seeds (lab/train.py: `Trainer.seed_mesh`)."""
+    which the trainer spreads a run's seeds and microbatches (lab/train.py: `Trainer.device_mesh`)."""
     return f"{SINGLE_THREAD_FLAGS} --xla_force_host_platform_device_count={usable_cores()}"
 
 
@@ -34,10 +34,8 @@ def configure_xla_threads(train_cfg) -> None:
     if "jax" in sys.modules:
         log.debug("JAX already imported; XLA CPU threading can no longer be changed in this process")
         return
-    if "xla_force_host_platform_device_count" in flags:
-        os.environ["XLA_FLAGS"] = f"{SINGLE_THREAD_FLAGS} {flags}".strip()
-    else:
-        os.environ["XLA_FLAGS"] = f"{single_thread_flags()} {flags}".strip()
+    ours = SINGLE_THREAD_FLAGS if "xla_force_host_platform_device_count" in flags else single_thread_flags()
+    os.environ["XLA_FLAGS"] = f"{ours} {flags}".strip()
 
 
 _cache_dir = None

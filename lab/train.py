@@ -36,6 +36,11 @@ class TrainingDiverged(RuntimeError):
 PER_STEP = ("train_loss", "grad_norm")   # returned by the scan per step, logged as chunk means
 
 
+def largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of n that is at most limit (1 if limit < 1)."""
+    return max(d for d in range(1, max(limit, 1) + 1) if n % d == 0)
+
+
 def auto_microbatch(cfg, task, model) -> int:
     """On CPU, the largest divisor of the batch whose attention arrays (sequences x heads x T^2
     floats) fit in 1 MiB, one core's L2 cache here: past that, each of the many elementwise passes
@@ -46,8 +51,7 @@ def auto_microbatch(cfg, task, model) -> int:
     if jax.default_backend() != "cpu":
         return B
     per_sequence = model.n_heads * task.seq_len ** 2 * 4
-    fits = [d for d in range(1, B + 1) if B % d == 0 and d * per_sequence <= 2 ** 20]
-    return max(fits, default=1)
+    return largest_divisor(B, 2 ** 20 // per_sequence)
 
 
 class Trainer:
@@ -176,7 +180,6 @@ class Trainer:
         one XLA device per core (lab/runtime.py). Every device computes what one device would, so results
         do not depend on the device count (beyond float rounding). None when there is one device to use."""
         devices = jax.devices()
-        largest_divisor = lambda n, limit: max(d for d in range(1, limit + 1) if n % d == 0)
         n_seeds = largest_divisor(len(self.seeds), len(devices))
         n_batch = largest_divisor(self.cfg.train.batch_size // self.microbatch, len(devices) // n_seeds)
         if n_seeds * n_batch == 1:
@@ -192,13 +195,18 @@ class Trainer:
             if mesh is not None:   # check_vma=False: scan carries start device-invariant (zeros)
                 fn = jax.shard_map(fn, mesh=mesh, in_specs=(P("seeds"), P()), out_specs=P("seeds"), check_vma=False)
             jitted = jax.jit(lambda state, args, shared: fn((state, args), shared), donate_argnums=0)
-
-            def run(state, args, shared):   # a restored checkpoint or new clamp arrays live on one device
-                state, args = jax.device_put((state, args), NamedSharding(mesh, P("seeds")))
-                return jitted(state, args, shared)
-            run._cache_size = jitted._cache_size   # compile count, for tests
-            self._chunk_fns[n_steps] = jitted if mesh is None else run
+            self._chunk_fns[n_steps] = jitted if mesh is None else self._placed(jitted, mesh)
         return self._chunk_fns[n_steps]
+
+    @staticmethod
+    def _placed(jitted, mesh: Mesh):
+        """`jitted`, first moving its per-seed arguments onto the mesh: a restored checkpoint or new
+        clamp arrays live on one device."""
+        def run(state, args, shared):
+            state, args = jax.device_put((state, args), NamedSharding(mesh, P("seeds")))
+            return jitted(state, args, shared)
+        run._cache_size = jitted._cache_size   # compile count, for tests
+        return run
 
     def init_state(self) -> dict:
         keys = jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])

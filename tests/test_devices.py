@@ -16,7 +16,7 @@ out = {}
 for name, extra in json.loads(sys.argv[1]).items():
     res = lab.run(lab.load_config(extra))
     mesh = res.trainer.mesh
-    out[name] = {"mesh": None if mesh is None else dict(mesh.shape), "loss": np.asarray(res.metrics["train_loss"]).tolist(),
+    out[name] = {"mesh": None if mesh is None else dict(mesh.shape), "train_loss": np.asarray(res.metrics["train_loss"]).tolist(),
                  "induction": np.asarray(res.metrics["induction"]).tolist(),
                  "W_E": [np.asarray(res.seed_params(i)["W_E"]).tolist() for i in range(len(res.trainer.seeds))]}
 print("RESULT" + json.dumps(out))
@@ -37,10 +37,9 @@ def test_two_devices_give_the_one_device_results(tiny_overrides):
     for name, overrides in runs.items():
         one = lab.run(lab.load_config(overrides))
         assert one.trainer.mesh is None
-        for key in ("loss", "induction"):
-            np.testing.assert_allclose(two[name][key], np.asarray(one.metrics[key if key != "loss" else "train_loss"]),
-                                       rtol=2e-5, atol=1e-6)
+        for key in ("train_loss", "induction"):
+            np.testing.assert_allclose(two[name][key], np.asarray(one.metrics[key]), rtol=2e-5, atol=1e-6)
         for i in range(len(one.trainer.seeds)):
             np.testing.assert_allclose(two[name]["W_E"][i], one.seed_params(i)["W_E"], rtol=2e-5, atol=1e-6)
-    seed_losses = np.asarray(two["seeds"]["loss"])
+    seed_losses = np.asarray(two["seeds"]["train_loss"])
     assert not np.allclose(seed_losses[:, 0], seed_losses[:, 1])   # two different seeds, not one twice
