@@ -8,6 +8,7 @@ trainer jits and vmaps over seeds.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Iterable, Optional
 
 import jax
@@ -57,6 +58,43 @@ def rotary(x: jax.Array, base: float) -> jax.Array:
     return jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).reshape(x.shape)
 
 
+def causal_mask(T: int) -> jax.Array:
+    return jnp.tril(jnp.ones((T, T), bool))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def softmax_attention(q, k, v, scale: float) -> jax.Array:
+    """z = softmax(causal(q k^T * scale)) v for q, k, v of shape (batch, pos, head, d_head), with a
+    hand-written backward pass. Used when no hook needs the scores or the pattern (training without
+    attention clamps): it never forms the normalised pattern, dividing z by the softmax denominator
+    instead, and its backward uses sum_k p dp = sum_e z dz (FlashAttention's identity) in place of a
+    reduction over the (query, key) array. Same values and gradients as the hooked path up to
+    rounding (tests/test_model.py); on CPU fewer passes over the largest arrays."""
+    return _attention_fwd(q, k, v, scale)[0]
+
+
+def _attention_fwd(q, k, v, scale):
+    s = jnp.einsum("bqhe,bkhe->bhqk", q, k) * scale
+    s = jnp.where(causal_mask(q.shape[1]), s, -1e30)
+    e = jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True)))   # unnormalised pattern
+    inv_l = jnp.transpose(1.0 / e.sum(-1), (0, 2, 1))[..., None]       # (batch, query, head, 1)
+    z = jnp.einsum("bhqk,bkhe->bqhe", e, v) * inv_l
+    return z, (q, k, v, e, inv_l, z)
+
+
+def _attention_bwd(scale, residuals, dz):
+    q, k, v, e, inv_l, z = residuals
+    dz_l = dz * inv_l                                   # folds the 1/l of p = e / l into dz
+    dv = jnp.einsum("bhqk,bqhe->bkhe", e, dz_l)
+    dp_l = jnp.einsum("bqhe,bkhe->bhqk", dz_l, v)       # d(pattern) / l
+    row = jnp.transpose((dz_l * z).sum(-1), (0, 2, 1))[..., None]   # sum_k p dp / l
+    ds = e * (dp_l - row) * scale
+    return jnp.einsum("bhqk,bkhe->bqhe", ds, k), jnp.einsum("bhqk,bqhe->bkhe", ds, q), dv
+
+
+softmax_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg, d_head: int, rngs: nnx.Rngs):
         D, H, s = cfg.d_model, cfg.n_heads, cfg.init_std
@@ -74,16 +112,20 @@ class Attention(nnx.Module):
         v = hooks(f"{p}.v", jnp.einsum("btd,dhe->bthe", x, self.W_V[...]))
         if self.rope_base is not None:
             q, k = rotary(q, self.rope_base), rotary(k, self.rope_base)
-        T = x.shape[1]
+        if not (self.linear or hooks.wants(f"{p}.scores") or hooks.wants(f"{p}.pattern")):
+            hooks.seen += [f"{p}.scores", f"{p}.pattern"]
+            return self._project(hooks(f"{p}.z", softmax_attention(q, k, v, self.scale)), hooks, p)
         scores = jnp.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
-        causal = jnp.tril(jnp.ones((T, T), bool))
+        causal = causal_mask(x.shape[1])
         if self.linear:   # linear self-attention (von Oswald et al. 2022): the causal scores themselves
             scores = hooks(f"{p}.scores", jnp.where(causal, scores, 0.0))
             pattern = hooks(f"{p}.pattern", scores)
         else:
             scores = hooks(f"{p}.scores", jnp.where(causal, scores, -1e30))
             pattern = hooks(f"{p}.pattern", jax.nn.softmax(scores, axis=-1))
-        z = hooks(f"{p}.z", jnp.einsum("bhqk,bkhe->bqhe", pattern, v))
+        return self._project(hooks(f"{p}.z", jnp.einsum("bhqk,bkhe->bqhe", pattern, v)), hooks, p)
+
+    def _project(self, z, hooks: Hooks, p: str):
         if hooks.wants(f"{p}.out"):
             out = hooks(f"{p}.out", jnp.einsum("bqhe,hed->bqhd", z, self.W_O[...]))
             return out.sum(axis=2)

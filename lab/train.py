@@ -43,15 +43,15 @@ def largest_divisor(n: int, limit: int) -> int:
 
 def auto_microbatch(cfg, task, model) -> int:
     """On CPU, the largest divisor of the batch whose attention arrays (sequences x heads x T^2
-    floats) fit in 1 MiB, one core's L2 cache here: past that, each of the many elementwise passes
-    over them runs from slower memory. Measured for batch 64 x 64 tokens, 4 heads, on 2 cores with
-    one device per core (benchmarks/bench.py): one pass of 64, 43 steps/s; microbatches of 32,
-    50-54; of 16, 60-61; of 8, 61. On accelerators, the whole batch."""
+    floats) fit in 256 KiB, a quarter of one core's L2 cache here: past that, the passes over them
+    run from slower memory shared by the cores. Measured for batch 64 x 64 tokens, 4 heads, on 2 cores
+    with one device per core (benchmarks/bench.py --compare-microbatch 2 4 8 16): microbatches of 16, 54-55
+    steps/s; of 8, 60; of 4, 63-64; of 2, 64 (one pass of 64: 43). On accelerators, the whole batch."""
     B = cfg.train.batch_size
     if jax.default_backend() != "cpu":
         return B
     per_sequence = model.n_heads * task.seq_len ** 2 * 4
-    return largest_divisor(B, 2 ** 20 // per_sequence)
+    return largest_divisor(B, 2 ** 18 // per_sequence)
 
 
 class Trainer:

@@ -116,3 +116,41 @@ def test_features_and_relu_readout():
     np.testing.assert_allclose(cache["embed"], params["W_E"][tokens] + f @ params["W_F"], rtol=1e-5)
     other = m.run_with_hooks(params, Batch(tokens, f.at[0, 0].add(1.0)), {})
     assert not np.allclose(other, logits)
+
+
+@pytest.mark.parametrize("kw", [{}, {"attn_scale": False, "init_std": 0.5}, {"pos_embed": "rope", "attn_only": False}])
+def test_fused_attention_matches_the_hooked_path(kw):
+    """Without hooks on the scores or pattern the model takes `softmax_attention` (a hand-written
+    backward); caching the pattern forces the plain path. Both must give the same logits and
+    gradients."""
+    m = tiny_model(**kw)
+    params = m.init(jax.random.key(3))
+    tokens = jax.random.randint(jax.random.key(4), (3, 12), 0, 11)
+    w = jax.random.normal(jax.random.key(5), (3, 12, 11))
+
+    def loss(p, names):
+        return (m.apply(p, tokens, cache_names=names)[0] * w).sum()
+    fused, plain = (jax.value_and_grad(loss)(params, names) for names in ((), ("blocks.0.attn.pattern", "blocks.1.attn.scores")))
+    np.testing.assert_allclose(fused[0], plain[0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(fused[1]), jax.tree.leaves(plain[1])):   # float32 rounding
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(np.abs(b).max()))
+    assert m.hook_names.index("blocks.0.attn.pattern") < m.hook_names.index("blocks.0.attn.z")
+
+
+def test_fused_attention_gradient_is_the_softmax_gradient():
+    """The hand-written backward pass against autodiff of the textbook formula, and causal: a key
+    gets no gradient from earlier queries."""
+    from lab.model import causal_mask, softmax_attention
+    q, k, v, w = (jax.random.normal(jax.random.key(i), (2, 7, 3, 4)) for i in range(4))
+
+    def textbook(q, k, v):
+        s = jnp.where(causal_mask(7), jnp.einsum("bqhe,bkhe->bhqk", q, k) * 0.5, -jnp.inf)
+        return jnp.einsum("bhqk,bkhe->bqhe", jax.nn.softmax(s, -1), v)
+    got = jax.grad(lambda *a: (softmax_attention(*a, 0.5) * w).sum(), (0, 1, 2))(q, k, v)
+    want = jax.grad(lambda *a: (textbook(*a) * w).sum(), (0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(softmax_attention(q, k, v, 0.5), textbook(q, k, v), rtol=1e-5, atol=1e-6)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # the last key influences only the last query
+    g_last = jax.grad(lambda kk: softmax_attention(q, kk, v, 0.5)[:, :-1].sum())(k)
+    assert np.all(np.asarray(g_last[:, -1]) == 0)
