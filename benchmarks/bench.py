@@ -3,6 +3,7 @@
     python benchmarks/bench.py                 # XLA single-threaded (the lab's default on CPU)
     python benchmarks/bench.py --threads multi # XLA's multi-threaded CPU path
     python benchmarks/bench.py --compare-microbatch 2 4 8 16   # steps/s per train.microbatch
+    python benchmarks/bench.py --compare model.fused_attention=true model.fused_attention=false
 
 Reports, for the default config with measures on: compile time, steps/s and seed-steps/s for
 seeds = 1 and 8, model-FLOP utilisation (FLOPs of one training step -- forward, backward and update,
@@ -23,9 +24,11 @@ parser.add_argument("--threads", choices=["single", "multi"], default="single")
 parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
 parser.add_argument("--chunks", type=int, default=8, help="timed chunks of train.log_every steps per setting")
 parser.add_argument("--no-phase", action="store_true", help="skip the full runs (time to phase change, 1-layer control)")
+parser.add_argument("--compare", nargs="+", metavar="OVERRIDE",
+                    help="only compare these settings (one override each, seeds=1), timed in alternating rounds "
+                         "in one process so that a VM's drifting speed does not favour one of them")
 parser.add_argument("--compare-microbatch", type=int, nargs="+", metavar="MB",
-                    help="only compare these train.microbatch sizes (seeds=1), timed in alternating rounds in "
-                         "one process so that a VM's drifting speed does not favour one of them")
+                    help="short for --compare train.microbatch=MB ...")
 parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
 args = parser.parse_args()
 if args.threads == "single":   # the XLA flags lab-train sets (one single-threaded device per core)
@@ -103,35 +106,38 @@ def throughput(overrides: list[str], seeds: int) -> dict:
             "flops": step_flops(trainer), "trainer": trainer}
 
 
-def compare_microbatch(sizes: list[int], rounds: int = 8) -> None:
+def compare(settings: list[str], rounds: int = 8) -> None:
     runs = {}
-    for mb in sizes:
-        cfg = lab.load_config(list(args.overrides) + [f"train.microbatch={mb}", "train.progress=false"])
+    for setting in settings:
+        cfg = lab.load_config(list(args.overrides) + [setting, "train.progress=false"])
         trainer = Trainer(cfg)
         fn, n = trainer.chunk_fn(cfg.train.log_every), cfg.train.log_every
         state, out = fn(trainer.init_state(), trainer.clamp_args, ({}, jnp.int32(0)))
         jax.block_until_ready(out)
-        runs[mb] = [trainer, fn, n, state, []]
+        runs[setting] = [trainer, fn, n, state, []]
+    per_round = max(1, args.chunks // 2)
     for _ in range(rounds):
         for r in runs.values():
             trainer, fn, n, state, rates = r
             t = time.perf_counter()
-            for i in range(args.chunks // 2):
+            for i in range(per_round):
                 state, out = fn(state, trainer.clamp_args, ({}, jnp.int32(n * (i + 1))))
             jax.block_until_ready(out)
-            rates.append(args.chunks // 2 * n / (time.perf_counter() - t))
+            rates.append(per_round * n / (time.perf_counter() - t))
             r[3] = state
-    for mb, r in runs.items():
+    width = max(map(len, runs))
+    for setting, r in runs.items():
         rates = sorted(r[4])
-        print(f"microbatch {mb:4d}: {rates[len(rates) // 2]:6.1f} steps/s median, {rates[-1]:6.1f} best "
+        print(f"{setting:{width}s}: {rates[len(rates) // 2]:6.1f} steps/s median, {rates[-1]:6.1f} best "
               f"over {rounds} rounds | devices (seeds x batch) {devices(r[0])}")
 
 
 def main() -> None:
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
           f"XLA threading: {args.threads}, cores: {os.cpu_count()}")
-    if args.compare_microbatch:
-        return compare_microbatch(args.compare_microbatch)
+    settings = (args.compare or []) + [f"train.microbatch={mb}" for mb in args.compare_microbatch or []]
+    if settings:
+        return compare(settings)
     peak = matmul_peak()
     print(f"float32 matmul peak (1024^2, this process): {peak / 1e9:.1f} GFLOP/s")
     base = None

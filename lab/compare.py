@@ -22,7 +22,7 @@ from lab.plots import (DPI, STEP_LABEL, STYLE, ClampWindow, _label, _load_summar
 # differences that label runs in a comparison.
 IGNORED_CONFIG_KEYS = {"out_dir", "train.progress", "train.tensorboard", "train.compile_cache", "train.resume",
                        "train.checkpoint_every", "train.keep_checkpoints", "train.xla_cpu_threads",
-                       "train.seed_axis"}
+                       "train.seed_axis", "model.fused_attention"}
 _UNSET = object()
 
 

@@ -38,6 +38,7 @@ class ModelConfig:
     attention: str = "softmax"        # softmax | linear (von Oswald et al.'s linear self-attention: no softmax)
     attn_scale: bool = True           # scores / sqrt(d_head); Reddy (2024)'s network has no scaling
     readout_hidden: Optional[int] = None  # a ReLU MLP of this width replaces the unembedding (Reddy's classifier)
+    fused_attention: bool = True      # softmax attention with a hand-written backward when no hook reads the pattern
 
 
 @dataclass

@@ -105,6 +105,7 @@ class Attention(nnx.Module):
         self.rope_base = cfg.rope_base if cfg.pos_embed == "rope" else None
         self.scale = 1 / math.sqrt(d_head) if cfg.attn_scale else 1.0
         self.linear = cfg.attention == "linear"
+        self.fused = getattr(cfg, "fused_attention", True) and not self.linear
 
     def __call__(self, x, hooks: Hooks, p: str):
         q = hooks(f"{p}.q", jnp.einsum("btd,dhe->bthe", x, self.W_Q[...]))
@@ -112,7 +113,7 @@ class Attention(nnx.Module):
         v = hooks(f"{p}.v", jnp.einsum("btd,dhe->bthe", x, self.W_V[...]))
         if self.rope_base is not None:
             q, k = rotary(q, self.rope_base), rotary(k, self.rope_base)
-        if not (self.linear or hooks.wants(f"{p}.scores") or hooks.wants(f"{p}.pattern")):
+        if self.fused and not (hooks.wants(f"{p}.scores") or hooks.wants(f"{p}.pattern")):
             hooks.seen += [f"{p}.scores", f"{p}.pattern"]
             return self._project(hooks(f"{p}.z", softmax_attention(q, k, v, self.scale)), hooks, p)
         scores = jnp.einsum("bqhe,bkhe->bhqk", q, k) * self.scale

@@ -43,7 +43,8 @@ def _read_records(path: Path, up_to: int) -> list[dict]:
 
 # Keys that may change when a run is continued (e.g. more steps, another cache location).
 RESUMABLE_CHANGES = ("train.resume", "train.steps", "train.progress", "train.tensorboard", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.compile_cache", "train.xla_cpu_threads", "out_dir")
+                     "train.keep_checkpoints", "train.compile_cache", "train.xla_cpu_threads", "model.fused_attention",
+                     "out_dir")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

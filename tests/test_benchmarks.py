@@ -14,3 +14,14 @@ def test_bench_script_runs_on_a_tiny_model():
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "seed-steps/s" in p.stdout and "MFU" in p.stdout
+
+
+def test_bench_compares_settings_in_one_process():
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--chunks", "1", *TINY,
+                        "--compare", "model.fused_attention=true", "model.fused_attention=false",
+                        "--compare-microbatch", "2"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [line for line in p.stdout.splitlines() if "steps/s median" in line]
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "model.fused_attention=true", "model.fused_attention=false", "train.microbatch=2"]

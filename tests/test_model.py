@@ -154,3 +154,17 @@ def test_fused_attention_gradient_is_the_softmax_gradient():
     # the last key influences only the last query
     g_last = jax.grad(lambda kk: softmax_attention(q, kk, v, 0.5)[:, :-1].sum())(k)
     assert np.all(np.asarray(g_last[:, -1]) == 0)
+
+
+def test_fused_attention_switch_picks_the_path_with_the_same_result():
+    """`model.fused_attention=false` trains through plain autodiff of the softmax (to compare speed
+    or rule the hand-written backward out); the loss is the same up to rounding."""
+    tokens = jax.random.randint(jax.random.key(4), (3, 12), 0, 11)
+    out = {}
+    for fused in (True, False):
+        m = tiny_model(fused_attention=fused)
+        params = m.init(jax.random.key(3))
+        f = lambda p: m.apply(p, tokens)[0].sum()
+        out[fused] = f(params), str(jax.make_jaxpr(f)(params))
+    assert "custom_vjp" in out[True][1] and "custom_vjp" not in out[False][1]
+    np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-5)
