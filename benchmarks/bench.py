@@ -86,50 +86,51 @@ def peak_memory() -> str:
     return f"host RSS peak {host:.0f} MiB"
 
 
+class TimedTrainer:
+    """A trainer's chunk function for one config, compiled by its first call; `steps_per_s` times
+    further chunks, each starting at the step where the last one ended."""
+
+    def __init__(self, overrides: list[str]):
+        self.cfg = lab.load_config(overrides + ["train.progress=false"])
+        self.trainer = Trainer(self.cfg)
+        self.state = self.trainer.init_state()
+        self.fn = self.trainer.chunk_fn(self.cfg.train.log_every)
+        self.chunks_run = 0
+        t = time.perf_counter()
+        self._run(1)
+        self.compile_s = time.perf_counter() - t
+
+    def _run(self, n_chunks: int) -> None:
+        for _ in range(n_chunks):
+            first_step = jnp.int32(self.chunks_run * self.cfg.train.log_every)
+            self.state, out = self.fn(self.state, self.trainer.clamp_args, ({}, first_step))   # (interventions, step)
+            self.chunks_run += 1
+        jax.block_until_ready(out)
+
+    def steps_per_s(self, n_chunks: int) -> float:
+        t = time.perf_counter()
+        self._run(n_chunks)
+        return n_chunks * self.cfg.train.log_every / (time.perf_counter() - t)
+
+
 def throughput(overrides: list[str], seeds: int) -> dict:
-    cfg = lab.load_config(overrides + [f"train.seeds={seeds}", "train.progress=false"])
-    trainer = Trainer(cfg)
-    state = trainer.init_state()
-    fn = trainer.chunk_fn(cfg.train.log_every)
-    shared = lambda i: ({}, jnp.int32(i * cfg.train.log_every))   # (interventions, first step)
-    t = time.perf_counter()
-    state, out = fn(state, trainer.clamp_args, shared(0))
-    jax.block_until_ready(out)
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for i in range(args.chunks):
-        state, out = fn(state, trainer.clamp_args, shared(i + 1))
-    jax.block_until_ready(out)
-    dt = time.perf_counter() - t
-    steps = args.chunks * cfg.train.log_every
-    return {"compile_s": compile_s, "steps_per_s": steps / dt, "seed_steps_per_s": steps * seeds / dt,
-            "flops": step_flops(trainer), "trainer": trainer}
+    timed = TimedTrainer(overrides + [f"train.seeds={seeds}"])
+    rate = timed.steps_per_s(args.chunks)
+    return {"compile_s": timed.compile_s, "steps_per_s": rate, "seed_steps_per_s": rate * seeds,
+            "flops": step_flops(timed.trainer), "trainer": timed.trainer}
 
 
 def compare(settings: list[str], rounds: int = 8) -> None:
-    runs = {}
-    for setting in settings:
-        cfg = lab.load_config(list(args.overrides) + [setting, "train.progress=false"])
-        trainer = Trainer(cfg)
-        fn, n = trainer.chunk_fn(cfg.train.log_every), cfg.train.log_every
-        state, out = fn(trainer.init_state(), trainer.clamp_args, ({}, jnp.int32(0)))
-        jax.block_until_ready(out)
-        runs[setting] = [trainer, fn, n, state, []]
-    per_round = max(1, args.chunks // 2)
+    runs = {setting: TimedTrainer(list(args.overrides) + [setting]) for setting in settings}
+    rates = {setting: [] for setting in settings}
     for _ in range(rounds):
-        for r in runs.values():
-            trainer, fn, n, state, rates = r
-            t = time.perf_counter()
-            for i in range(per_round):
-                state, out = fn(state, trainer.clamp_args, ({}, jnp.int32(n * (i + 1))))
-            jax.block_until_ready(out)
-            rates.append(per_round * n / (time.perf_counter() - t))
-            r[3] = state
+        for setting, timed in runs.items():
+            rates[setting].append(timed.steps_per_s(max(1, args.chunks // 2)))
     width = max(map(len, runs))
-    for setting, r in runs.items():
-        rates = sorted(r[4])
-        print(f"{setting:{width}s}: {rates[len(rates) // 2]:6.1f} steps/s median, {rates[-1]:6.1f} best "
-              f"over {rounds} rounds | devices (seeds x batch) {devices(r[0])}")
+    for setting, timed in runs.items():
+        r = sorted(rates[setting])
+        print(f"{setting:{width}s}: {r[len(r) // 2]:6.1f} steps/s median, {r[-1]:6.1f} best "
+              f"over {rounds} rounds | devices (seeds x batch) {devices(timed.trainer)}")
 
 
 def main() -> None:

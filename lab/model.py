@@ -105,7 +105,7 @@ class Attention(nnx.Module):
         self.rope_base = cfg.rope_base if cfg.pos_embed == "rope" else None
         self.scale = 1 / math.sqrt(d_head) if cfg.attn_scale else 1.0
         self.linear = cfg.attention == "linear"
-        self.fused = getattr(cfg, "fused_attention", True) and not self.linear
+        self.fused = cfg.fused_attention and not self.linear
 
     def __call__(self, x, hooks: Hooks, p: str):
         q = hooks(f"{p}.q", jnp.einsum("btd,dhe->bthe", x, self.W_Q[...]))
