@@ -9,7 +9,8 @@ Reports, for the default config with measures on: compile time, steps/s and seed
 seeds = 1 and 8, model-FLOP utilisation (FLOPs of one training step -- forward, backward and update,
 without measures -- from XLA's compiled cost analysis, times seed-steps/s, over a float32 matmul peak
 measured in this process with the same threading), peak memory, the wall time from start to the
-detected phase change, and the 1-layer control's verdict.
+detected phase change, and the 1-layer control's verdict. The seeds values and the matmul peak are
+timed in alternating rounds (MFU per round, then the median), because a VM's speed drifts.
 """
 from __future__ import annotations
 
@@ -113,24 +114,51 @@ class TimedTrainer:
         return n_chunks * self.cfg.train.log_every / (time.perf_counter() - t)
 
 
-def throughput(overrides: list[str], seeds: int) -> dict:
-    timed = TimedTrainer(overrides + [f"train.seeds={seeds}"])
-    rate = timed.steps_per_s(args.chunks)
-    return {"compile_s": timed.compile_s, "steps_per_s": rate, "seed_steps_per_s": rate * seeds,
-            "flops": step_flops(timed.trainer), "trainer": timed.trainer}
+def alternating_rounds(runs: dict, rounds: int, chunks_per_round: int, peak_too: bool = False) -> dict:
+    """Each setting's steps/s in every round (and, with peak_too, the matmul peak timed in the same
+    round): settings take turns, so a VM whose speed drifts between minutes favours none of them."""
+    rates = {key: [] for key in runs}
+    peaks = []
+    for _ in range(rounds):
+        if peak_too:
+            peaks.append(matmul_peak())
+        for key, timed in runs.items():
+            rates[key].append(timed.steps_per_s(chunks_per_round))
+    return {"rates": rates, "peaks": peaks}
+
+
+def median(xs) -> float:
+    return float(np.median(xs))
 
 
 def compare(settings: list[str], rounds: int = 8) -> None:
     runs = {setting: TimedTrainer(list(args.overrides) + [setting]) for setting in settings}
-    rates = {setting: [] for setting in settings}
-    for _ in range(rounds):
-        for setting, timed in runs.items():
-            rates[setting].append(timed.steps_per_s(max(1, args.chunks // 2)))
+    rates = alternating_rounds(runs, rounds, max(1, args.chunks // 2))["rates"]
     width = max(map(len, runs))
     for setting, timed in runs.items():
-        r = sorted(rates[setting])
-        print(f"{setting:{width}s}: {r[len(r) // 2]:6.1f} steps/s median, {r[-1]:6.1f} best "
+        print(f"{setting:{width}s}: {median(rates[setting]):6.1f} steps/s median, {max(rates[setting]):6.1f} best "
               f"over {rounds} rounds | devices (seeds x batch) {devices(timed.trainer)}")
+
+
+def throughputs(seeds_list: list[int], rounds: int = 4) -> None:
+    """Seed-steps/s and MFU per seeds value; each round times the matmul peak and then every seeds
+    value, and MFU is taken per round (this round's rate over this round's peak)."""
+    runs = {seeds: TimedTrainer(list(args.overrides) + [f"train.seeds={seeds}"]) for seeds in seeds_list}
+    flops = {seeds: step_flops(timed.trainer) for seeds, timed in runs.items()}
+    res = alternating_rounds(runs, rounds, max(1, args.chunks // rounds), peak_too=True)
+    peaks = res["peaks"]
+    print(f"float32 matmul peak (1024^2, this process, each round): {median(peaks) / 1e9:.1f} GFLOP/s median "
+          f"({min(peaks) / 1e9:.1f}-{max(peaks) / 1e9:.1f})")
+    base = seeds_list[0]
+    for seeds, timed in runs.items():
+        rate = np.array(res["rates"][seeds])
+        mfu = flops[seeds] * rate * seeds / np.array(peaks)
+        ratio = rate * seeds / np.array(res["rates"][base]) / base
+        print(f"seeds={seeds:<3d} compile+first chunk {timed.compile_s:5.1f} s | {median(rate):7.1f} steps/s | "
+              f"{median(rate) * seeds:8.1f} seed-steps/s ({median(ratio):.2f}x seeds={base}) | "
+              f"train step {flops[seeds] / 1e9:.3f} GFLOP | MFU {median(mfu):6.1%} (best round {max(mfu):.1%}) | "
+              f"microbatch {timed.trainer.microbatch} | devices (seeds x batch) {devices(timed.trainer)}")
+    print(f"(medians over {rounds} alternating rounds of {max(1, args.chunks // rounds)} chunks each)")
 
 
 def main() -> None:
@@ -139,17 +167,7 @@ def main() -> None:
     settings = (args.compare or []) + [f"train.microbatch={mb}" for mb in args.compare_microbatch or []]
     if settings:
         return compare(settings)
-    peak = matmul_peak()
-    print(f"float32 matmul peak (1024^2, this process): {peak / 1e9:.1f} GFLOP/s")
-    base = None
-    for seeds in args.seeds:
-        r = throughput(list(args.overrides), seeds)
-        base = base or r
-        mfu = r["flops"] * r["seed_steps_per_s"] / peak
-        print(f"seeds={seeds:<3d} compile+first chunk {r['compile_s']:5.1f} s | {r['steps_per_s']:7.1f} steps/s | "
-              f"{r['seed_steps_per_s']:8.1f} seed-steps/s ({r['seed_steps_per_s'] / base['seed_steps_per_s']:.2f}x seeds=1) | "
-              f"train step {r['flops'] / 1e9:.3f} GFLOP | MFU {mfu:6.1%} | microbatch {r['trainer'].microbatch} | "
-              f"devices (seeds x batch) {devices(r['trainer'])}")
+    throughputs(args.seeds)
     print(peak_memory())
     if args.no_phase:
         return
