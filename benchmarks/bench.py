@@ -23,7 +23,8 @@ import time
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--threads", choices=["single", "multi"], default="single")
 parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
-parser.add_argument("--chunks", type=int, default=8, help="timed chunks of train.log_every steps per setting")
+parser.add_argument("--chunks", type=int, default=8, help="timed chunks of train.log_every steps per seeds value, spread over the rounds "
+                         "(--compare times chunks/2 in each of its 8 rounds)")
 parser.add_argument("--no-phase", action="store_true", help="skip the full runs (time to phase change, 1-layer control)")
 parser.add_argument("--compare", nargs="+", metavar="OVERRIDE",
                     help="only compare these settings (one override each, seeds=1), timed in alternating rounds "
