@@ -305,6 +305,11 @@ class Clamps:
     def active(self, mode: str, only: Optional[str] = None) -> list[ClampSpec]:
         return [s for s in self.specs if s.apply in MODES[mode] and (only is None or s.name == only)]
 
+    def mixes_sequences(self, mode: str, only: Optional[str] = None) -> bool:
+        """Whether the clamped forward pass of `mode` computes a sequence's activations from other
+        sequences of its batch (resampling), so that the batch cannot be split into parts."""
+        return any(s.value == "resample" for s in self.active(mode, only))
+
     def _mask(self, spec: ClampSpec, a: dict, B: int, batch_offset=0) -> jax.Array:
         parts = {"batch": jax.lax.dynamic_slice_in_dim(a["batch"], batch_offset, B), "head": a["heads"],
                  "query": a["queries"], "key": a["keys"]}

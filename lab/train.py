@@ -134,16 +134,27 @@ class Trainer:
             params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
         return {"params": params, "opt_state": opt_state, "key": key}, (loss, gnorm)
 
-    def measures(self, params, clamp_args: dict, t) -> dict:
+    def measures(self, params, clamp_args: dict, t, split: bool = False) -> dict:
         """Measures on the probe at step t, with the eval clamps applied; plus, for each
-        `apply: measure` clamp, the probe loss under that clamp alone (Singh et al.'s clamped loss)."""
+        `apply: measure` clamp, the probe loss under that clamp alone (Singh et al.'s clamped loss).
+        `split`: traced inside a chunk on a mesh whose "batch" axis has several devices, which then
+        share the probe's forward passes (`split_over_batch_devices`)."""
         if not self.cfg.measures.enabled:
             return {}
-        forward = lambda batch, names: self.clamps.forward(params, batch, clamp_args, t, "eval", cache_names=names)
+
+        def whole(batch, names, offset, mode, only=None):
+            return self.clamps.forward(params, batch, clamp_args, t, mode, only, cache_names=names, batch_offset=offset)
+
+        shared = split_over_batch_devices(whole, self.mesh.shape["batch"]) if split else whole
+
+        def clamped(batch, names, offset, mode, only=None):   # resampling mixes the sequences of a batch
+            return (whole if self.clamps.mixes_sequences(mode, only) else shared)(batch, names, offset, mode, only)
+
+        forward = lambda batch, names: clamped(batch, names, 0, "eval")
         out = self.probe_scores(self.model, params, snapshot=self.cfg.measures.attention_snapshots, forward=forward)
         task = self.task
         for name in dict.fromkeys(s.name for s in self.clamps.active("measure")):
-            logits, _ = self.clamps.forward(params, self.probe, clamp_args, t, "measure", only=name)
+            logits, _ = clamped(self.probe, (), 0, "measure", name)
             loss, acc = task.main_scores(logits, self.probe)
             out[f"{task.main_metric}_clamped_{name}"], out[f"{task.main_accuracy}_clamped_{name}"] = loss, acc
         return out
@@ -158,8 +169,9 @@ class Trainer:
         (state, clamp_args), (interventions, step0) = per_seed, shared
         step = lambda s, i: self.train_step(s, clamp_args, interventions, step0 + i)
         state, (losses, gnorms) = jax.lax.scan(step, state, jnp.arange(n_steps))
+        split = self.mesh is not None and self.mesh.shape["batch"] > 1
         return state, {"train_loss": losses, "grad_norm": gnorms,
-                       **self.measures(state["params"], clamp_args, step0 + n_steps)}
+                       **self.measures(state["params"], clamp_args, step0 + n_steps, split)}
 
     # ---- compiled programs ----
     def over_seeds(self, fn):
@@ -313,6 +325,25 @@ class Trainer:
     # ---- results ----
     def metrics(self) -> dict[str, np.ndarray]:
         return records_to_arrays(self.records)
+
+
+def split_over_batch_devices(forward, n_devices: int):
+    """`forward(batch, names, batch_offset, *args) -> (logits, cache)`, each device on the mesh's
+    "batch" axis running it on its 1/n of the batch (with that share's offset, for clamps' batch
+    masks) and the shares gathered back: otherwise every device would repeat the whole pass on its
+    copy of the parameters. Outputs shaped as for the whole batch are gathered; outputs that do not
+    depend on the batch size (e.g. `pos_embed`) are returned as they are."""
+    def split(batch, names, batch_offset=0, *args):
+        B = jax.tree.leaves(batch)[0].shape[0]
+        if B % n_devices:
+            return forward(batch, names, batch_offset, *args)
+        share = B // n_devices
+        offset = jax.lax.axis_index("batch") * share
+        local = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, offset, share), batch)
+        whole = jax.eval_shape(lambda: forward(batch, names, batch_offset, *args))
+        gather = lambda x, w: jax.lax.all_gather(x, "batch", axis=0, tiled=True) if x.shape != w.shape else x
+        return jax.tree.map(gather, forward(local, names, batch_offset + offset, *args), whole)
+    return split
 
 
 def records_to_arrays(records: list[dict]) -> dict[str, np.ndarray]:

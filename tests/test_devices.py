@@ -12,12 +12,13 @@ import lab
 
 SCRIPT = """
 import json, sys, numpy as np, lab
+KEYS = ("train_loss", "induction", "loss_by_pos")
 out = {}
 for name, extra in json.loads(sys.argv[1]).items():
     res = lab.run(lab.load_config(extra))
     mesh = res.trainer.mesh
-    out[name] = {"mesh": None if mesh is None else dict(mesh.shape), "train_loss": np.asarray(res.metrics["train_loss"]).tolist(),
-                 "induction": np.asarray(res.metrics["induction"]).tolist(),
+    out[name] = {"mesh": None if mesh is None else dict(mesh.shape),
+                 **{k: np.asarray(v).tolist() for k, v in res.metrics.items() if k in KEYS or "_clamped_" in k},
                  "W_E": [np.asarray(res.seed_params(i)["W_E"]).tolist() for i in range(len(res.trainer.seeds))]}
 print("RESULT" + json.dumps(out))
 """
@@ -25,20 +26,27 @@ print("RESULT" + json.dumps(out))
 
 def test_two_devices_give_the_one_device_results(tiny_overrides):
     runs = {"seeds": tiny_overrides + ["train.seeds=2", "train.seed=3"],
-            "microbatches": tiny_overrides + ["train.batch_size=8", "train.microbatch=4"]}
+            "microbatches": tiny_overrides + ["train.batch_size=8", "train.microbatch=4"],
+            # the probe's forward passes are split over the devices: a clamp on probe item 5 (second
+            # device's share) and a resampling clamp (which needs the whole probe) see the same probe
+            "clamped measures": tiny_overrides + [
+                "train.batch_size=8", "train.microbatch=4",
+                "+clamps.z={site: blocks.0.resid_post, value: zero, apply: measure, batch: [5]}",
+                "+clamps.r={site: blocks.0.resid_post, value: resample, apply: measure}"]}
     env = {**os.environ, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=2"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(runs)], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout.split("RESULT")[-1])
     assert two["seeds"]["mesh"] == {"seeds": 2, "batch": 1}
-    assert two["microbatches"]["mesh"] == {"seeds": 1, "batch": 2}
+    assert two["microbatches"]["mesh"] == two["clamped measures"]["mesh"] == {"seeds": 1, "batch": 2}
+    assert {"loss_repeat_clamped_z", "loss_repeat_clamped_r"} <= set(two["clamped measures"])
     assert len(jax.devices()) == 1
     for name, overrides in runs.items():
         one = lab.run(lab.load_config(overrides))
         assert one.trainer.mesh is None
-        for key in ("train_loss", "induction"):
-            np.testing.assert_allclose(two[name][key], np.asarray(one.metrics[key]), rtol=2e-5, atol=1e-6)
+        for key in set(two[name]) - {"mesh", "W_E"}:
+            np.testing.assert_allclose(two[name][key], np.asarray(one.metrics[key]), rtol=2e-5, atol=1e-6, err_msg=key)
         for i in range(len(one.trainer.seeds)):
             np.testing.assert_allclose(two[name]["W_E"][i], one.seed_params(i)["W_E"], rtol=2e-5, atol=1e-6)
     seed_losses = np.asarray(two["seeds"]["train_loss"])
