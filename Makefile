@@ -18,11 +18,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/lab-train $(ARGS)
 
+# One pytest worker per core (at most 4: each holds its own JAX); a file's tests stay on one worker,
+# so module fixtures are built once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m ""
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile -m ""
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
