@@ -20,11 +20,13 @@ run: $(STAMP)
 
 # One pytest worker per core (at most 4: each holds its own JAX); a file's tests stay on one worker,
 # so module fixtures are built once.
+PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+	$(PYTEST)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile -m ""
+	$(PYTEST) -m ""
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)

@@ -102,7 +102,7 @@ class Trainer:
         B, mb = self.cfg.train.batch_size, self.microbatch
         if mb >= B:
             return value_and_grad(params, batch, clamp_args, interventions, t)
-        n_parts, n_dev = B // mb, self.mesh.shape["batch"] if self.mesh else 1
+        n_parts, n_dev = B // mb, self.batch_devices
         parts = jax.tree.map(lambda x: x.reshape(n_parts, mb, *x.shape[1:]), batch)
         offsets = jnp.arange(0, B, mb)
         if n_dev > 1:   # this device's microbatches
@@ -145,7 +145,7 @@ class Trainer:
         def whole(batch, names, offset, mode, only=None):
             return self.clamps.forward(params, batch, clamp_args, t, mode, only, cache_names=names, batch_offset=offset)
 
-        shared = split_over_batch_devices(whole, self.mesh.shape["batch"]) if split else whole
+        shared = split_over_batch_devices(whole, self.batch_devices) if split else whole
 
         def clamped(batch, names, offset, mode, only=None):   # resampling mixes the sequences of a batch
             return (whole if self.clamps.mixes_sequences(mode, only) else shared)(batch, names, offset, mode, only)
@@ -169,9 +169,8 @@ class Trainer:
         (state, clamp_args), (interventions, step0) = per_seed, shared
         step = lambda s, i: self.train_step(s, clamp_args, interventions, step0 + i)
         state, (losses, gnorms) = jax.lax.scan(step, state, jnp.arange(n_steps))
-        split = self.mesh is not None and self.mesh.shape["batch"] > 1
         return state, {"train_loss": losses, "grad_norm": gnorms,
-                       **self.measures(state["params"], clamp_args, step0 + n_steps, split)}
+                       **self.measures(state["params"], clamp_args, step0 + n_steps, self.batch_devices > 1)}
 
     # ---- compiled programs ----
     def over_seeds(self, fn):
@@ -197,6 +196,11 @@ class Trainer:
         if n_seeds * n_batch == 1:
             return None
         return Mesh(np.array(devices[:n_seeds * n_batch]).reshape(n_seeds, n_batch), ("seeds", "batch"))
+
+    @property
+    def batch_devices(self) -> int:
+        """Devices that share each seed's batch (the mesh's "batch" axis)."""
+        return self.mesh.shape["batch"] if self.mesh is not None else 1
 
     def chunk_fn(self, n_steps: int):
         """(state[S], clamp_args[S], (interventions, step0)) -> (state[S], outputs[S]); one compile
@@ -333,7 +337,7 @@ def split_over_batch_devices(forward, n_devices: int):
     masks) and the shares gathered back: otherwise every device would repeat the whole pass on its
     copy of the parameters. Outputs shaped as for the whole batch are gathered; outputs that do not
     depend on the batch size (e.g. `pos_embed`) are returned as they are."""
-    def split(batch, names, batch_offset=0, *args):
+    def split(batch, names, batch_offset, *args):
         B = jax.tree.leaves(batch)[0].shape[0]
         if B % n_devices:
             return forward(batch, names, batch_offset, *args)
