@@ -112,9 +112,10 @@ softmax_attention.defvjp(_attention_fwd, _attention_bwd)
 @jax.custom_vjp
 def dense(x, w):
     """x @ w over the last axis of x, for w of shape (K, N), with the weight gradient x^T g written
-    as a row-major product. From autodiff, XLA:CPU received it as a product contracting x's first
-    axis, which YNNPACK does not take, and ran it in a slower fallback (the unembedding's: 169 against
-    75 us per microbatch on one core)."""
+    as a row-major product; every weight product of the model outside the attention's per-head
+    projections goes through it. From autodiff, XLA:CPU received x^T g as a product contracting x's
+    first axis, which YNNPACK does not take, and ran it in a slower fallback (the unembedding's: 169
+    against 75 us per microbatch on one core)."""
     return x @ w
 
 
@@ -180,9 +181,9 @@ class MLP(nnx.Module):
         self.W_out, self.b_out = _normal(rngs, (M, D), s), nnx.Param(jnp.zeros(D))
 
     def __call__(self, x, hooks: Hooks, p: str):
-        pre = hooks(f"{p}.pre", x @ self.W_in[...] + self.b_in[...])
+        pre = hooks(f"{p}.pre", dense(x, self.W_in[...]) + self.b_in[...])
         post = hooks(f"{p}.post", jax.nn.gelu(pre))
-        return hooks(f"{p}.out", post @ self.W_out[...] + self.b_out[...])
+        return hooks(f"{p}.out", dense(post, self.W_out[...]) + self.b_out[...])
 
 
 class Block(nnx.Module):
@@ -210,8 +211,8 @@ class Readout(nnx.Module):
         self.W_2, self.b_2 = _normal(rngs, (hidden, n_out), s), nnx.Param(jnp.zeros(n_out))
 
     def __call__(self, x, hooks: Hooks):
-        h = hooks("readout.post", jax.nn.relu(x @ self.W_1[...] + self.b_1[...]))
-        return h @ self.W_2[...] + self.b_2[...]
+        h = hooks("readout.post", jax.nn.relu(dense(x, self.W_1[...]) + self.b_1[...]))
+        return dense(h, self.W_2[...]) + self.b_2[...]
 
 
 class Transformer(nnx.Module):
@@ -237,7 +238,7 @@ class Transformer(nnx.Module):
         T = tokens.shape[1]
         x = self.W_E[...][tokens]
         if features is not None:
-            x = x + features @ self.W_F[...]
+            x = x + dense(features, self.W_F[...])
         x = hooks("embed", x)
         if self.pos_kind == "learned":
             x = x + hooks("pos_embed", self.W_pos[...][:T])[None]
