@@ -22,10 +22,13 @@ run: $(STAMP)
 # so module fixtures are built once.
 PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
+# lint-imports: the layers of lab/ (ARCHITECTURE.md), in a second, before the tests
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(PYTEST)
 
 test-all: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(PYTEST) -m ""
 
 bench: $(STAMP)
@@ -34,13 +37,12 @@ bench: $(STAMP)
 bench-sweep: $(STAMP)
 	$(BIN)/python benchmarks/sweep_bench.py $(ARGS)
 
-# Reproduce the seed papers' findings (experiments/README.md): each writes experiments/out/<name>/
+# Reproduce the seed papers' findings (experiments/README.md): every script in experiments/ (found there,
+# in the order of their ORDER constants; `python -m experiments --list`) writes experiments/out/<name>/
 # (figures, runs, verdict.json); then the README's table is regenerated from the verdicts.
 # ARGS=--full for the papers' scale, ARGS=--smoke to check the scripts in seconds.
-EXPERIMENTS := olsson_layers singh_subcircuits reddy_data bi_induct_copy von_oswald_gd edelman_markov
 experiments: $(STAMP)
-	@for e in $(EXPERIMENTS); do $(BIN)/python -m experiments.$$e $(ARGS) || exit $$?; done
-	$(BIN)/python -m experiments.report
+	$(BIN)/python -m experiments $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

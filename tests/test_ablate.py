@@ -17,9 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lab.ablate import ablate, load_run, main, n_per_layer
-from lab.measures import repeat_loss_and_accuracy
-from lab.runner import load_config, run
+from lab.analysis.ablation import ablate, n_per_layer
+from lab.app.ablate import main
+from lab.train.restore import load_run
+from lab.measures.losses import repeat_loss_and_accuracy
+from lab.app.run import run
+from lab.config.compose import load_config
 
 from conftest import TINY
 
@@ -51,7 +54,7 @@ def result(cli_out):
 
 @pytest.fixture(scope="module")
 def loaded(run_dir):
-    return load_run(run_dir)   # (cfg, trainer, step, params)
+    return load_run(run_dir)   # a LoadedRun: cfg, task, model, seeds, step, params
 
 
 def _forward(trainer, size=16):
@@ -80,7 +83,7 @@ def test_n_per_layer():
 
 
 def test_no_ablation_is_the_plain_forward_pass(loaded, result):
-    _, trainer, step, params = loaded
+    trainer, step, params = loaded, loaded.step, loaded.params   # a LoadedRun has task, model, seeds
     assert step == result["step"] == 40 and result["seeds"] == [5, 6]
     forward = _forward(trainer)
     for i, s in enumerate(trainer.seeds):
@@ -90,7 +93,7 @@ def test_no_ablation_is_the_plain_forward_pass(loaded, result):
 
 
 def test_zero_ablating_every_head_equals_zero_W_O(run_dir, loaded):
-    _, trainer, _, params = loaded
+    trainer, params = loaded, loaded.params
     r = ablate(run_dir, kind="zero", top_percent=100.0, eval_size=16, draws=3)   # top = every head
     forward = _forward(trainer)
     for i, s in enumerate(trainer.seeds):
@@ -157,7 +160,7 @@ def test_cli_refuses_a_directory_without_checkpoint(run_dir, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(run_dir / "config.yaml", bare / "config.yaml")
-    p = subprocess.run([sys.executable, "-m", "lab.ablate", str(bare)], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "lab.app.ablate", str(bare)], capture_output=True, text=True)
     assert p.returncode == 2, p.stderr
     assert p.stderr.startswith("error: ") and "no checkpoint" in p.stderr and p.stderr.count("\n") == 1
     assert not (bare / "checkpoints").exists() and not (bare / "ablation").exists()

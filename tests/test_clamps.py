@@ -10,8 +10,11 @@ import pytest
 from omegaconf import OmegaConf
 
 import lab
-from lab.clamps import Clamps, copy_logits, prev_token_pattern, schedule_strength
-from lab.config import ClampConfig, ConfigError
+from lab.clamps.clamp_set import Clamps
+from lab.clamps.schedules import schedule_strength
+from lab.clamps.values import copy_logits, prev_token_pattern
+from lab.config.schema import ClampConfig
+from lab.core import ConfigError
 from lab.tasks import TokenBatch
 
 
@@ -54,7 +57,7 @@ def tiny_setup(clamps: dict, overrides=(), batch_size=1, probe=None):
     from lab.tasks.induction import InductionTask
     task = InductionTask(seq_len=7, vocab_size=5, bos=True, min_repeat_len=2, max_repeat_len=3, n_repeats=None,
                          probe_size=4, probe_seed=0)
-    from lab.config import ModelConfig
+    from lab.config.schema import ModelConfig
     mcfg = OmegaConf.structured(ModelConfig(n_layers=2, n_heads=2, d_model=8, init_std=0.5))
     model = Model(mcfg, task.model_vocab_size, task.seq_len)
     probe = probe or task.probe()
@@ -180,7 +183,7 @@ def test_graft_from_a_checkpoint(tiny_overrides, tmp_path):
     # heads chosen from the source checkpoint's measures
     auto = lab.Trainer(lab.load_config(tiny_overrides + [
         f"+clamps.a={{site: blocks.0.attn.pattern, value: prev_token, heads: auto, source: '{tmp_path / 'src'}'}}"]))
-    from lab.clamps import AutoHeads
+    from lab.train.callbacks import AutoHeads
     AutoHeads().on_start(auto)
     scores = auto.probe_scores(src.model, src.seed_params(0))["prev_token_corrected"][0]
     assert auto.clamps.auto["a"]["heads_per_seed"] == [[int(np.argmax(scores))]]
@@ -191,7 +194,7 @@ def test_graft_from_a_checkpoint(tiny_overrides, tmp_path):
 
 
 def test_window_switches_on_mid_run_without_recompiling(tiny_overrides):
-    from lab.callbacks import Callback
+    from lab.train.callbacks import Callback
     base = lab.run(lab.load_config(tiny_overrides), plots=False)
     cfg = lab.load_config(tiny_overrides + ["clamp=perfect_prev_token", "clamps.prev_token.start=20"])
 
@@ -255,13 +258,13 @@ def test_bad_clamps_fail_at_startup(tiny_overrides, spec, message):
 
 
 def test_cli_mistyped_clamp_key_suggests_the_right_one(tiny_overrides):
-    p = subprocess.run([sys.executable, "-m", "lab.train", *tiny_overrides, "clamp=perfect_prev_token",
+    p = subprocess.run([sys.executable, "-m", "lab", *tiny_overrides, "clamp=perfect_prev_token",
                         "clamps.prev_token.haeds=[1]"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "did you mean 'clamps.prev_token.heads'?" in p.stderr
 
 
 def test_cli_bad_clamp_is_one_line(tmp_path, tiny_overrides):
-    cmd = [sys.executable, "-m", "lab.train", *tiny_overrides, f"hydra.run.dir={tmp_path}",
+    cmd = [sys.executable, "-m", "lab", *tiny_overrides, f"hydra.run.dir={tmp_path}",
            "+clamps.c={site: blocks.0.attn.pattern, value: prev_token, heads: [9]}"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
@@ -276,3 +279,9 @@ def test_seed_axis_equals_separate_runs_with_a_clamp(tiny_overrides):
     for i, single in enumerate(singles):
         for key in ("train_loss", "loss_repeat", "prev_token"):
             np.testing.assert_allclose(both.metrics[key][:, i], single.metrics[key][:, 0], rtol=2e-5, atol=1e-6)
+
+
+def test_grad_refusal_names_the_value_kinds_that_allow_it():
+    # the list comes from the registry (lab/clamps/values.py): a new kind with grad=True joins it
+    with pytest.raises(ConfigError, match=r"clamps.z.grad=True: only mean, preserve and resample values are computed"):
+        tiny_setup({"z": {"site": "blocks.0.attn.z", "value": "zero", "grad": True}})

@@ -51,3 +51,14 @@ def test_two_devices_give_the_one_device_results(tiny_overrides):
             np.testing.assert_allclose(two[name]["W_E"][i], one.seed_params(i)["W_E"], rtol=2e-5, atol=1e-6)
     seed_losses = np.asarray(two["seeds"]["train_loss"])
     assert not np.allclose(seed_losses[:, 0], seed_losses[:, 1])   # two different seeds, not one twice
+
+
+def test_lab_train_makes_one_xla_device_per_core(tmp_path, tiny_overrides):
+    """lab-train sets XLA's flags from train.xla_cpu_threads after composing the config, which imports
+    JAX: the flags must still reach XLA (it reads them when its backend starts, not at import)."""
+    from lab.train.runtime import usable_cores
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}   # conftest's single-device flags
+    p = subprocess.run([sys.executable, "-m", "lab", *tiny_overrides, "train.steps=10", "train.seeds=2",
+                        f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"{usable_cores()} XLA cpu device(s)" in (tmp_path / "train.log").read_text()

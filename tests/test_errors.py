@@ -42,7 +42,7 @@ def results(tmp_path_factory):
         overrides = [o.replace("{tmp}", str(tmp)) for o in case[0]]
         if not any(o.startswith("hydra.run.dir") for o in overrides):
             overrides.append(f"hydra.run.dir={tmp}/run{CASES.index(case)}")
-        return subprocess.run([sys.executable, "-m", "lab.train", *TINY, *overrides],
+        return subprocess.run([sys.executable, "-m", "lab", *TINY, *overrides],
                               capture_output=True, text=True, timeout=300)
     with ThreadPoolExecutor(4) as pool:
         return dict(zip(range(len(CASES)), pool.map(run, CASES))), tmp
@@ -62,14 +62,14 @@ def test_bad_input_fails_in_one_line(results, i):
 @pytest.mark.parametrize("argv", [["--cfg", "hydra", "train=tiny"], ["--info", "defaults", "train=tiny"],
                                   ["-m", "train.seed=0,1", "hydra/launcher=joblib"], ["-c", "job"]])
 def test_precheck_passes_hydra_flags(argv, tmp_path):
-    from lab.cli import CONFIG_DIR
-    from lab.safety import precheck
+    from lab.config.compose import CONFIG_DIR
+    from lab.app.safety import precheck
     precheck(CONFIG_DIR, argv + [f"hydra.run.dir={tmp_path}/r", f"hydra.sweep.dir={tmp_path}/s"])
 
 
 def test_allowlist_unit():
-    from lab.config import ConfigError
-    from lab.safety import check_targets, register_target
+    from lab.core import ConfigError
+    from lab.app.safety import check_targets, register_target
     check_targets({"hydra": {"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}}})
     with pytest.raises(ConfigError, match="x.y._target_='builtins.eval' is not allowed"):
         check_targets({"x": {"y": {"_target_": "builtins.eval"}}})

@@ -10,10 +10,10 @@ from conftest import TINY
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
 def test_multirun_on_each_launcher(launcher, tmp_path):
-    from lab.sweep import collect
+    from lab.analysis.sweep import collect
     sweep = tmp_path / "sweep"
     # job 0 trains, job 1 diverges (SGD at lr 1e30); each job holds two seeds
-    cmd = [sys.executable, "-m", "lab.train", "-m", *TINY, "optim=sgd", "optim.lr=0.1,1e30", "train.seeds=2",
+    cmd = [sys.executable, "-m", "lab", "-m", *TINY, "optim=sgd", "optim.lr=0.1,1e30", "train.seeds=2",
            f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -25,7 +25,7 @@ def test_multirun_on_each_launcher(launcher, tmp_path):
     assert len(failed) == 2 and all("non-finite" in r["error"] for r in failed)
     assert all(float(r["optim.lr"]) == 0.1 for r in ok)
     if launcher == "basic":   # lab-plot on a sweep directory also writes the sweep report
-        p = subprocess.run([sys.executable, "-c", "from lab.cli import plot_main; plot_main()", str(sweep)],
+        p = subprocess.run([sys.executable, "-c", "from lab.app.cli import plot_main; plot_main()", str(sweep)],
                            capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-2000:]
         assert (sweep / "report" / "report.html").stat().st_size > 10_000

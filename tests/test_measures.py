@@ -2,7 +2,8 @@
 import jax.numpy as jnp
 import numpy as np
 
-from lab.measures import copying_score, icl_positions, icl_score, induction_score, prev_token_scores
+from lab.measures.heads import copying_score, induction_score, prev_token_scores
+from lab.measures.losses import icl_positions, icl_score
 from lab.tasks import TokenBatch
 
 T = 8

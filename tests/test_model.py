@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from lab.config import ModelConfig
-from lab.hooks import Intervention, UnknownHookError
+from lab.config.schema import ModelConfig
+from lab.model.hooks import Intervention, UnknownHookError
 from lab.model import Model
 
 
@@ -140,7 +140,7 @@ def test_fused_attention_matches_the_hooked_path(kw):
 def test_fused_attention_gradient_is_the_softmax_gradient():
     """The hand-written backward pass against autodiff of the textbook formula, and causal: a key
     gets no gradient from earlier queries."""
-    from lab.model import causal_mask, softmax_attention
+    from lab.model.kernels import causal_mask, softmax_attention
     q, k, v, w = (jax.random.normal(jax.random.key(i), (2, 7, 3, 4)) for i in range(4))
 
     def textbook(q, k, v):
@@ -159,7 +159,7 @@ def test_fused_attention_gradient_is_the_softmax_gradient():
 def test_dense_gradient_is_the_matmul_gradient():
     """`dense` (the unembedding and the output projection) writes its weight gradient by hand so
     that XLA:CPU runs it as a row-major product; values and both gradients are x @ w's."""
-    from lab.model import dense
+    from lab.model.kernels import dense
     x = jax.random.normal(jax.random.key(0), (3, 5, 4))
     w = jax.random.normal(jax.random.key(1), (4, 6))
     g = jax.random.normal(jax.random.key(2), (3, 5, 6))

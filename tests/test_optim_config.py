@@ -1,8 +1,10 @@
 import pytest
 from omegaconf import OmegaConf
 
-from lab.config import ConfigError, OptimConfig, check_override_keys
-from lab.optim import make_schedule
+from lab.config.compose import check_override_keys
+from lab.config.schema import OptimConfig
+from lab.core import ConfigError
+from lab.train.optim import make_schedule
 
 
 def schedule(**kw):

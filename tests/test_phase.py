@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lab import phase
+from lab.analysis import phase
 
 STEPS = np.arange(0, 5001, 50)
 

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # fake_run and lab, with no shared conftest or install
 
 from fake_run import make_fake_run  # noqa: E402
-from lab.plots import FIGURES, _transition, load_metrics, plot_run  # noqa: E402
+from lab.plots.run import FIGURES, plot_run  # noqa: E402
+from lab.plots.transition import phase_transition  # noqa: E402
+from lab.rundir import load_metrics, load_run_config  # noqa: E402
 
 SMALL = dict(steps=12, T=16)
 
@@ -51,7 +54,7 @@ def test_without_phase_info_or_attention(tmp_path):
 def test_no_phase_change_detected_is_reported(tmp_path):
     run = make_fake_run(tmp_path / "run", detected=False, **SMALL)
     summary = json.loads((run / "summary.json").read_text())
-    assert _transition(summary).describe().startswith("no phase change detected")
+    assert phase_transition(summary).describe().startswith("no phase change detected")
     _check_written(plot_run(run, figures=["loss"]), run / "plots", ["loss"])
 
 
@@ -60,10 +63,10 @@ def test_phase_summary_text():
     summary = {"phase": {"loss_repeat": {"per_seed": per_seed + [{"detected": False, "reason": "flat"}],
                                          "aggregate": {"n_detected": 2, "n_seeds": 3, "midpoint_mean": 1100.0,
                                                        "midpoint_std": 100.0}}}}
-    tr = _transition(summary)
+    tr = phase_transition(summary)
     assert tr.describe() == "phase change at step 1100 ± 100 (2/3 seeds)"
     assert (tr.onset, tr.end) == (1000.0, 1200.0)  # from per-seed values where the aggregate lacks them
-    assert _transition({}) is None
+    assert phase_transition({}) is None
 
 
 def test_unknown_figure_name_is_rejected(tmp_path):
@@ -118,7 +121,7 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
 
 
 def test_lab_plot_cli_on_a_run_and_a_multirun_dir(tmp_path, capsys):
-    from lab.cli import plot_main
+    from lab.app.cli import plot_main
     for job in ("0", "1"):
         make_fake_run(tmp_path / "sweep" / job, seeds=1, steps=12)
     with pytest.raises(SystemExit) as exit_:
@@ -134,9 +137,9 @@ def test_lab_plot_cli_on_a_run_and_a_multirun_dir(tmp_path, capsys):
 # ----------------------------------------------------------------------------- clamps
 
 from fake_run import LOG_EVERY, clamp  # noqa: E402
-from lab import plots  # noqa: E402
-from lab.compare import config_differences, plot_compare  # noqa: E402
-from lab.plots import clamp_windows  # noqa: E402
+from lab.plots import run as plots  # noqa: E402
+from lab.plots.compare import config_differences, plot_compare  # noqa: E402
+from lab.plots.clamp_windows import clamp_windows  # noqa: E402
 
 CLAMPS = {
     "prev_token": clamp(stop=400),                                                 # trains, 0–400
@@ -183,7 +186,7 @@ def captured(monkeypatch):
         figs[Path(path).stem] = fig
         return path
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots, "save_figure", keep)
     yield figs
     for fig in figs.values():
         plots.plt.close(fig)
@@ -206,7 +209,7 @@ def test_clamp_windows_are_shaded(tmp_path, captured):
         axes = [ax for ax in fig.axes if ax.get_visible() and ax.lines]
         for ax in axes:
             if not _clamp_patches(ax, "prev_token"):   # the ICL score's twin axis holds no bands
-                assert ax.get_ylabel() == plots._label("icl_score"), name
+                assert ax.get_ylabel() == plots.metric_label("icl_score"), name
                 continue
             assert _x_extent(_clamp_patches(ax, "prev_token")) == (0, 400)
             eval_band = _clamp_patches(ax, "ind_eval")
@@ -235,9 +238,9 @@ def test_runs_without_clamps_look_as_before(tmp_path):
     for variant, kwargs in (("old", dict(with_config=False)), ("nokey", {}), ("empty", dict(clamps={}))):
         run = make_fake_run(tmp_path / variant / "run", **SMALL, **kwargs)
         if variant == "nokey":
-            config = plots.load_config(run)
+            config = load_run_config(run)
             del config["clamps"]
-            (run / "config.yaml").write_text(plots.yaml.safe_dump(config))
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
         drawn[variant] = {p.name: p.read_bytes() for p in plot_run(run, figures=figures)}
     assert drawn["old"] == drawn["nokey"] == drawn["empty"]
 
@@ -299,7 +302,7 @@ def test_compare_labels_from_config_differences(tmp_path):
 
 
 def test_lab_plot_compare_cli(tmp_path, capsys, monkeypatch):
-    from lab.cli import plot_main
+    from lab.app.cli import plot_main
     for job in ("0", "1"):
         make_fake_run(tmp_path / "sweep" / job, seeds=1, steps=8, T=16, with_attention=False,
                       config={"optim.lr": [1e-3, 3e-3][int(job)]})

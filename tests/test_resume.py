@@ -10,7 +10,7 @@ import numpy as np
 
 import lab
 
-LAB_TRAIN = [sys.executable, "-m", "lab.train"]
+LAB_TRAIN = [sys.executable, "-m", "lab"]
 
 
 def records(run_dir):
@@ -75,7 +75,7 @@ def test_nonfinite_updates_can_be_skipped(tiny_overrides, tmp_path):
     run fails at step 26; a whole chunk of non-finite updates fails even with skip."""
     import jax
     import pytest
-    from lab.train import TrainingDiverged
+    from lab.core import TrainingDiverged
 
     poison = "+clamps.nan={site: logits, value: scale, factor: nan, start: %d, stop: %d}"
     r = lab.run(lab.load_config(tiny_overrides + ["train.on_nonfinite=skip", poison % (25, 27)]),

@@ -17,7 +17,9 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # fake_run and lab, with no shared conftest or install
 
 from fake_run import make_fake_job  # noqa: E402
-from lab.sweep import collect, main, write_report  # noqa: E402
+from lab.analysis.sweep import collect
+from lab.app.sweep import main
+from lab.plots.report import write_report  # noqa: E402
 
 SMALL = dict(steps=12, T=16, layers=1, heads=2, with_attention=False)
 VOCABS, LAYERS = (12, 16), (1, 2)

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lab.config import ConfigError, validate
-from lab.measures import induction_score
-from lab.runner import load_config
+from lab.config.compose import validate
+from lab.core import ConfigError
+from lab.measures.heads import induction_score
+from lab.config.compose import load_config
 from lab.tasks.copy_snippets import (CopyBatch, CopyTask, anti_induction_score, backward_match_score,
                                      copy_loss_and_accuracy, ideal_copy_attention, zipf_probs)
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import CACHE
-from lab.config import ConfigError, validate
-from lab.runner import load_config
+from lab.config.compose import validate
+from lab.core import ConfigError
+from lab.config.compose import load_config
 from lab.tasks.markov import (MarkovBatch, MarkovTask, bigram_predictor, kl_to_model, predictor_losses,
                               stationary_distribution, statistical_induction_keys, statistical_induction_score,
                               unigram_predictor)
@@ -148,7 +149,7 @@ def test_config_errors(override, message):
 
 
 def test_tiny_run(tmp_path):
-    from lab.runner import run
+    from lab.app.run import run
     r = run(load_config(TINY), tmp_path, plots=False)
     m = r.metrics
     for key in ("loss", "loss_markov", "acc_markov", "loss_unigram", "loss_bigram", "loss_oracle", "kl_unigram",

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lab.config import ConfigError, validate
-from lab.runner import load_config
+from lab.config.compose import validate
+from lab.core import ConfigError
+from lab.config.compose import load_config
 from lab.tasks.reddy import ReddyTask, in_context_choice
 
 from conftest import CACHE

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import lab
-from lab.config import ConfigError, validate
+from lab.config.compose import validate
+from lab.core import ConfigError
 from lab.model import Model
 from lab.tasks import regression as R
 from lab.tasks import make_task

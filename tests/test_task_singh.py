@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lab.config import ConfigError, validate
-from lab.runner import load_config, run
+from lab.config.compose import validate
+from lab.core import ConfigError
+from lab.app.run import run
+from lab.config.compose import load_config
 from lab.tasks.classification import query_label_attention
 from lab.tasks.singh import SinghTask
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import CACHE
-from lab.config import ConfigError, validate
-from lab.measures import induction_score
-from lab.runner import load_config
+from lab.config.compose import validate
+from lab.core import ConfigError
+from lab.measures.heads import induction_score
+from lab.config.compose import load_config
 from lab.tasks.triggers import (TriggerBatch, TriggersTask, bigram_oracle_losses, global_model,
                                 masked_loss_and_accuracy, previous_occurrence)
 
@@ -141,7 +142,7 @@ def test_config_errors(override, message):
 
 
 def test_tiny_run(tmp_path):
-    from lab.runner import run
+    from lab.app.run import run
     r = run(load_config(TINY), tmp_path, plots=False)
     m = r.metrics
     for key in ("loss", "loss_trigger", "acc_trigger", "loss_trigger_first", "acc_trigger_first", "loss_non_trigger",

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import lab
-from lab.config import ConfigError
+from lab.core import ConfigError
 
-LAB_TRAIN = [sys.executable, "-m", "lab.train"]
+LAB_TRAIN = [sys.executable, "-m", "lab"]
 
 
 def test_seed_axis_equals_separate_runs(tiny_overrides):
@@ -44,7 +44,7 @@ def read_tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float
 
 
 def test_metrics_shapes_run_with_cache_and_tensorboard(tiny_overrides, tmp_path):
-    from lab.callbacks import Callback
+    from lab.train.callbacks import Callback
 
     class CountLogs(Callback):
         steps: list = []
@@ -113,7 +113,7 @@ def test_cli_run_writes_outputs_then_resumes_and_replots(tmp_path, tiny_override
 
     for png in (run_dir / "plots").iterdir():
         png.unlink()
-    p = subprocess.run([sys.executable, "-c", "from lab.cli import plot_main; plot_main()", str(run_dir)],
+    p = subprocess.run([sys.executable, "-c", "from lab.app.cli import plot_main; plot_main()", str(run_dir)],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (run_dir / "plots" / "loss.png").stat().st_size > 10_000
@@ -141,7 +141,7 @@ def test_sigterm_saves_checkpoint_and_says_how_to_resume(tmp_path, tiny_override
 
 
 def test_divergence_stops_the_run_and_marks_it_failed(tiny_overrides, tmp_path):
-    from lab.train import TrainingDiverged
+    from lab.core import TrainingDiverged
     cfg = lab.load_config(tiny_overrides + ["optim=sgd", "optim.lr=1e30"])
     with pytest.raises(TrainingDiverged, match="non-finite training loss at step"):
         lab.run(cfg, tmp_path, plots=False)

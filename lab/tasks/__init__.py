@@ -8,7 +8,7 @@ import importlib
 import pkgutil
 from functools import lru_cache
 
-from lab.tasks.base import Task, masked_mean, token_losses
+from lab.tasks.base import Task
 from lab.tasks.induction import InductionTask, TokenBatch
 
 
@@ -31,4 +31,4 @@ def make_task(cfg) -> Task:
     return tasks[cfg.name].Task.from_config(cfg)
 
 
-__all__ = ["InductionTask", "Task", "TokenBatch", "make_task", "masked_mean", "registry", "token_losses"]
+__all__ = ["InductionTask", "Task", "TokenBatch", "make_task", "registry"]

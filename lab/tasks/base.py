@@ -3,10 +3,10 @@ node; the trainer, clamps, summary and plots talk to it only through this interf
 is one module in lab/tasks/ (found automatically) plus a config in configs/task/.
 
 A task module defines:
-  - `Config`: its structured-config dataclass (subclass of `lab.config.TaskConfig`), stored in Hydra's
+  - `Config`: its structured-config dataclass (subclass of `lab.config.schema.TaskConfig`), stored in Hydra's
     ConfigStore as `schema_<name>`;
   - `Task`: a subclass of `Task` below;
-  - optionally `validate(cfg)`: cross-key checks that raise `lab.config.ConfigError` with one line.
+  - optionally `validate(cfg)`: cross-key checks that raise `lab.core.ConfigError` with one line.
 
 A batch is any NamedTuple with `tokens` (B, T) int32, the ids the model embeds; tasks with continuous
 items add `features` (B, T, feature_dim), projected by the model and added to the token embedding.
@@ -17,18 +17,8 @@ import math
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
-import optax
 
-
-def token_losses(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """(B, T-1) next-token cross-entropy: position i predicts token i+1."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
-
-
-def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    mask = jnp.broadcast_to(mask, x.shape)
-    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+from lab.measures.losses import token_losses
 
 
 # forward(batch, cache_names) -> (logits, cache): the model's pass with this run's eval clamps applied

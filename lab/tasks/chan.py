@@ -48,7 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lab.config import ConfigError, TaskConfig, _positive
+from lab.config.schema import TaskConfig
+from lab.core import ConfigError, positive
 from lab.tasks.classification import (ClassBatch, ClassificationTask, build_sequence, check_layout, check_table_size,
                                       fixed_batches, fixed_exemplars, labels_in_context, query_label_attention,
                                       uniform_int, uniforms)
@@ -77,9 +78,9 @@ class Config(TaskConfig):
 
 def validate(cfg) -> None:
     t = cfg.task
-    _positive("task.n_context", t.n_context)
+    positive("task.n_context", t.n_context)
     check_layout(cfg, t.n_context)
-    _positive("task.burst_size", t.burst_size)
+    positive("task.burst_size", t.burst_size)
     if t.n_context % t.burst_size:
         raise ConfigError(f"task.n_context={t.n_context} cannot hold bursts of task.burst_size={t.burst_size} "
                           "(a bursty context holds N/B classes B times each); make n_context a multiple of burst_size")
@@ -100,8 +101,8 @@ def validate(cfg) -> None:
         raise ConfigError(f"task.p_bursty={t.p_bursty} is a probability; set it in [0, 1]")
     if t.zipf_alpha < 0:
         raise ConfigError(f"task.zipf_alpha={t.zipf_alpha} must be >= 0 (0: uniform class frequencies)")
-    _positive("task.n_exemplars", t.n_exemplars)
-    _positive("task.item_dim", t.item_dim)
+    positive("task.n_exemplars", t.n_exemplars)
+    positive("task.item_dim", t.item_dim)
     check_table_size("task.n_classes", t.n_classes + t.n_heldout, t.n_exemplars, t.item_dim)
     if t.exemplar_noise < 0:
         raise ConfigError(f"task.exemplar_noise={t.exemplar_noise} must be >= 0")

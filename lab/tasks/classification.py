@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lab.config import ConfigError
-from lab.measures import prev_token_scores
+from lab.core import ConfigError
+from lab.measures.heads import attention_measures
 from lab.tasks.base import Task
 
 
@@ -178,8 +178,11 @@ class ClassificationTask(Task):
         return {}
 
     def measures(self, model, params, probe, forward, measures_cfg, snapshot: bool) -> dict:
-        names = tuple(f"blocks.{l}.attn.pattern" for l in range(model.n_layers))
-        logits, cache = forward(probe, names)
+        logits, _, heads = attention_measures(forward, probe, model.n_layers, snapshot, {
+            "induction": lambda p: query_label_attention(p, probe)[2],
+            "tila": lambda p: query_label_attention(p, probe)[0],
+            "tla": lambda p: query_label_attention(p, probe)[1],
+            "ila": item_label_attention})
         out = {}
         out["loss_query"], out["acc_query"] = query_loss_and_accuracy(logits, probe)
         out["cla"], out["label_mass"] = context_label_measures(logits, probe, self.n_labels)
@@ -188,19 +191,7 @@ class ClassificationTask(Task):
             lg, _ = forward(batch, ())
             out[f"loss_{name}"], out[f"acc_{name}"] = query_loss_and_accuracy(lg, batch)
             out[f"cla_{name}"], out[f"label_mass_{name}"] = context_label_measures(lg, batch, self.n_labels)
-        patterns = [cache[n] for n in names]
-        per = [query_label_attention(p, probe) for p in patterns]
-        prev = [prev_token_scores(p) for p in patterns]
-        out.update({
-            "induction": jnp.stack([p[2] for p in per]),
-            "tila": jnp.stack([p[0] for p in per]),
-            "tla": jnp.stack([p[1] for p in per]),
-            "ila": jnp.stack([item_label_attention(p) for p in patterns]),
-            "prev_token": jnp.stack([p[0] for p in prev]),
-            "prev_token_corrected": jnp.stack([p[1] for p in prev]),
-        })
-        if snapshot:
-            out["attention"] = jnp.stack([p[0] for p in patterns])
+        out.update(heads)
         return out
 
     def induction_attention(self, batch: ClassBatch):

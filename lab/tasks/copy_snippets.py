@@ -9,7 +9,8 @@ P_k ∝ k^-α). K snippets are written into it as spans of width 2n+1 at random 
 As in the paper's data rewrite, the first copy S is the background already at that place (so S has
 the background's token statistics); SEP is the extra id V (BOS, if any, is V+1). n ~ U{min_len..max_len}
 per snippet; each snippet is backward with probability `backward_frac`. Starts are drawn, not laid
-out, because a fixed layout lets the model copy by position (DESIGN.md).
+out, because a fixed layout lets the model copy by position (as with a fixed repeat offset in
+lab/tasks/induction.py).
 
 Targets, with s the span start and p = s+n+1+j the j-th position of the second copy (j = 0..n-1):
   forward:  token[p] = s_j      prev_occ(p) = s+j         next token s_{j+1} at prev_occ(p) + 1
@@ -41,9 +42,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lab.config import ConfigError, TaskConfig, _choice, _positive
+from lab.config.schema import TaskConfig
+from lab.core import ConfigError, choice, positive
+from lab.measures.heads import attention_measures, copying_scores, induction_score, pattern_sites, per_head
+from lab.measures.losses import masked_mean, token_losses
 from lab.tasks.base import Task as BaseTask
-from lab.tasks.base import masked_mean, token_losses
 
 
 @dataclass
@@ -63,8 +66,8 @@ class Config(TaskConfig):
 
 def validate(cfg) -> None:
     t = cfg.task
-    _positive("task.vocab_size", t.vocab_size)
-    _choice("task.background", t.background, ("uniform", "zipf"))
+    positive("task.vocab_size", t.vocab_size)
+    choice("task.background", t.background, ("uniform", "zipf"))
     if t.zipf_alpha < 0:
         raise ConfigError(f"task.zipf_alpha={t.zipf_alpha} must be >= 0 (0 is uniform)")
     if t.min_len < 2:
@@ -139,7 +142,7 @@ def attention_to(pattern: jax.Array, key: jax.Array, mask: jax.Array) -> jax.Arr
 
 
 def anti_induction_score(pattern: jax.Array, batch: CopyBatch) -> jax.Array:
-    """Anti-induction score per head (Bi-Induct 2025; DESIGN.md): mean attention from query i to
+    """Anti-induction score per head (Bi-Induct 2025): mean attention from query i to
     prev_occ(i) - 1, the position before the previous occurrence of the current token, over backward
     second-copy positions whose next token is predictable (backward_target). In a reversed copy that
     key holds the next token, so a perfect anti-induction head scores 1. Returns (H,)."""
@@ -304,22 +307,19 @@ class CopyTask(BaseTask):
     def measures(self, model, params, probe: CopyBatch, forward, measures_cfg, snapshot: bool) -> dict:
         """Losses on the run's probe; the per-direction losses and scores on the balanced direction
         probe (the run's probe itself when backward_frac = 0.5)."""
-        from lab.measures import copying_score, induction_score, prev_token_scores
-        names = tuple(f"blocks.{l}.attn.pattern" for l in range(model.n_layers))
-        logits, cache = forward(probe, names)
-        patterns = [cache[n] for n in names]
+        logits, patterns, heads = attention_measures(forward, probe, model.n_layers, snapshot)
         losses = token_losses(logits, probe.tokens)
         if self.backward_frac == 0.5:
             dprobe, dlogits, dpatterns = probe, logits, patterns
         else:
             dprobe = self.direction_probe()
-            dlogits, dcache = forward(dprobe, names)
-            dpatterns = [dcache[n] for n in names]
+            sites = pattern_sites(model.n_layers)
+            dlogits, dcache = forward(dprobe, sites)
+            dpatterns = [dcache[s] for s in sites]
         loss_copy, acc_copy = copy_loss_and_accuracy(logits, probe.tokens, probe.copy_target)
         loss_fwd, acc_fwd = copy_loss_and_accuracy(dlogits, dprobe.tokens, dprobe.repeat_target)
         loss_bwd, acc_bwd = copy_loss_and_accuracy(dlogits, dprobe.tokens, dprobe.backward_target)
         loss_bg, _ = copy_loss_and_accuracy(logits, probe.tokens, probe.background_target)
-        prev = [prev_token_scores(p) for p in patterns]
         V = self.vocab_size   # the copying score compares the V stream tokens only (not SEP or BOS)
         stream = {**params, "W_E": params["W_E"][:V], "W_U": params["W_U"][:, :V]} if "W_U" in params else None
         out = {
@@ -329,16 +329,13 @@ class CopyTask(BaseTask):
             "loss_copy_backward": loss_bwd, "acc_copy_backward": acc_bwd,
             "loss_background": loss_bg,
             "loss_by_pos": losses.mean(0),
-            "induction": jnp.stack([induction_score(p, dprobe) for p in dpatterns]),
-            "anti_induction": jnp.stack([anti_induction_score(p, dprobe) for p in dpatterns]),
-            "backward_match": jnp.stack([backward_match_score(p, dprobe) for p in dpatterns]),
-            "prev_token": jnp.stack([p[0] for p in prev]),
-            "prev_token_corrected": jnp.stack([p[1] for p in prev]),
+            **per_head(dpatterns, {"induction": lambda p: induction_score(p, dprobe),
+                                   "anti_induction": lambda p: anti_induction_score(p, dprobe),
+                                   "backward_match": lambda p: backward_match_score(p, dprobe)}),
+            **heads,
         }
         if stream is not None:
-            out["copying"] = jnp.stack([copying_score(stream, l) for l in range(model.n_layers)])
-        if snapshot:
-            out["attention"] = jnp.stack([p[0] for p in patterns])             # (L, H, T, T), probe 0
+            out["copying"] = copying_scores(stream, model.n_layers)
         return out
 
     def snapshot_info(self, probe: CopyBatch) -> dict:

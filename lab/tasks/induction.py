@@ -4,7 +4,7 @@ Each sequence is [BOS] + uniform random tokens, in which a segment S of length n
 position `start`, is repeated `n_repeats` times back to back: tokens[start + c*n + j] = S[j]; with n_repeats null the
 segment is tiled to the end of the sequence (at least two copies). n ~ U{min_repeat_len..max_repeat_len}
 and start ~ U{first..seq_len - copies*n} are drawn per sequence, because with a fixed offset a model can copy by position instead of forming the
-previous-token + induction circuit (DESIGN.md).
+previous-token + induction circuit (Olsson et al. 2022; measured for this lab in README, "What the default experiment is").
 """
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from lab.config import ConfigError, TaskConfig, _positive
+from lab.config.schema import TaskConfig
+from lab.core import ConfigError, positive
+from lab.measures.heads import attention_measures, copying_scores, induction_score
+from lab.measures.losses import icl_positions, icl_score, repeat_loss_and_accuracy, token_losses
 from lab.tasks.base import Task as BaseTask
 
 
@@ -32,7 +35,7 @@ class Config(TaskConfig):
 
 def validate(cfg) -> None:
     t = cfg.task
-    _positive("task.vocab_size", t.vocab_size)
+    positive("task.vocab_size", t.vocab_size)
     copies = 2 if t.n_repeats is None else t.n_repeats
     if copies < 2:
         raise ConfigError(f"task.n_repeats={t.n_repeats} must be >= 2 (a segment and at least one repeat)")
@@ -117,14 +120,18 @@ class InductionTask(BaseTask):
         return jax.nn.one_hot(jnp.where(rows, target, 0), self.seq_len) * rows[..., None], rows
 
     def main_scores(self, logits, batch: TokenBatch):
-        from lab.measures import repeat_loss_and_accuracy
         return repeat_loss_and_accuracy(logits, batch)
 
     def measures(self, model, params, probe: TokenBatch, forward, measures_cfg, snapshot: bool) -> dict:
-        from lab.measures import icl_positions, probe_measures
+        logits, _, heads = attention_measures(forward, probe, model.n_layers, snapshot,
+                                              {"induction": lambda p: induction_score(p, probe)})
+        losses = token_losses(logits, probe.tokens)
+        loss_by_pos = losses.mean(0)
+        loss_rep, acc_rep = repeat_loss_and_accuracy(logits, probe)
         early, late = icl_positions(self.seq_len, measures_cfg.icl_early, measures_cfg.icl_late)
-        return probe_measures(model, params, probe, early, late, exclude_bos=self.bos, snapshot=snapshot,
-                              forward=lambda names: forward(probe, names))
+        return {"loss": losses.mean(), "loss_repeat": loss_rep, "acc_repeat": acc_rep,
+                "icl_score": icl_score(loss_by_pos, early, late), "loss_by_pos": loss_by_pos, **heads,
+                "copying": copying_scores(params, model.n_layers, exclude_last_token=self.bos)}
 
     def snapshot_info(self, probe: TokenBatch) -> dict:
         start, n = int(probe.repeat_start[0]), int(probe.repeat_len[0])

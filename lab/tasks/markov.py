@@ -39,9 +39,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lab.config import ConfigError, TaskConfig
+from lab.config.schema import TaskConfig
+from lab.core import ConfigError
+from lab.measures.heads import attention_measures, copying_scores
+from lab.measures.losses import icl_positions, icl_score, masked_mean, token_losses
 from lab.tasks.base import Task as BaseTask
-from lab.tasks.base import masked_mean, token_losses
 
 INITIAL_STATES = ("stationary", "uniform")
 
@@ -231,17 +233,14 @@ class MarkovTask(BaseTask):
         return keys / jnp.maximum(size, 1.0), size[..., 0] > 0
 
     def measures(self, model, params, probe: MarkovBatch, forward, measures_cfg, snapshot: bool) -> dict:
-        from lab.measures import copying_score, icl_positions, icl_score, prev_token_scores
-        names = tuple(f"blocks.{l}.attn.pattern" for l in range(model.n_layers))
-        logits, cache = forward(probe, names)
         k, a, tokens = self.n_states, self.dirichlet_alpha, probe.tokens
+        logits, _, heads = attention_measures(forward, probe, model.n_layers, snapshot, {
+            "induction": lambda p: statistical_induction_score(p, tokens)[1],
+            "induction_raw": lambda p: statistical_induction_score(p, tokens)[0]})
         mask = self.scored()[None]
         losses = token_losses(logits, tokens)
         loss_main, acc_main = self.main_scores(logits, probe)
         uni, bi = unigram_predictor(tokens, k, a), bigram_predictor(tokens, k, a)
-        patterns = [cache[n] for n in names]
-        prev = [prev_token_scores(p) for p in patterns]
-        ind = [statistical_induction_score(p, tokens) for p in patterns]
         early, late = icl_positions(self.seq_len, measures_cfg.icl_early, measures_cfg.icl_late)
         loss_by_pos = losses.mean(0)
         out = {
@@ -255,14 +254,9 @@ class MarkovTask(BaseTask):
             "kl_bigram": masked_mean(kl_to_model(bi, logits), mask),
             "icl_score": icl_score(loss_by_pos, early, late),
             "loss_by_pos": loss_by_pos,
-            "induction": jnp.stack([c for _, c in ind]),
-            "induction_raw": jnp.stack([r for r, _ in ind]),
-            "prev_token": jnp.stack([p[0] for p in prev]),
-            "prev_token_corrected": jnp.stack([p[1] for p in prev]),
-            "copying": jnp.stack([copying_score(params, l) for l in range(model.n_layers)]),
+            **heads,
+            "copying": copying_scores(params, model.n_layers),
         }
-        if snapshot:
-            out["attention"] = jnp.stack([p[0] for p in patterns])
         return out
 
 

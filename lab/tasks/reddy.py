@@ -42,8 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lab.config import ConfigError, TaskConfig
-from lab.tasks.base import masked_mean
+from lab.config.schema import TaskConfig
+from lab.core import ConfigError
+from lab.measures.losses import masked_mean
 from lab.tasks.classification import (ClassBatch, ClassificationTask, build_sequence, check_layout, fixed_batches,
                                       item_label_attention, labels_in_context, query_label_attention, uniform_int)
 

@@ -39,7 +39,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lab.config import ConfigError, TaskConfig, _choice, _positive
+from lab.config.schema import TaskConfig
+from lab.core import ConfigError, choice, positive
+from lab.measures.heads import attention_measures
 from lab.tasks.base import Task as BaseTask
 
 X_MOMENTS = {"uniform": (1 / 3, 1 / 5), "normal": (1.0, 3.0)}   # (E[x²], E[x⁴]) of one input coordinate
@@ -59,11 +61,11 @@ class Config(TaskConfig):
 
 def validate(cfg) -> None:
     t = cfg.task
-    _positive("task.dim", t.dim)
-    _positive("task.n_context", t.n_context)
+    positive("task.dim", t.dim)
+    positive("task.n_context", t.n_context)
     if t.noise < 0:
         raise ConfigError(f"task.noise={t.noise} must be >= 0 (the standard deviation σ of the label noise)")
-    _choice("task.x_dist", t.x_dist, tuple(X_MOMENTS))
+    choice("task.x_dist", t.x_dist, tuple(X_MOMENTS))
     if t.seq_len != t.n_context + 1:
         raise ConfigError(f"task.seq_len={t.seq_len} must equal task.n_context + 1 = {t.n_context + 1} "
                           f"(N context tokens and the query); set task.seq_len={t.n_context + 1}")
@@ -239,28 +241,20 @@ class RegressionTask(BaseTask):
 
     # ---- measures ----
     def measures(self, model, params, probe: RegressionBatch, forward, measures_cfg, snapshot: bool) -> dict:
-        from lab.measures import prev_token_scores
-        names = tuple(f"blocks.{l}.attn.pattern" for l in range(model.n_layers))
-        logits, cache = forward(probe, names)
+        logits, _, heads = attention_measures(forward, probe, model.n_layers, snapshot,
+                                              {"induction": lambda p: gd_attention_score(p, probe.features)})
         pred = self.prediction(logits)
         gd_pred = gd_prediction(probe.features, self.gd_lr)
         loss, r2 = self.main_scores(logits, probe)
-        patterns = [cache[n] for n in names]
-        prev = [prev_token_scores(p) for p in patterns]
-        out = {
+        return {
             "loss": loss,
             "loss_query": loss,
             "r2_query": r2,
             "gd_loss": half_squared_error(gd_pred, probe.target),
             "pred_distance": pred_distance(pred, gd_pred),
             "sensitivity_cosine": sensitivity_cosine(query_sensitivity(forward, probe), gd_sensitivity(probe.features)),
-            "induction": jnp.stack([gd_attention_score(p, probe.features) for p in patterns]),
-            "prev_token": jnp.stack([p[0] for p in prev]),
-            "prev_token_corrected": jnp.stack([p[1] for p in prev]),
+            **heads,
         }
-        if snapshot:
-            out["attention"] = jnp.stack([p[0] for p in patterns])     # (L, H, T, T), probe 0
-        return out
 
 
 Task = RegressionTask

@@ -53,7 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lab.config import ConfigError, TaskConfig, _positive
+from lab.config.schema import TaskConfig
+from lab.core import ConfigError, positive
 from lab.tasks.classification import (ClassBatch, ClassificationTask, build_sequence, check_layout, check_table_size,
                                       fixed_batches, fixed_exemplars, uniform_int, uniforms)
 
@@ -85,7 +86,7 @@ def _max_uses(t) -> int:
 
 def validate(cfg) -> None:
     t = cfg.task
-    _positive("task.n_context", t.n_context)
+    positive("task.n_context", t.n_context)
     check_layout(cfg, t.n_context)
     m = t.n_context_classes
     if not 2 <= m <= t.n_context:
@@ -110,7 +111,7 @@ def validate(cfg) -> None:
     for key in ("n_heldout_exemplars", "n_heldout_classes", "n_heldout_label_sets"):
         if t[key] < 0:
             raise ConfigError(f"task.{key}={t[key]} must be >= 0 (0 disables that held-out set)")
-    _positive("task.item_dim", t.item_dim)
+    positive("task.item_dim", t.item_dim)
     check_table_size("task.n_classes", t.n_classes + t.n_heldout_classes, t.n_exemplars + t.n_heldout_exemplars,
                      t.item_dim)
     if t.exemplar_noise < 0:

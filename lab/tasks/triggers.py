@@ -24,9 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lab.config import ConfigError, TaskConfig
+from lab.config.schema import TaskConfig
+from lab.core import ConfigError
+from lab.measures.heads import attention_measures, copying_scores, induction_score
+from lab.measures.losses import icl_positions, icl_score, masked_mean, token_losses
 from lab.tasks.base import Task as BaseTask
-from lab.tasks.base import masked_mean, token_losses
 
 
 @dataclass
@@ -184,9 +186,8 @@ class TriggersTask(BaseTask):
         return jax.nn.one_hot(jnp.where(rows, target, 0), self.seq_len) * rows[..., None], rows
 
     def measures(self, model, params, probe: TriggerBatch, forward, measures_cfg, snapshot: bool) -> dict:
-        from lab.measures import copying_score, icl_positions, icl_score, induction_score, prev_token_scores
-        names = tuple(f"blocks.{l}.attn.pattern" for l in range(model.n_layers))
-        logits, cache = forward(probe, names)
+        logits, _, heads = attention_measures(forward, probe, model.n_layers, snapshot,
+                                              {"induction": lambda p: induction_score(p, probe)})
         tokens = probe.tokens
         losses = token_losses(logits, tokens)
         loss_by_pos = losses.mean(0)
@@ -195,8 +196,6 @@ class TriggersTask(BaseTask):
         loss_first, acc_first = masked_loss_and_accuracy(logits, tokens, probe.first_trigger)
         loss_bg, acc_bg = masked_loss_and_accuracy(logits, tokens, non_trigger)
         bigram = jnp.asarray(self.global_model()[0], jnp.float32)
-        patterns = [cache[n] for n in names]
-        prev = [prev_token_scores(p) for p in patterns]
         early, late = icl_positions(self.seq_len, measures_cfg.icl_early, measures_cfg.icl_late)
         out = {
             "loss": losses.mean(),
@@ -209,13 +208,9 @@ class TriggersTask(BaseTask):
             "loss_non_trigger_oracle": masked_mean(bigram_oracle_losses(tokens, bigram), non_trigger[:, :-1]),
             "icl_score": icl_score(loss_by_pos, early, late),
             "loss_by_pos": loss_by_pos,
-            "induction": jnp.stack([induction_score(p, probe) for p in patterns]),
-            "prev_token": jnp.stack([p[0] for p in prev]),
-            "prev_token_corrected": jnp.stack([p[1] for p in prev]),
-            "copying": jnp.stack([copying_score(params, l) for l in range(model.n_layers)]),
+            **heads,
+            "copying": copying_scores(params, model.n_layers),
         }
-        if snapshot:
-            out["attention"] = jnp.stack([p[0] for p in patterns])
         return out
 
 

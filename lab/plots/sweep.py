@@ -1,27 +1,55 @@
-"""Figures of a sweep (`lab.sweep.Sweep`): the phase-change step against each swept parameter,
-every condition's loss curve, and grids over pairs of swept parameters."""
+"""Figures of a sweep (`lab.analysis.sweep.Sweep`), one PNG each: the phase-change step against each
+swept parameter, every condition's loss curve, and grids over pairs of swept parameters.
+`plot_sweep` draws them; the sweep report (lab/plots/report.py) shows each with its caption.
+
+To add a sweep figure, write one function here that takes the sweep and the path to write and
+returns the path, or None when the sweep lacks what it shows (a stale copy of the PNG is then
+removed); register it with `@sweep_figure("<name>", caption="<what it shows>")`. It is drawn as
+`<name>.png` after the figures above it, and report.html shows it with that caption.
+"""
 from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from lab.plots import DPI, STEP_LABEL, STYLE, SCORE_CMAP, _label, _seed_mean
-from lab.sweep import (COMPLETED, FIGURES, MAX_GROUPS, MAX_PAIRS, Sweep, _fmt, _is_number,
-                       _sort_values, condition_label)
+# lab.plots.style first: it selects the headless Agg backend before pyplot loads
+from lab.plots.style import SCORE_CMAP, STEP_LABEL, STYLE, metric_label, save_figure, seed_mean
+from lab.analysis.sweep import COMPLETED, Sweep, condition_label, fmt_value, is_number, sort_values
 
-import matplotlib.pyplot as plt  # noqa: E402  (lab.plots has chosen the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402  (after lab.plots.style: the Agg backend)
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
+MAX_GROUPS = 8            # more combinations of the other parameters than this: pool them in phase_vs_params
+MAX_PAIRS = 12            # parameter pairs drawn in phase_grid
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+@dataclass(frozen=True)
+class SweepFigure:
+    """A registered sweep figure: `draw(sweep, path)` writes `<name>.png` and returns its path, or
+    None when the sweep lacks what it shows; `caption` is its caption in report.html."""
+
+    name: str
+    caption: str
+    draw: Callable[[Sweep, Path], Path | None]
+
+
+SWEEP_FIGURES: dict[str, SweepFigure] = {}   # name -> figure, in the order plot_sweep draws them
+
+
+def sweep_figure(name: str, caption: str):
+    """Register the decorated `draw(sweep, path) -> Path | None` as the sweep figure `<name>.png`."""
+    def register(draw: Callable) -> Callable:
+        if name in SWEEP_FIGURES:
+            raise ValueError(f"sweep figure {name!r} is registered twice")
+        SWEEP_FIGURES[name] = SweepFigure(name, caption, draw)
+        return draw
+    return register
 
 
 def _colours(n: int, sequential: bool):
@@ -37,8 +65,8 @@ class _Axis:
     they span a factor of 10 or more), anything else as evenly spaced categories."""
 
     def __init__(self, values):
-        self.values = _sort_values(values)
-        self.numeric = all(_is_number(v) for v in self.values)
+        self.values = sort_values(values)
+        self.numeric = all(is_number(v) for v in self.values)
         self.log = self.numeric and min(self.values) > 0 and max(self.values) / min(self.values) >= 10
         t = [self.fwd(v) for v in self.values]
         self.span = (max(t) - min(t)) or 1.0
@@ -60,8 +88,8 @@ class _Axis:
             ax.set_xscale("log")
         ax.xaxis.set_minor_locator(NullLocator())
         ticks = [self.at(v) for v in self.values]
-        ax.set_xticks(ticks, [_fmt(v) for v in self.values],
-                      rotation=30 if sum(len(_fmt(v)) for v in self.values) > 40 else 0)
+        ax.set_xticks(ticks, [fmt_value(v) for v in self.values],
+                      rotation=30 if sum(len(fmt_value(v)) for v in self.values) > 40 else 0)
         lo, hi = self.fwd(self.values[0]), self.fwd(self.values[-1])
         pad = 0.12 * self.span if self.numeric else 0.5
         ax.set_xlim(self.inv(lo - pad), self.inv(hi + pad))
@@ -72,6 +100,11 @@ def _completed_rows(sweep: Sweep) -> list[dict]:
     return [r for r in sweep.rows if r["_category"] == COMPLETED and r[f"{sweep.phase_metric}_detected"] is not None]
 
 
+@sweep_figure("phase_vs_params",
+              caption="Phase-change step (sigmoid midpoint of the repeated-part loss) against each swept "
+                      "parameter: small dots are seeds, diamonds the mean ± std over the seeds with a phase "
+                      "change; in the grey top band, hollow markers are seeds without one and red crosses "
+                      "seeds of failed or unfinished jobs.")
 def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
     """(a) the phase-change step against each swept parameter: seeds as points, mean ± std over the
     seeds with a phase change as a line with error bars, one colour per setting of the other
@@ -94,7 +127,7 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
     for ax, p in zip(axes.flat, params):
         xaxis = _Axis([r[p] for r in rows])
         others = [q for q in params if q != p]
-        keys = _sort_values([condition_label(r, others) for r in rows]) if others else ["all"]
+        keys = sort_values([condition_label(r, others) for r in rows]) if others else ["all"]
         pooled = len(keys) > MAX_GROUPS
         if pooled:
             keys = ["all"]
@@ -176,9 +209,9 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles) if ncols > 1 else 2,
                frameon=False, fontsize=9)
     note = f"; {left_out} seeds of failed or unfinished jobs" if left_out else ""
-    fig.suptitle(f"{_label(sweep.phase_metric)}: phase-change step vs swept parameters\n"
+    fig.suptitle(f"{metric_label(sweep.phase_metric)}: phase-change step vs swept parameters\n"
                  f"{n_det}/{len(done)} seeds of completed jobs with a phase change{note}", fontsize=12)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _condition_curves(sweep: Sweep):
@@ -194,7 +227,7 @@ def _condition_curves(sweep: Sweep):
         label = condition_label(j.params, sweep.swept)
         entry = conds.setdefault(label, {"key": tuple(j.params.get(k) for k in sweep.swept), "runs": []})
         entry["runs"].append((j, j.metrics["step"], values))
-    order = sorted(conds, key=lambda lb: [(0, v, "") if _is_number(v) else (1, 0, str(v)) for v in conds[lb]["key"]])
+    order = sorted(conds, key=lambda lb: [(0, v, "") if is_number(v) else (1, 0, str(v)) for v in conds[lb]["key"]])
     return [(lb, conds[lb]["key"], conds[lb]["runs"]) for lb in order]
 
 
@@ -212,16 +245,20 @@ def _mean_curve(runs) -> tuple[np.ndarray, np.ndarray]:
     m = np.stack(cols, axis=1)
     finite = np.isfinite(m).sum(1)
     keep = finite >= max(1, math.ceil(m.shape[1] / 2))
-    return steps[keep], _seed_mean(m[keep]) if keep.any() else np.array([])
+    return steps[keep], seed_mean(m[keep]) if keep.any() else np.array([])
 
 
+@sweep_figure("loss_curves",
+              caption="The main loss (e.g. the repeated-part loss) of every condition (the job's overrides less "
+                      "the seed): thick lines are means over seeds, thin lines single seeds, dashed verticals the "
+                      "mean phase-change step.")
 def _plot_curves(sweep: Sweep, path: Path) -> Path | None:
     """(b) loss_repeat of every condition: mean over seeds thick, seeds thin, one colour per
     condition, with the condition's mean phase-change midpoint dashed."""
     conds = _condition_curves(sweep)
     if not conds:
         return None
-    seq = len(sweep.swept) == 1 and all(_is_number(k[0]) for _, k, _ in conds)
+    seq = len(sweep.swept) == 1 and all(is_number(k[0]) for _, k, _ in conds)
     colours = _colours(len(conds), seq)
     # two legend columns when the labels (with their ~45-character note) fit side by side in 11 inches
     legend_cols = 2 if max(len(lb) for lb, _, _ in conds) + 48 <= 75 else 1
@@ -260,14 +297,17 @@ def _plot_curves(sweep: Sweep, path: Path) -> Path | None:
     handles.append(Line2D([], [], color="0.35", lw=0.8, alpha=0.6, label="thin: single seeds"))
     handles.append(Line2D([], [], color="0.35", lw=1.3, ls="--", label="dashed: mean phase-change midpoint"))
     ax.set_xlabel(STEP_LABEL)
-    ax.set_ylabel(_label(sweep.phase_metric))
+    ax.set_ylabel(metric_label(sweep.phase_metric))
     ax.grid(alpha=0.3)
-    ax.set_title(f"{_label(sweep.phase_metric)} of {len(conds)} condition{'s' if len(conds) != 1 else ''} "
+    ax.set_title(f"{metric_label(sweep.phase_metric)} of {len(conds)} condition{'s' if len(conds) != 1 else ''} "
                  "(thick: mean over seeds)")
     fig.legend(handles=handles, loc="outside lower center", ncols=legend_cols, frameon=False, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
+@sweep_figure("phase_grid",
+              caption="Mean phase-change step for each pair of swept parameters; each cell says how many of its "
+                      "completed seeds had a phase change.")
 def _plot_grid(sweep: Sweep, path: Path) -> Path | None:
     """(c) for each pair of swept parameters, a heatmap of the mean phase-change step (over the
     completed seeds with a phase change, pooled over other parameters), cells annotated with the
@@ -279,7 +319,7 @@ def _plot_grid(sweep: Sweep, path: Path) -> Path | None:
     mid_key = f"{sweep.phase_metric}_midpoint"
     grids = []
     for p, q in pairs:
-        xs, ys = _sort_values([r[p] for r in rows]), _sort_values([r[q] for r in rows])
+        xs, ys = sort_values([r[p] for r in rows]), sort_values([r[q] for r in rows])
         mean = np.full((len(ys), len(xs)), np.nan)
         counts = np.zeros((len(ys), len(xs), 3), int)    # with a phase change, completed, not completed
         for iy, y in enumerate(ys):
@@ -319,8 +359,8 @@ def _plot_grid(sweep: Sweep, path: Path) -> Path | None:
                     text = f"{mean[iy, ix]:.0f}\n{k}/{n} seeds{extra}"
                     colour = "white" if norm(mean[iy, ix]) < 0.6 else "black"
                 ax.text(ix, iy, text, ha="center", va="center", fontsize=9, color=colour)
-        ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
-        ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
+        ax.set_xticks(range(len(xs)), [fmt_value(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [fmt_value(v) for v in ys])
         ax.set_xticks(np.arange(len(xs) + 1) - 0.5, minor=True)    # white lines between the cells
         ax.set_yticks(np.arange(len(ys) + 1) - 0.5, minor=True)
         ax.grid(which="minor", color="white", lw=2)
@@ -332,24 +372,22 @@ def _plot_grid(sweep: Sweep, path: Path) -> Path | None:
         ax.set_visible(False)
     if len(finite):
         fig.colorbar(im, ax=axes, shrink=0.9, label="mean phase-change step")
-    fig.suptitle(f"mean phase-change step of the {_label(sweep.phase_metric)}\n"
+    fig.suptitle(f"mean phase-change step of the {metric_label(sweep.phase_metric)}\n"
                  "cells: mean step, seeds with a phase change / completed seeds", fontsize=12)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sweep(sweep: Sweep, out_dir: Path) -> dict[str, Path]:
-    """Draw the sweep's figures into out_dir; figures without data (no swept parameter, fewer than
-    two, no completed job) are skipped, and a stale copy from an earlier report is removed."""
-    draw = {"phase_vs_params": _plot_phase_vs_params, "loss_curves": _plot_curves, "phase_grid": _plot_grid}
+    """Draw the sweep's figures into out_dir as {name: path}, in SWEEP_FIGURES order; figures without
+    data (no swept parameter, fewer than two, no completed job) are skipped, and a stale copy from an
+    earlier report is removed."""
     written = {}
     with plt.rc_context(STYLE):
-        for name in FIGURES:
-            path = out_dir / f"{name}.png"
-            result = draw[name](sweep, path)
+        for figure in SWEEP_FIGURES.values():
+            path = out_dir / f"{figure.name}.png"
+            result = figure.draw(sweep, path)
             if result is not None:
-                written[name] = result
+                written[figure.name] = result
             elif path.exists():
                 path.unlink()
     return written
-
-

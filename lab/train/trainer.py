@@ -3,7 +3,6 @@ dispatch (lax.scan), seeds as a leading axis (vmap or a loop), seeds and microba
 available devices (shard_map), progress measures on the probe set at the end of every chunk, and
 host-side callbacks between chunks. Read top to bottom: build -> init_state -> fit.
 
-`python -m lab.train` is the same as `lab-train`.
 """
 from __future__ import annotations
 
@@ -22,15 +21,16 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lab.clamps import AutoHeads, Clamps
-from lab.config import validate
+from lab.clamps.clamp_set import Clamps
+from lab.config.compose import validate
+from lab.core import TrainingDiverged
 from lab.model import Model
-from lab.optim import make_optimizer
+from lab.rundir import records_to_arrays
 from lab.tasks import make_task
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+from lab.train.callbacks import AutoHeads
+from lab.train.optim import make_optimizer
+from lab.train.restore import load_run
+from lab.train.state import init_one, init_state, seed_range
 
 
 PER_STEP = ("train_loss", "grad_norm")   # returned by the scan per step, logged as chunk means
@@ -61,14 +61,15 @@ class Trainer:
         self.task = make_task(cfg.task)
         self.model = Model.for_task(cfg.model, self.task)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
-        self.seeds = list(range(cfg.train.seed, cfg.train.seed + cfg.train.seeds))
+        self.seeds = seed_range(cfg.train)
         self.probe = self.task.probe()
         self.microbatch = cfg.train.microbatch or auto_microbatch(cfg, self.task, self.model)
         self.mesh = self.device_mesh()
         self.callbacks = list(callbacks or [])
         # site -> Intervention, shared by all seeds; a traced argument, so changing values never recompiles
         self.interventions: dict = {}
-        self.clamps = Clamps(cfg.get("clamps"), self.model, self.task, cfg.train, self.probe, cfg.measures.enabled)
+        self.clamps = Clamps(cfg.get("clamps"), self.model, self.task, cfg.train, self.probe, cfg.measures.enabled,
+                             load_run=_clamp_source)
         # the clamps' traced arrays (windows, strengths, head masks), one row per seed; callbacks may
         # replace them between chunks (e.g. heads chosen mid-run) without recompiling
         self.clamp_args = jax.tree.map(jnp.asarray, self.clamps.init_args(len(self.seeds)))
@@ -83,9 +84,7 @@ class Trainer:
 
     # ---- pure functions (one seed; vmapped over seeds) ----
     def init_one(self, seed_key: jax.Array) -> dict:
-        k_init, k_data = jax.random.split(seed_key)
-        params = self.model.init(jax.random.wrap_key_data(k_init))
-        return {"params": params, "opt_state": self.optimizer.init(params), "key": k_data}
+        return init_one(self.model, self.optimizer, seed_key)
 
     def loss_fn(self, params, batch, clamp_args, interventions, t, batch_offset=0):
         logits, _ = self.clamps.forward(params, batch, clamp_args, t, "train", extra=interventions,
@@ -188,7 +187,7 @@ class Trainer:
         """The devices a chunk runs on, as a ("seeds", "batch") mesh: the seeds are spread over as
         many devices as divide their number, then each seed's microbatches over as many of the rest
         as divide theirs. Several devices exist on a multi-GPU node, or on CPU, where lab-train makes
-        one XLA device per core (lab/runtime.py). Every device computes what one device would, so results
+        one XLA device per core (lab/train/runtime.py). Every device computes what one device would, so results
         do not depend on the device count (beyond float rounding). None when there is one device to use."""
         devices = jax.devices()
         n_seeds = largest_divisor(len(self.seeds), len(devices))
@@ -225,8 +224,7 @@ class Trainer:
         return run
 
     def init_state(self) -> dict:
-        keys = jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])
-        return jax.jit(jax.vmap(self.init_one))(keys)
+        return init_state(self.model, self.optimizer, self.seeds)
 
     # ---- the loop ----
     @contextmanager
@@ -350,15 +348,10 @@ def split_over_batch_devices(forward, n_devices: int):
     return split
 
 
-def records_to_arrays(records: list[dict]) -> dict[str, np.ndarray]:
-    """Stack metrics records into arrays with a leading log-step axis (missing values -> NaN)."""
-    keys = dict.fromkeys(k for r in records for k in r)
-    out = {}
-    for k in keys:
-        vals = [r.get(k) for r in records]
-        ref = next(np.asarray(v, float) for v in vals if v is not None)
-        out[k] = np.stack([np.asarray(v, float) if v is not None else np.full_like(ref, np.nan) for v in vals])
-    return out
+def _clamp_source(run_dir, step):
+    """(task, model, params) of a run a clamp grafts from or chooses heads by."""
+    run = load_run(run_dir, step)
+    return run.task, run.model, run.params
 
 
 @dataclass
@@ -387,11 +380,3 @@ class RunResult:
         tokens = self.trainer.probe if tokens is None else tokens
         return self.model.run_with_cache(self.seed_params(seed_index), tokens, names, interventions)
 
-
-def main() -> None:   # `python -m lab.train`
-    from lab.cli import train_main
-    train_main()
-
-
-if __name__ == "__main__":
-    main()

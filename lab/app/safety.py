@@ -17,7 +17,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lab.config import ConfigError
+from lab.config.compose import register_configs
+from lab.core import ConfigError
 
 ALLOWED_TARGETS = {
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
@@ -54,7 +55,7 @@ def check_targets(node, path: str = "") -> None:
             if key in KEYS and not _allowed(key, value):
                 raise ConfigError(f"{where}={value!r} is not allowed: configs may only build Hydra's launchers "
                                   "and sweepers, logging handlers and the lab's own classes "
-                                  "(register others with lab.safety.register_target)")
+                                  "(register others with lab.app.safety.register_target)")
             check_targets(value, where)
     elif isinstance(node, list):
         for i, value in enumerate(node):
@@ -67,7 +68,7 @@ def check_overrides_text(overrides: list[str]) -> None:
         for key, value in re.findall(r"(_target_|\bclass|\(\))['\"]?\s*[:=]\s*['\"]?([\w.]+)", override):
             if not _allowed(key, value):
                 raise ConfigError(f"override {override!r} names {key}={value!r}, which is not allowed "
-                                  "(see lab/safety.py)")
+                                  "(see lab/app/safety.py)")
 
 
 def _one_line(e: Exception) -> str:
@@ -144,7 +145,6 @@ def precheck(config_dir: str, argv: list[str]) -> None:
             except ConfigError as e:
                 raise ConfigError(f"{f}: {e}") from None
     check_overrides_text(overrides)
-    from lab.config import register_configs
     register_configs()
     multirun = any(a in ("-m", "--multirun") for a in argv)
     try:

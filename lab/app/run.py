@@ -1,5 +1,5 @@
 """Run one config end to end: train, write metrics/TensorBoard/checkpoints, detect phase changes,
-write summary.json and plots. `run(cfg)` is the notebook entry point; `lab-train` calls it."""
+write summary.json and plots. `run(cfg)` is the notebook entry point (`lab.run`); `lab-train` calls it."""
 from __future__ import annotations
 
 import json
@@ -10,35 +10,16 @@ from typing import Optional, Sequence
 import jax
 from omegaconf import OmegaConf
 
-from lab.callbacks import AttentionSnapshots, Checkpointer, MetricsFile, ProgressBar, TensorBoard
-from lab.config import ConfigError
-from lab.runtime import configure_compile_cache
-from lab.summary import summarize
-from lab.train import RunResult, Trainer, records_to_arrays
+from lab.analysis.summary import summarize
+from lab.core import ConfigError
+from lab.plots.run import plot_run
+from lab.rundir import records_to_arrays, records_up_to
+from lab.train.callbacks import AttentionSnapshots, Checkpointer, MetricsFile, ProgressBar, TensorBoard
+from lab.train.checkpoint import Checkpoints
+from lab.train.runtime import configure_compile_cache
+from lab.train.trainer import RunResult, Trainer
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def load_config(overrides: Sequence[str] = (), config_name: str = "config"):
-    """Compose the Hydra config as `lab-train` would, e.g. load_config(["model.n_layers=1"])."""
-    from hydra import compose, initialize_config_dir
-    from lab.config import register_configs
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
-
-
-def _read_records(path: Path, up_to: int) -> list[dict]:
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:   # a line cut by a kill
-            continue
-        if rec["step"] <= up_to:
-            records.append(rec)
-    return records
 
 
 # Keys that may change when a run is continued (e.g. more steps, another cache location).
@@ -88,9 +69,11 @@ def _continues_unfinished_run(run_dir: Path, checkpoints, cfg) -> bool:
 
 def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_callbacks: Sequence = ()) -> RunResult:
     """Train `cfg`. With `run_dir`, write every output there (and resume from it if train.resume).
-    `extra_callbacks` (lab.callbacks.Callback) run between compiled chunks after the built-in ones."""
+    `extra_callbacks` (lab.train.callbacks.Callback) run between compiled chunks after the built-in ones."""
     configure_compile_cache(cfg.train)
     trainer = Trainer(cfg)
+    mesh = dict(trainer.mesh.shape) if trainer.mesh is not None else "none (one device)"
+    log.info("%d XLA %s device(s); seeds x batch mesh: %s", jax.device_count(), jax.default_backend(), mesh)
     snapshots = AttentionSnapshots()
     callbacks = [snapshots]
     checkpoints = None
@@ -98,7 +81,6 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = run_dir / "metrics.jsonl"
-        from lab.checkpoint import Checkpoints
         checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
         resume = cfg.train.resume or _continues_unfinished_run(run_dir, checkpoints, cfg)
         if resume:
@@ -112,7 +94,7 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
                 raise ConfigError(f"train.resume=true but {run_dir / 'checkpoints'} holds no checkpoint; "
                                   "drop train.resume or point hydra.run.dir at the run to resume")
             trainer.state, trainer.step = state, step
-            trainer.records = _read_records(metrics_path, step) if metrics_path.exists() else []
+            trainer.records = records_up_to(metrics_path, step) if metrics_path.exists() else []
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in trainer.records))
             log.info("resumed from step %d", step)
         elif metrics_path.exists() and metrics_path.stat().st_size:
@@ -141,6 +123,5 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             snapshots.save(run_dir / "attention.npz", summary, jax.device_get(trainer.task.snapshot_info(trainer.probe)))
             if plots and trainer.records:
-                from lab.plots import plot_run
                 plot_run(run_dir)
     return RunResult(cfg, trainer, summary, run_dir, trainer.metrics())

@@ -1,26 +1,25 @@
-"""`lab-sweep MULTIRUN_DIR`: collect a Hydra multirun (`lab-train -m ...`) into one table, figures
-and a self-contained HTML report.
+"""The sweep table: collect a Hydra multirun (`lab-train -m ...`) into one row per (job, seed).
+`lab-sweep MULTIRUN_DIR` (lab/app/sweep.py) writes it with figures and an HTML report
+(lab/plots/report.py).
 
 A multirun directory holds one job directory per job (`0/`, `1/`, ...), each with
 `.hydra/overrides.yaml`, `train.log` and, if training started, the run's files (metrics.jsonl,
 summary.json, config.yaml). `collect` makes one row per (job, seed): the swept parameters (the
 override keys whose values differ between jobs), the seed, the job's status (and error line), the
 repeated-part loss phase change of that seed, the earliest per-head phase changes, and the seed's
-last logged metrics. `write_report` writes that table (CSV, JSON), the figures and report.html;
-failed and killed jobs are listed with the command that reruns (or resumes) just them.
+last logged metrics. Failed and killed jobs get the command that reruns (or resumes) just them.
+`fmt_value`, `is_number`, `sort_values` and `condition_label` format and order its values for the
+printed table, the report and the figures.
 
-Like lab.plots, everything is read from files, so the report can be redrawn while a sweep is still
+Like the plots, everything is read from files, so the report can be redrawn while a sweep is still
 running or after some of its jobs died.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
 import shlex
-import signal
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +27,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from lab.plots import _load_summary, _n_seeds, load_config, load_metrics
+from lab.rundir import load_metrics, load_run_config, load_summary, n_seeds
 
 PHASE_METRIC = "loss_repeat"   # the curve whose phase change the figures are about, unless summary.json names
                                # the task's own (main_metric), e.g. loss_query for in-context classification
 SEED_KEYS = ("train.seed",)                  # overrides that pick seeds: the `seed` column covers them
 MAIN_FINALS = ("loss_repeat", "acc_repeat", "loss", "train_loss")   # first among the final metrics
 JOB_MARKERS = ("metrics.jsonl", "summary.json", ".hydra/overrides.yaml", "train.log")
-FIGURES = ("phase_vs_params", "loss_curves", "phase_grid")
-MAX_GROUPS = 8            # more combinations of the other parameters than this: pool them in figure (a)
-MAX_PAIRS = 12            # parameter pairs drawn in the grid figure
 COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
 _UNSET = object()
 _LOG_ERROR = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[(?:ERROR|CRITICAL)\] - (.*)$")
@@ -149,7 +145,7 @@ class _Job:
 
 
 def _seeds_from_config(job_dir: Path) -> list | None:
-    for config in (load_config(job_dir), _read_yaml(job_dir / ".hydra" / "config.yaml")):
+    for config in (load_run_config(job_dir), _read_yaml(job_dir / ".hydra" / "config.yaml")):
         train = (config or {}).get("train") if isinstance(config, dict) else None
         if isinstance(train, dict) and isinstance(train.get("seed"), int) and isinstance(train.get("seeds"), int):
             return list(range(train["seed"], train["seed"] + max(train["seeds"], 1)))
@@ -159,7 +155,7 @@ def _seeds_from_config(job_dir: Path) -> list | None:
 def _read_job(job_dir: Path) -> _Job:
     raw = _read_yaml(job_dir / ".hydra" / "overrides.yaml")
     overrides = [str(o) for o in raw] if isinstance(raw, list) else []
-    summary = _load_summary(job_dir)
+    summary = load_summary(job_dir)
     metrics = None
     if (job_dir / "metrics.jsonl").is_file():
         try:
@@ -189,7 +185,7 @@ def _read_job(job_dir: Path) -> _Job:
     if seeds is None:
         seeds = _seeds_from_config(job_dir)
     if seeds is None:
-        seeds = [None] * (_n_seeds(metrics) if metrics else 1)
+        seeds = [None] * (n_seeds(metrics) if metrics else 1)
     checkpoints = job_dir / "checkpoints"
     thresholds = summary.get("thresholds") or {}
     return _Job(dir=job_dir, overrides=overrides, params=parse_overrides(overrides), summary=summary,
@@ -367,7 +363,9 @@ def collect(sweep_dir) -> list[dict]:
 # ----------------------------------------------------------------------------- formatting
 
 
-def _fmt(value, key: str = "") -> str:
+def fmt_value(value, key: str = "") -> str:
+    """A table cell's text: '—' for a missing value, yes/no, steps (`key` ending in _midpoint, _onset,
+    _step, or last_step) as whole numbers, other floats to 4 significant digits."""
     if value is None or value is _UNSET:
         return "—"
     if isinstance(value, bool):
@@ -381,16 +379,19 @@ def _fmt(value, key: str = "") -> str:
     return str(value)
 
 
-def _is_number(v) -> bool:
+def is_number(v) -> bool:
+    """A finite int or float, not a bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _sort_values(values) -> list:
-    return sorted(set(values), key=lambda v: (0, v, "") if _is_number(v) else (1, 0, str(v)))
+def sort_values(values) -> list:
+    """The distinct values, numbers first in numeric order, then the rest by their text."""
+    return sorted(set(values), key=lambda v: (0, v, "") if is_number(v) else (1, 0, str(v)))
 
 
 def condition_label(row_or_params: dict, keys: list[str]) -> str:
-    return ", ".join(f"{k}={_fmt(row_or_params.get(k))}" for k in keys) or "all jobs"
+    """'key=value, ...' for `keys` (a job's swept settings), or 'all jobs' when nothing is swept."""
+    return ", ".join(f"{k}={fmt_value(row_or_params.get(k))}" for k in keys) or "all jobs"
 
 
 TEXT_COLUMNS = {"_detected": "phase?", "_midpoint": "midpoint", "_onset": "onset", "_threshold_step": "threshold"}
@@ -405,7 +406,7 @@ def text_table(sweep: Sweep) -> str:
     main_acc = next((j.summary.get("main_accuracy") for j in sweep.jobs if j.summary.get("main_accuracy")), "acc_repeat")
     keys += [k for k in (f"final_{sweep.phase_metric}", f"final_{main_acc}") if k in rows[0]]
     header = [phase_columns.get(k, k) for k in keys]
-    cells = [[_fmt(r.get(k), k) for k in keys] for r in rows]
+    cells = [[fmt_value(r.get(k), k) for k in keys] for r in rows]
     widths = [max(len(c[i]) for c in [header] + cells) for i in range(len(keys))]
     line = lambda cs: "  ".join(c.ljust(w) for c, w in zip(cs, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(c) for c in cells])
@@ -442,60 +443,3 @@ def multirun_command(jobs: list[_Job], sweep_dir: Path) -> str | None:
     args = [shlex.quote(f"{k}={','.join(v)}") for k, v in values.items()]
     out = Path(sweep_dir).resolve()
     return " ".join(["lab-train", "-m", *args, shlex.quote(f"hydra.sweep.dir={out.with_name(out.name + '-rerun')}")])
-
-
-def write_report(sweep_dir, out_dir=None, sweep: Sweep | None = None) -> dict[str, Path]:
-    """The table (CSV, JSON), the figures and report.html; see lab.sweep_report.write_report."""
-    from lab.sweep_report import write_report as write
-    return write(sweep_dir, out_dir, sweep)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="lab-sweep",
-        description="Collect a multirun (lab-train -m ...) into one table (CSV, JSON), figures and a "
-                    "self-contained HTML report; list failed jobs with the commands that rerun them.")
-    parser.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR",
-                        help="the multirun directory, e.g. multirun/<date>/<time> (one subdirectory per job)")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="write the report here (default SWEEP_DIR/report)")
-    args = parser.parse_args(argv)
-    if hasattr(signal, "SIGPIPE"):   # `lab-sweep ... | head` ends quietly, like other Unix tools
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            sweep = scan(args.sweep_dir)
-            written = write_report(args.sweep_dir, args.out, sweep=sweep)
-        except (SweepError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-    for message in dict.fromkeys(str(w.message) for w in caught):
-        print(f"warning: {message}", file=sys.stderr)
-
-    c = sweep.counts()
-    print(f"{sweep.dir}: {c['jobs']} jobs, {c['seeds']} seeds; {c[COMPLETED]} completed, {c[FAILED]} failed, "
-          f"{c[INCOMPLETE]} unfinished; phase change in {c['seeds_with_phase_change']}/{c['seeds_completed']} "
-          "completed seeds\n")
-    print(text_table(sweep))
-    bad = [j for j in sweep.jobs if j.category != COMPLETED]
-    if bad:
-        print(f"\nfailed or unfinished jobs ({len(bad)}):")
-        for j in bad:
-            print(f"  {j.name}: {j.error or j.status}")
-        print("rerun them with:")
-        for j in bad:
-            print(f"  {rerun_command(j)}")
-        combined = multirun_command([j for j in bad if j.category == FAILED], sweep.dir)
-        if combined:
-            print(f"or the failed ones as one multirun:\n  {combined}")
-    print()
-    for path in written.values():
-        print(path)
-
-
-if __name__ == "__main__":
-    main()

@@ -8,14 +8,17 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 
-# the shared loading, style and drawing helpers of the run figures
-from lab.plots import (DPI, STEP_LABEL, STYLE, ClampWindow, _label, _load_summary, _seed_mean, _shade_clamps,
-                       _transition, _Transition, clamp_windows, load_config, load_metrics)
+# lab.plots.style first: it selects the headless Agg backend before pyplot loads
+from lab.plots.style import DPI, STEP_LABEL, STYLE, metric_label, seed_mean
+from lab.plots.clamp_windows import ClampWindow, clamp_windows, shade_clamps
+from lab.plots.transition import Transition, phase_transition
+from lab.rundir import load_metrics, load_run_config, load_summary
+
+import matplotlib.pyplot as plt  # noqa: E402  (after lab.plots.style: the Agg backend)
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 
 # Config keys that change how a run is executed or logged, not what it learns: left out of the
@@ -104,7 +107,7 @@ class _Compared:
     label: str
     steps: np.ndarray
     values: np.ndarray                  # (N, S)
-    transition: _Transition | None
+    transition: Transition | None
     phase_metric: str | None
     clamps: list[ClampWindow]
     config: dict
@@ -151,15 +154,15 @@ def _gather_compared(run_dirs: list[Path], metric: str, labels) -> list[_Compare
             raise ValueError(f"{d} is not a run directory (no metrics.jsonl)")
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
-    configs = [load_config(d) for d in run_dirs]
+    configs = [load_run_config(d) for d in run_dirs]
     diffs = config_differences(configs)
     runs = []
     for i, (d, config, diff) in enumerate(zip(run_dirs, configs, diffs)):
         metrics = load_metrics(d)
-        summary = _load_summary(d)
+        summary = load_summary(d)
         main = summary.get("main_metric") or "loss_repeat"
         phase_metric = metric if isinstance((summary.get("phase") or {}).get(metric), dict) else main
-        tr = _transition(summary, phase_metric)
+        tr = phase_transition(summary, phase_metric)
         clamps = clamp_windows(config, float(metrics["step"][-1]), summary)
         runs.append(_Compared(run_dir=d, label=labels[i] if labels is not None else _diff_label(diff, clamps),
                               steps=metrics["step"], values=_per_seed_metric(metrics, metric, d), transition=tr,
@@ -182,8 +185,8 @@ def _clamp_timeline(ax, runs: list[_Compared], timeline: list[tuple[int, ClampWi
     eval-only clamps are dashed outlines), labelled with the clamp's name."""
     for row, (i, w) in enumerate(timeline):
         r = runs[i]
-        _shade_clamps(ax, [w], (float(r.steps[0]), float(r.steps[-1])), colour=colours[i], alpha=0.55,
-                      rows=[(row - 0.35, row + 0.35)])
+        shade_clamps(ax, [w], (float(r.steps[0]), float(r.steps[-1])), colour=colours[i], alpha=0.55,
+                     rows=[(row - 0.35, row + 0.35)])
     ax.set_ylim(len(timeline) - 0.5, -0.5)
     ax.set_yticks(range(len(timeline)))
     ax.set_yticklabels([w.name for _, w in timeline], fontsize=8.5)
@@ -204,7 +207,7 @@ def plot_compare(run_dirs, out_path, metric: str | None = None, labels=None, qui
     if not run_dirs:
         raise ValueError("no runs to compare")
     if metric is None:   # the task's main loss (summary.json), e.g. loss_repeat
-        metric = _load_summary(run_dirs[0]).get("main_metric") or "loss_repeat"
+        metric = load_summary(run_dirs[0]).get("main_metric") or "loss_repeat"
     runs = _gather_compared(run_dirs, metric, labels)
     out_path = Path(out_path)
     if out_path.is_dir():
@@ -232,7 +235,7 @@ def plot_compare(run_dirs, out_path, metric: str | None = None, labels=None, qui
             if r.values.shape[1] > 1:
                 for s in range(r.values.shape[1]):
                     ax.plot(r.steps, r.values[:, s], color=colour, lw=0.7, alpha=0.3)
-            ax.plot(r.steps, _seed_mean(r.values), color=colour, lw=2.4, zorder=3)
+            ax.plot(r.steps, seed_mean(r.values), color=colour, lw=2.4, zorder=3)
             row = rows[i]
             if row["midpoint_mean"] is not None:
                 mid, std = row["midpoint_mean"], row["midpoint_std"]
@@ -241,7 +244,7 @@ def plot_compare(run_dirs, out_path, metric: str | None = None, labels=None, qui
                 ax.axvline(mid, color=colour, ls="--", lw=1.5, zorder=2)
             handles.append(Line2D([], [], color=colour, lw=2.4, label=textwrap.fill(r.label, 95)))
         phase_metrics = {r.phase_metric for r in runs} - {None}
-        of = "" if phase_metrics <= {metric} else f" ({', '.join(sorted(map(_label, phase_metrics)))})"
+        of = "" if phase_metrics <= {metric} else f" ({', '.join(sorted(map(metric_label, phase_metrics)))})"
         if any(r.values.shape[1] > 1 for r in runs):
             handles.append(Line2D([], [], color="0.3", lw=0.7, alpha=0.5, label="thin: single seeds"))
         if any(row["midpoint_mean"] is not None for row in rows):
@@ -250,15 +253,15 @@ def plot_compare(run_dirs, out_path, metric: str | None = None, labels=None, qui
         if timeline:
             handles.append(Patch(color="0.4", alpha=0.55, lw=0,
                                  label="top: each run's clamp windows (fading: strength ramp, dashed: eval only)"))
-        if all(metric == (_load_summary(r.run_dir).get("main_metric") or "loss_repeat") for r in runs):
-            thresholds = {(_load_summary(r.run_dir).get("thresholds") or {}).get(metric) for r in runs}
+        if all(metric == (load_summary(r.run_dir).get("main_metric") or "loss_repeat") for r in runs):
+            thresholds = {(load_summary(r.run_dir).get("thresholds") or {}).get(metric) for r in runs}
             if len(thresholds) == 1 and None not in thresholds:
                 ax.axhline(thresholds.pop(), color="0.3", ls=":", lw=1)
                 handles.append(Line2D([], [], color="0.3", ls=":", lw=1, label="detection threshold"))
         ax.set_xlabel(STEP_LABEL)
-        ax.set_ylabel(_label(metric))
+        ax.set_ylabel(metric_label(metric))
         ax.grid(alpha=0.3)
-        title = f"{_label(metric)}: {len(runs)} runs compared (thick: mean over seeds)"
+        title = f"{metric_label(metric)}: {len(runs)} runs compared (thick: mean over seeds)"
         (ax_t if timeline else ax).set_title(title)
         fig.legend(handles=handles, loc="outside lower center", ncols=1, fontsize=9, frameon=False)
         fig.savefig(out_path, dpi=DPI)

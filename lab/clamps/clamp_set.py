@@ -1,5 +1,11 @@
-"""Clamps ("artificial optogenetics", Singh et al. 2024): fix an activation to a chosen value for a
-window of training steps, with gradients flowing through everything left free.
+"""The clamp set of a run: every clamp's config checked and turned into specs and traced arrays,
+and the forward pass with the clamps applied.
+
+A clamp ("artificial optogenetics", Singh et al. 2024) fixes an activation to a chosen value for a
+window of training steps, with gradients flowing through everything left free. Its strength
+schedule is in lab/clamps/schedules.py, its value kind (one registry entry per kind: where it may
+sit, what it needs, how it is computed) in lab/clamps/values.py; nothing here depends on the kind
+except through that entry.
 
 A clamp config (`ClampConfig`, one per name under `clamps:`) becomes
 - a static `ClampSpec` per concrete hook site (what to compute: site, value kind, when it applies);
@@ -11,8 +17,8 @@ A clamp config (`ClampConfig`, one per name under `clamps:`) becomes
   windows start and stop at exact steps, not at chunk boundaries.
 
 `Clamps.forward` runs the model with the clamps active for a mode (train / eval / one measure clamp),
-including the extra passes some values need: the clean pass of the same weights (preserve,
-resample), the probe pass (mean) and the frozen source model (graft).
+including the extra passes their kinds need (`ValueKind.needs`): the clean pass of the same weights
+(preserve, resample), the probe pass (mean) and the frozen source model (graft).
 """
 from __future__ import annotations
 
@@ -27,17 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lab.callbacks import Callback
-from lab.config import ConfigError
-from lab.hooks import Intervention, resolve_names
+from lab.clamps.schedules import NEVER, SCHEDULES, schedule_strength
+from lab.clamps.values import KINDS, VALUES, Context, ValueKind
+from lab.core import ConfigError, RunLoadError, choice
+from lab.model.hooks import Intervention, resolve_names
 
-SCHEDULES = {"constant": 0, "linear": 1, "cosine": 2, "release": 3}
-PATTERN_VALUES = ("prev_token", "induction")
-CLEAN_VALUES = ("preserve", "resample")      # need the clean pass on the same batch
-VALUES = PATTERN_VALUES + ("zero", "mean") + CLEAN_VALUES + ("graft", "perfect_copy", "scale")
 APPLY = ("train", "eval", "both", "measure")
 MODES = {"train": ("train", "both"), "eval": ("eval", "both"), "measure": ("measure",)}
-NEVER = 2 ** 30                               # stop of an open-ended window
 
 
 def site_axes(site: str) -> tuple:
@@ -55,39 +57,6 @@ def layer_of(site: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def schedule_strength(t, a: dict) -> jax.Array:
-    """Strength at step t: 0 outside [start, stop); inside, peak times 1 (constant), a linear or
-    cosine ramp reaching 1 after ramp steps (linear, cosine), or a linear ramp down to 0 at stop
-    (release)."""
-    t = jnp.asarray(t, jnp.float32)
-    active = (t >= a["start"]) & (t < a["stop"])
-    ramp = jnp.maximum(a["ramp"], 1.0)
-    up = jnp.clip((t - a["start"] + 1) / ramp, 0.0, 1.0)
-    down = jnp.clip((a["stop"] - t) / ramp, 0.0, 1.0)
-    frac = jnp.select([a["kind"] == 1, a["kind"] == 2, a["kind"] == 3],
-                      [up, 0.5 - 0.5 * jnp.cos(jnp.pi * up), down], 1.0)
-    return jnp.where(active, a["peak"] * frac, 0.0)
-
-
-def prev_token_pattern(T: int, s) -> jax.Array:
-    """(T, T) ideal previous-token pattern: row i puts s on i-1 and 1-s on i; row 0 attends to itself."""
-    eye = jnp.eye(T)
-    return (s * jnp.eye(T, k=-1) + (1 - s) * eye).at[0].set(eye[0])
-
-
-def induction_pattern(weights: jax.Array, s) -> jax.Array:
-    """(B, T, T) ideal induction pattern from the task's target weights (B, T, T): s on the targets,
-    1-s on the query itself."""
-    return s * weights + (1 - s) * jnp.eye(weights.shape[-1])
-
-
-def copy_logits(pattern: jax.Array, tokens: jax.Array, vocab: int) -> jax.Array:
-    """(B, T, V) "perfect copy" logits: log of the attention mass on each token id, i.e. the head's
-    attention read out as a distribution over the tokens it attends to."""
-    mass = jnp.einsum("bqk,bkv->bqv", pattern, jax.nn.one_hot(tokens, vocab, dtype=pattern.dtype))
-    return jnp.log(mass + 1e-6)
-
-
 @dataclass(frozen=True)
 class ClampSpec:
     """The static part of one clamp on one concrete site."""
@@ -98,11 +67,15 @@ class ClampSpec:
     apply: str
     grad: bool
     source: Optional[str] = None
-    copy_from: Optional[tuple] = None    # (layer, head) for perfect_copy
+    copy_from: Optional[tuple] = None    # (layer, head), for kinds that take copy_from (perfect_copy)
 
     @property
     def axes(self) -> tuple:
         return site_axes(self.site)
+
+    @property
+    def kind(self) -> ValueKind:
+        return KINDS[self.value]
 
 
 def _err(name: str, key: str, value, why: str) -> ConfigError:
@@ -121,10 +94,10 @@ def _index_mask(name, key, idx, size, what, limit) -> np.ndarray:
     return mask
 
 
-def _parse_head(name: str, text, n_layers: int, n_heads: int) -> tuple:
+def _parse_head(name: str, value: str, text, n_layers: int, n_heads: int) -> tuple:
     m = re.fullmatch(r"L(\d+)H(\d+)", str(text or ""))
     if not m:
-        raise _err(name, "copy_from", text, "perfect_copy needs the head whose attention builds the logits, e.g. L1H0")
+        raise _err(name, "copy_from", text, f"{value} needs the head whose attention builds the logits, e.g. L1H0")
     l, h = int(m.group(1)), int(m.group(2))
     if l >= n_layers or h >= n_heads:
         raise _err(name, "copy_from", text, f"no such head (model.n_layers={n_layers}, model.n_heads={n_heads})")
@@ -134,8 +107,11 @@ def _parse_head(name: str, text, n_layers: int, n_heads: int) -> tuple:
 class Clamps:
     """Every clamp of a run: validated specs, their traced arrays, and the clamped forward pass."""
 
-    def __init__(self, cfgs, model, task, train_cfg, probe, measures_enabled: bool = True):
+    def __init__(self, cfgs, model, task, train_cfg, probe, measures_enabled: bool = True, load_run=None):
+        """`load_run(run_dir, step) -> (task, model, params)` reads the runs that `graft` and
+        `heads: auto` clamps take from (lab/train/restore.py); it raises RunLoadError."""
         self.model, self.task, self.probe = model, task, probe
+        self.load_run = load_run
         self.T, self.H = task.seq_len, model.n_heads
         self.n_batch = max(train_cfg.batch_size, probe.tokens.shape[0])   # every task's batch has tokens
         self.steps = train_cfg.steps
@@ -153,9 +129,8 @@ class Clamps:
 
     # ---- config -> specs and arrays ----
     def _add(self, name: str, c, measures_enabled: bool) -> None:
-        from lab.config import _choice
         for key, allowed in (("value", VALUES), ("apply", APPLY), ("schedule", tuple(SCHEDULES))):
-            _choice(f"clamps.{name}.{key}", c[key], allowed)
+            choice(f"clamps.{name}.{key}", c[key], allowed)
         sites = self._sites(name, c)
         if c.start < 0:
             raise _err(name, "start", c.start, "must be >= 0")
@@ -172,21 +147,24 @@ class Clamps:
             raise _err(name, "stop", None, "schedule=release ramps down to the window's stop; set stop")
         if c.apply == "measure" and not measures_enabled:
             raise _err(name, "apply", "measure", "needs measures.enabled=true")
-        if c.grad and c.value not in ("mean",) + CLEAN_VALUES:
-            raise _err(name, "grad", True, f"only mean, resample and preserve values are computed from the "
-                                           f"model being trained; value={c.value} has no such gradient path")
+        kind = KINDS[c.value]
+        if c.grad and not kind.grad:
+            allowed = [k.name for k in KINDS.values() if k.grad]
+            raise _err(name, "grad", True, f"only {', '.join(allowed[:-1])} and {allowed[-1]} values are computed "
+                                           f"from the model being trained; value={c.value} has no such gradient path")
         copy_from = None
-        if c.value == "perfect_copy":
-            copy_from = _parse_head(name, c.copy_from, self.model.n_layers, self.H)
-        if c.value == "graft" or (c.heads == "auto" and c.source):
+        if kind.copy_from:
+            copy_from = _parse_head(name, c.value, c.copy_from, self.model.n_layers, self.H)
+        grafted = kind.needs == "source"
+        if grafted or (c.heads == "auto" and c.source):
             if not c.source:
-                raise _err(name, "source", None, "value=graft needs source: a run directory with checkpoints")
-            self._load_source(name, c, sites if c.value == "graft" else [])
+                raise _err(name, "source", None, f"value={c.value} needs source: a run directory with checkpoints")
+            self._load_source(name, c, sites if grafted else [])
         heads = self._heads(name, c, sites)
         for i, site in enumerate(sites):
             key = name if len(sites) == 1 else f"{name}/{site}"
             self.specs.append(ClampSpec(name, key, site, c.value, c.apply, bool(c.grad),
-                                        c.source if c.value == "graft" else None, copy_from))
+                                        c.source if grafted else None, copy_from))
             self.base_args[key] = {
                 "start": np.float32(c.start), "stop": np.float32(NEVER if c.stop is None else c.stop),
                 "peak": np.float32(c.strength), "ramp": np.float32(c.ramp_steps),
@@ -220,11 +198,9 @@ class Clamps:
                 raise _err(name, "layers", list(c.layers), f"no site matching {c.site!r} lies in these layers")
         for site in sites:
             axes = site_axes(site)
-            if c.value in PATTERN_VALUES and not site.endswith(".attn.pattern"):
-                raise _err(name, "site", site, f"value={c.value} is an attention pattern; put it on "
-                                               f"blocks.<l>.attn.pattern (this site has {'no key axis' if 'key' not in axes else 'pre-softmax scores'})")
-            if c.value == "perfect_copy" and site != "logits":
-                raise _err(name, "site", site, "value=perfect_copy replaces the output logits; use site: logits")
+            why = KINDS[c.value].site_error(site, axes)
+            if why:
+                raise _err(name, "site", site, why)
             if c["keys"] is not None and "key" not in axes:
                 raise _err(name, "keys", list(c["keys"]), f"site {site} has no key axis (only attn.pattern and attn.scores do)")
             if c.heads is not None and "head" not in axes:
@@ -240,7 +216,7 @@ class Clamps:
                 raise _err(name, "auto_k", c.auto_k, f"must be in 1..{self.H} (model.n_heads)")
             if len({layer_of(s) for s in sites}) != 1:
                 raise _err(name, "heads", "auto", "automatic heads need a site in one layer")
-            measure = c.auto_measure or ("prev_token_corrected" if c.value == "prev_token" else "induction")
+            measure = c.auto_measure or KINDS[c.value].auto_measure
             step = c.start if c.auto_step is None else c.auto_step
             if c.source is None and step > c.start:
                 raise _err(name, "auto_step", step, f"heads must be chosen before the window starts (start={c.start})")
@@ -257,19 +233,17 @@ class Clamps:
         if c.source in self.sources:
             src_model, _ = self.sources[c.source]
         else:
-            from lab.runs import RunLoadError, load_run
             run = Path(c.source).expanduser()
             if not (run / "config.yaml").is_file() or not (run / "checkpoints").is_dir():
                 raise _err(name, "source", c.source, "not a run directory with config.yaml and checkpoints/")
             try:
-                _, src, _, params = load_run(run, c.source_step)
+                src_task, src_model, params = self.load_run(run, c.source_step)
             except RunLoadError as e:
                 key = "source" if c.source_step is None else "source_step"
                 raise _err(name, key, c[key], str(e)) from None
-            if (src.task.model_vocab_size, src.task.seq_len) != (self.model.vocab_size, self.T):
-                raise _err(name, "source", c.source, f"its task has vocabulary {src.task.model_vocab_size} and "
-                                                     f"seq_len {src.task.seq_len}; this run has {self.model.vocab_size} and {self.T}")
-            src_model = src.model
+            if (src_task.model_vocab_size, src_task.seq_len) != (self.model.vocab_size, self.T):
+                raise _err(name, "source", c.source, f"its task has vocabulary {src_task.model_vocab_size} and "
+                                                     f"seq_len {src_task.seq_len}; this run has {self.model.vocab_size} and {self.T}")
             self.sources[c.source] = (src_model, jax.device_get(params))
         for site in sites:
             if site not in src_model.hook_names:
@@ -290,7 +264,7 @@ class Clamps:
         args = {k: {n: np.stack([v] * n_seeds) for n, v in a.items()} for k, a in self.base_args.items()}
         grafts = {}
         for spec in self.specs:
-            if spec.value == "graft" and spec.source not in grafts:
+            if spec.kind.needs == "source" and spec.source not in grafts:
                 params = self.sources[spec.source][1]
                 n_src = jax.tree.leaves(params)[0].shape[0]
                 if n_src not in (1, n_seeds) and n_src < n_seeds:
@@ -307,8 +281,9 @@ class Clamps:
 
     def mixes_sequences(self, mode: str, only: Optional[str] = None) -> bool:
         """Whether the clamped forward pass of `mode` computes a sequence's activations from other
-        sequences of its batch (resampling), so that the batch cannot be split into parts."""
-        return any(s.value == "resample" for s in self.active(mode, only))
+        sequences of its batch (`ValueKind.mixes_sequences`: resample), so that the batch cannot be
+        split into parts."""
+        return any(s.kind.mixes_sequences for s in self.active(mode, only))
 
     def _mask(self, spec: ClampSpec, a: dict, B: int, batch_offset=0) -> jax.Array:
         parts = {"batch": jax.lax.dynamic_slice_in_dim(a["batch"], batch_offset, B), "head": a["heads"],
@@ -334,56 +309,31 @@ class Clamps:
         if not specs:
             return self.model.apply(params, batch, dict(ivs), cache_names)
         B = batch.tokens.shape[0]
-        clean = self._pass(params, batch, {s.site for s in specs if s.value in CLEAN_VALUES})
-        probe = self._pass(params, self.probe, {s.site for s in specs if s.value == "mean"})
+        passes = {need: self._pass(params, self.probe if need == "probe" else batch,
+                                   {s.site for s in specs if s.kind.needs == need})
+                  for need in ("clean", "probe")}
         grafted = {}
-        for src in {s.source for s in specs if s.value == "graft"}:
+        for src in {s.source for s in specs if s.kind.needs == "source"}:
             model = self.sources[src][0]
             grafted[src] = self._pass(args["_sources"][src], batch, {s.site for s in specs if s.source == src}, model)
         cache_names = list(cache_names)
         for spec in specs:
-            a = args[spec.key]
+            kind, a = spec.kind, args[spec.key]
             mask = self._mask(spec, a, B, batch_offset)
             strength = schedule_strength(t, a)
-            if spec.value == "induction":   # the pattern and the rows it covers come from the batch
-                weights, rows = self.task.induction_attention(batch)
-                value = induction_pattern(weights, a["pattern_strength"])[:, None]
-                mask = mask & rows[:, None, :, None]
-            else:
-                value = self._value(spec, a, batch, clean, probe, grafted, strength)
-            if spec.value == "perfect_copy":
-                site = f"blocks.{spec.copy_from[0]}.attn.pattern"
-                cache_names.append(site)
-            ivs[spec.site].append(Intervention(mask, value, strength))
+            extra = grafted[spec.source] if kind.needs == "source" else passes.get(kind.needs, {})
+            out = kind.evaluate(Context(spec.site, a, batch, strength, extra, spec.grad, spec.copy_from,
+                                        self.task, self.T, self.model.n_outputs))
+            if out.where is not None:
+                mask = mask & out.where
+            cache_names += out.reads
+            ivs[spec.site].append(Intervention(mask, out.value, strength))
         return self.model.apply(params, batch, dict(ivs), tuple(dict.fromkeys(cache_names)))
 
     def _pass(self, params, batch, sites: set, model=None) -> dict:
         if not sites:
             return {}
         return (model or self.model).apply(params, batch, cache_names=tuple(sorted(sites)))[1]
-
-    def _value(self, spec: ClampSpec, a: dict, batch, clean: dict, probe: dict, grafted: dict, strength):
-        s, kind = a["pattern_strength"], spec.value
-        sg = (lambda x: x) if spec.grad else jax.lax.stop_gradient
-        if kind == "prev_token":
-            return prev_token_pattern(self.T, s)
-        if kind == "zero":
-            return jnp.zeros(())
-        if kind == "mean":
-            return sg(probe[spec.site].mean(0, keepdims=True))
-        if kind == "preserve":
-            return sg(clean[spec.site])
-        if kind == "resample":   # each item gets the activation of another sequence in its (micro)batch
-            return sg(jnp.roll(clean[spec.site], 1, axis=0))
-        if kind == "graft":
-            return jax.lax.stop_gradient(grafted[spec.source][spec.site])
-        if kind == "scale":   # factor 1 while off, so a non-finite factor cannot leak into gradients
-            return lambda x, cache: jnp.where(strength != 0, a["factor"], 1.0) * x
-        if kind == "perfect_copy":
-            layer, head = spec.copy_from
-            vocab = self.model.n_outputs
-            return lambda x, cache: copy_logits(cache[f"blocks.{layer}.attn.pattern"][:, head], batch.tokens, vocab)
-        raise AssertionError(kind)
 
     # ---- automatic heads ----
     def choose_heads(self, args: dict, name: str, scores: np.ndarray, step: Optional[int]) -> dict:
@@ -413,35 +363,3 @@ class Clamps:
                 d.update({k: a[k] for k in ("measure", "heads_per_seed", "chosen_at_step", "source")})
             out[name] = json.loads(json.dumps(d))
         return out
-
-
-class AutoHeads(Callback):
-    """Chooses the heads of `heads: auto` clamps: from a source run's checkpoint at the start, or
-    from this run's measures at the first log step >= auto_step. Changes only traced arrays."""
-
-    def on_start(self, trainer):
-        clamps = trainer.clamps
-        for name, info in clamps.auto.items():
-            if info["source"] is not None:
-                model, params = clamps.sources[info["source"]]
-                measure = jax.jit(jax.vmap(lambda p: trainer.probe_scores(model, p)))(params)
-                scores = np.asarray(measure[info["measure"]])[:, info["layer"]]
-                scores = np.broadcast_to(scores, (len(trainer.seeds), scores.shape[-1])) if len(scores) == 1 \
-                    else scores[:len(trainer.seeds)]
-                trainer.clamp_args = clamps.choose_heads(trainer.clamp_args, name, scores, None)
-            else:   # resumed: choose again from the restored records
-                for record in trainer.records:
-                    self.on_log(trainer, record, {})
-
-    def on_log(self, trainer, record, outputs):
-        clamps = trainer.clamps
-        for name, info in clamps.auto.items():
-            if info["heads_per_seed"] is None and info["step"] is not None and record["step"] >= info["step"]:
-                if info["measure"] not in record:
-                    raise ConfigError(f"clamps.{name}.auto_measure={info['measure']!r} is not a logged per-head measure")
-                scores = np.asarray(record[info["measure"]])[:, info["layer"]]
-                trainer.clamp_args = clamps.choose_heads(trainer.clamp_args, name, scores, record["step"])
-                if record["step"] > trainer.cfg.clamps[name].start:
-                    import logging
-                    logging.getLogger(__name__).info("clamp %s: heads chosen at step %d (first log step >= %d)",
-                                                     name, record["step"], info["step"])

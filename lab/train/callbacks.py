@@ -1,5 +1,5 @@
 """Host-side callbacks, run between compiled chunks: metrics file, TensorBoard, progress bar,
-checkpoints, attention snapshots. A callback sees the trainer and the newest record; it must not
+checkpoints, attention snapshots, and the choice of `heads: auto` clamps' heads. A callback sees the trainer and the newest record; it must not
 block long, since the device waits for it."""
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import json
 import logging
 from pathlib import Path
 
+import jax
 import numpy as np
+
+from lab.core import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -178,3 +181,34 @@ class AttentionSnapshots(Callback):
         np.savez_compressed(path, steps=np.asarray(self.steps)[idx],
                             patterns=np.stack([self.patterns[i] for i in idx]).astype(np.float32),
                             labels=np.asarray(labels), **{k: np.asarray(v) for k, v in info.items()})
+
+
+class AutoHeads(Callback):
+    """Chooses the heads of `heads: auto` clamps: from a source run's checkpoint at the start, or
+    from this run's measures at the first log step >= auto_step. Changes only traced arrays."""
+
+    def on_start(self, trainer):
+        clamps = trainer.clamps
+        for name, info in clamps.auto.items():
+            if info["source"] is not None:
+                model, params = clamps.sources[info["source"]]
+                measure = jax.jit(jax.vmap(lambda p: trainer.probe_scores(model, p)))(params)
+                scores = np.asarray(measure[info["measure"]])[:, info["layer"]]
+                scores = np.broadcast_to(scores, (len(trainer.seeds), scores.shape[-1])) if len(scores) == 1 \
+                    else scores[:len(trainer.seeds)]
+                trainer.clamp_args = clamps.choose_heads(trainer.clamp_args, name, scores, None)
+            else:   # resumed: choose again from the restored records
+                for record in trainer.records:
+                    self.on_log(trainer, record, {})
+
+    def on_log(self, trainer, record, outputs):
+        clamps = trainer.clamps
+        for name, info in clamps.auto.items():
+            if info["heads_per_seed"] is None and info["step"] is not None and record["step"] >= info["step"]:
+                if info["measure"] not in record:
+                    raise ConfigError(f"clamps.{name}.auto_measure={info['measure']!r} is not a logged per-head measure")
+                scores = np.asarray(record[info["measure"]])[:, info["layer"]]
+                trainer.clamp_args = clamps.choose_heads(trainer.clamp_args, name, scores, record["step"])
+                if record["step"] > trainer.cfg.clamps[name].start:
+                    log.info("clamp %s: heads chosen at step %d (first log step >= %d)",
+                                                     name, record["step"], info["step"])

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lab import phase
-
-
-
-def head_name(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
+from lab.analysis import phase
+from lab.core import head_name
 
 
 def _mean_std(x: np.ndarray) -> dict:

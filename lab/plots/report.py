@@ -1,4 +1,6 @@
-"""A sweep's table as CSV and JSON, and the self-contained HTML report (figures inlined)."""
+"""A sweep's table as CSV and JSON, and the self-contained HTML report: its table, each figure of
+lab/plots/sweep.py inlined with the caption registered beside it, and the failed jobs with the
+commands that rerun them. `write_report` writes them all; `lab-sweep` calls it."""
 from __future__ import annotations
 
 import base64
@@ -8,10 +10,9 @@ import json
 import math
 from pathlib import Path
 
-from lab.sweep import (COMPLETED, FAILED, FIGURES, INCOMPLETE, Sweep, _fmt, _is_number,
-                       multirun_command, rerun_command, scan)
-from lab.sweep_plots import plot_sweep
-
+from lab.analysis.sweep import (COMPLETED, FAILED, INCOMPLETE, Sweep, fmt_value, is_number, multirun_command,
+                                rerun_command, scan)
+from lab.plots.sweep import SWEEP_FIGURES, plot_sweep
 
 
 def _json_value(v):
@@ -103,17 +104,12 @@ window.addEventListener("load", () => {
 });
 """
 
-CAPTIONS = {
-    "phase_vs_params": "Phase-change step (sigmoid midpoint of the repeated-part loss) against each swept "
-                       "parameter: small dots are seeds, diamonds the mean ± std over the seeds with a phase "
-                       "change; in the grey top band, hollow markers are seeds without one and red crosses "
-                       "seeds of failed or unfinished jobs.",
-    "loss_curves": "The main loss (e.g. the repeated-part loss) of every condition (the job's overrides less the seed): thick lines "
-                   "are means over seeds, thin lines single seeds, dashed verticals the mean phase-change step.",
-    "phase_grid": "Mean phase-change step for each pair of swept parameters; each cell says how many of its "
-                  "completed seeds had a phase change.",
-}
 HTML_HIDDEN = ("overrides", "run_dir")   # and <main metric>_reason, shown as the midpoint's tooltip
+
+
+def _caption(name: str) -> str:
+    figure = SWEEP_FIGURES.get(name)
+    return figure.caption if figure is not None else name
 
 
 def _td(row: dict, key: str) -> str:
@@ -123,7 +119,7 @@ def _td(row: dict, key: str) -> str:
         classes.append("status text")
     elif key == "error":
         classes.append("err")
-    elif isinstance(v, str) and not _is_number(v):
+    elif isinstance(v, str) and not is_number(v):
         classes.append("text")
     if v is None:
         classes.append("none")
@@ -137,7 +133,7 @@ def _td(row: dict, key: str) -> str:
     elif key in ("error", "status") and row.get("error"):
         title = f' title="{html.escape(row["error"])}"'
     cls = f' class="{" ".join(classes)}"' if classes else ""
-    return f'<td{cls} data-v="{html.escape(sort)}"{title}>{html.escape(_fmt(v, key))}</td>'
+    return f'<td{cls} data-v="{html.escape(sort)}"{title}>{html.escape(fmt_value(v, key))}</td>'
 
 
 def _html_table(sweep: Sweep) -> str:
@@ -196,7 +192,7 @@ def _html(sweep: Sweep, figures: dict[str, Path]) -> str:
     for name, path in figures.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         figs.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
-                    f"<figcaption>{html.escape(CAPTIONS.get(name, name))}</figcaption></figure>")
+                    f"<figcaption>{html.escape(_caption(name))}</figcaption></figure>")
     title = f"Sweep {sweep.dir}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -233,7 +229,7 @@ def write_report(sweep_dir, out_dir=None, sweep: Sweep | None = None) -> dict[st
     written = {"csv": _write_csv(sweep.public_rows, out / "sweep.csv"), "json": _write_json(sweep, out / "sweep.json")}
     written.update(plot_sweep(sweep, out))
     html_path = out / "report.html"
-    html_path.write_text(_html(sweep, {k: v for k, v in written.items() if k in FIGURES}), encoding="utf-8")
+    html_path.write_text(_html(sweep, {k: v for k, v in written.items() if k in SWEEP_FIGURES}), encoding="utf-8")
     written["html"] = html_path
     return written
 

@@ -1,5 +1,5 @@
-"""Process-level JAX settings: XLA CPU threading (must be set before JAX starts) and the persistent
-compilation cache (so the jobs of a sweep, and reruns, skip most of the compiling)."""
+"""Process-level JAX settings: XLA CPU threading (must be set before JAX's backend starts) and the
+persistent compilation cache (so the jobs of a sweep, and reruns, skip most of the compiling)."""
 from __future__ import annotations
 
 import logging
@@ -21,7 +21,7 @@ def usable_cores() -> int:
 
 def single_thread_flags() -> str:
     """XLA CPU flags for tiny models: single-threaded Eigen, and one XLA CPU device per core, over
-    which the trainer spreads a run's seeds and microbatches (lab/train.py: `Trainer.device_mesh`)."""
+    which the trainer spreads a run's seeds and microbatches (lab/train/trainer.py: `Trainer.device_mesh`)."""
     return f"{SINGLE_THREAD_FLAGS} --xla_force_host_platform_device_count={usable_cores()}"
 
 
@@ -31,11 +31,24 @@ def configure_xla_threads(train_cfg) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if train_cfg.xla_cpu_threads != "single" or "xla_cpu_multi_thread_eigen" in flags:
         return
-    if "jax" in sys.modules:
-        log.debug("JAX already imported; XLA CPU threading can no longer be changed in this process")
+    if _backend_started():
+        log.warning("JAX's backend has already started; XLA CPU threading can no longer be changed in this "
+                    "process (set XLA_FLAGS before starting Python, see lab.train.runtime.single_thread_flags)")
         return
     ours = SINGLE_THREAD_FLAGS if "xla_force_host_platform_device_count" in flags else single_thread_flags()
     os.environ["XLA_FLAGS"] = f"{ours} {flags}".strip()
+
+
+def _backend_started() -> bool:
+    """Whether JAX's backend exists: XLA reads XLA_FLAGS when it creates it, not when jax is imported
+    (the config and task modules import jax before the config is known)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge   # no public API tells; checked by tests/test_devices.py
+        return xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):
+        return True
 
 
 _cache_dir = None

@@ -1,7 +1,8 @@
-"""Entry points: `lab-train` (a Hydra app) and `lab-plot`.
+"""Entry points: `lab-train` (a Hydra app; `python -m lab` is the same) and `lab-plot`.
 
-JAX is imported only inside the app, after the config is known, so XLA's CPU threading can
-still be chosen from `train.xla_cpu_threads`.
+The training path (lab.app.run) is imported inside the app, after the config is known and XLA's
+CPU threading is set from `train.xla_cpu_threads`: the one deliberate function-local import of
+the lab's own modules (ARCHITECTURE.md). It also keeps `lab-plot` and `--help` from loading it.
 """
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from lab.config import ConfigError, register_configs
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+from lab.app.safety import precheck
+from lab.config.compose import CONFIG_DIR, check_override_keys, register_configs
+from lab.core import ConfigError, TrainingDiverged
+from lab.plots.compare import plot_compare
+from lab.plots.report import write_report
+from lab.plots.run import plot_run
+from lab.rundir import run_dirs_under
+from lab.train.runtime import configure_xla_threads
 log = logging.getLogger("lab")
 
 
@@ -27,10 +33,8 @@ def _raise_interrupt(signum, frame):
 
 def _train_app(cfg) -> dict | None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)   # "no TPU" notices on every start
-    from lab.runtime import configure_xla_threads
     configure_xla_threads(cfg.train)
-    from lab.runner import run
-    from lab.train import TrainingDiverged
+    from lab.app.run import run   # after the XLA flags: see the module docstring
 
     # SIGTERM (e.g. SLURM's pre-emption, `kill`) stops like Ctrl-C: checkpoint, summary, then exit.
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -57,29 +61,20 @@ def _train_app(cfg) -> dict | None:
 
 
 def train_main() -> None:
-    from lab.config import check_override_keys
-    from lab.safety import precheck
     try:
         check_override_keys([a for a in sys.argv[1:] if not a.startswith("-")])
-        precheck(CONFIG_DIR, sys.argv[1:])
+        precheck(str(CONFIG_DIR), sys.argv[1:])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     register_configs()
-    hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")(_train_app)()
-
-
-def _run_dirs(path: Path) -> list[Path]:
-    """A run directory, or every run directory below a multirun/sweep directory."""
-    if (path / "metrics.jsonl").is_file():
-        return [path]
-    return sorted(p.parent for p in path.glob("*/metrics.jsonl"))
+    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_train_app)()
 
 
 def _compare_main(dirs: list[Path], metric: str, out: Path | None) -> None:
     runs, missing = [], []
     for d in dirs:
-        found = _run_dirs(d)
+        found = run_dirs_under(d)
         runs += found
         if not found:
             missing.append(str(d))
@@ -87,7 +82,6 @@ def _compare_main(dirs: list[Path], metric: str, out: Path | None) -> None:
         print(f"error: not a run directory (no metrics.jsonl in it or in its subdirectories): {', '.join(missing)}",
               file=sys.stderr)
         sys.exit(2)
-    from lab.compare import plot_compare
     try:
         path = plot_compare(runs, out or Path("compare.png"), metric=metric)
     except (ValueError, OSError) as e:
@@ -119,10 +113,9 @@ def plot_main(argv=None) -> None:
         parser.error("--metric applies only with --compare")
     if not args.run_dir:
         parser.error("give a run directory, or --compare DIR DIR ...")
-    from lab.plots import plot_run
     status = 0
     for d in args.run_dir:
-        runs = _run_dirs(d)
+        runs = run_dirs_under(d)
         if not runs:
             print(f"error: {d} is not a run directory (no metrics.jsonl in it or in its subdirectories)", file=sys.stderr)
             status = 2
@@ -131,7 +124,6 @@ def plot_main(argv=None) -> None:
             for p in plot_run(run, out):
                 print(p)
         if (d / "multirun.yaml").is_file():   # a sweep: also its table, figures and HTML report
-            from lab.sweep import write_report
             for p in write_report(d).values():
                 print(p)
     sys.exit(status)

@@ -1,0 +1,198 @@
+"""The config above the tasks: Hydra's ConfigStore (every group's schema, each task module's own),
+composing a config as `lab-train` would, the checks of override keys before Hydra starts, and the
+cross-key checks Hydra's schema cannot express (`validate`, e.g. d_model divisible by n_heads)."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from lab.config.schema import ClampConfig, Config, MeasuresConfig, ModelConfig, OptimConfig, TrainConfig
+from lab.core import ConfigError, choice, positive
+from lab.tasks import registry
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
+
+
+def group_schemas(task: Optional[str] = None) -> dict:
+    """Each config group's schemas, by the name it is stored under in Hydra's ConfigStore; the task
+    group holds every task module's `Config` (only `task`'s, if given and known)."""
+    tasks = {f"schema_{name}": module.Config for name, module in registry().items()}
+    if task is not None and f"schema_{task}" in tasks:
+        tasks = {f"schema_{task}": tasks[f"schema_{task}"]}
+    return {"task": tasks, "model": {"schema_model": ModelConfig}, "optim": {"schema_optim": OptimConfig},
+            "train": {"schema_train": TrainConfig}, "measures": {"schema_measures": MeasuresConfig}}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    # presets in clamp/ type their entries with `- /clamp_schema@clamps.<name>: schema_clamp`
+    cs.store(group="clamp_schema", name="schema_clamp", node=ClampConfig)
+    for group, schemas in group_schemas().items():
+        for name, node in schemas.items():
+            cs.store(group=group, name=name, node=node)
+
+
+def _first_unknown(schema, keys: list[str]):
+    """(depth, dataclass) where the dotted `keys` leave `schema`, or None if the schema has them
+    (or they go below a field that is not a config node, which Hydra will judge)."""
+    node = schema
+    for depth, key in enumerate(keys):
+        field_ = {f.name: f for f in fields(node)}.get(key)
+        if field_ is None:
+            return depth, node
+        if depth < len(keys) - 1:
+            default = field_.default_factory() if callable(field_.default_factory) else None
+            if not is_dataclass(default):
+                return None
+            node = type(default)
+    return None
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """Reject `group.key=value` overrides whose key no schema has, suggesting the nearest key.
+    Runs before Hydra so the message can say "did you mean"; `+key=` (append) is left to Hydra
+    (and `+clamps.<name>={...}` to normalize_clamps)."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("task=")]
+    presets = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
+    task = chosen[-1] if chosen else (presets and _preset_task(presets[-1])) or "induction"
+    schemas_by_group = group_schemas(task)
+    for override in overrides:
+        if "=" not in override or override[0] in "+~":
+            continue
+        path = override.split("=", 1)[0].split(".")
+        if path[0] == "clamps" and len(path) > 2:
+            names = [f.name for f in fields(ClampConfig)]
+            if path[2] not in names:
+                raise ConfigError(f"unknown config key '{'.'.join(path)}'"
+                                  f"{_did_you_mean(path[2], names, '.'.join(path[:2]))}")
+            continue
+        if path[0] not in schemas_by_group or len(path) < 2:
+            continue
+        misses = [_first_unknown(schema, path[1:]) for schema in schemas_by_group[path[0]].values()]
+        if None in misses:
+            continue
+        depth, node = misses[0]
+        prefix, key = ".".join(path[:depth + 1]), path[depth + 1]
+        names = [f.name for f in fields(node)]
+        raise ConfigError(f"unknown config key '{'.'.join(path)}'{_did_you_mean(key, names, prefix)}")
+
+
+def _preset_task(experiment: str) -> Optional[str]:
+    """The task an experiment preset chooses (`- override /task: <name>` in its defaults list), or
+    None when the preset does not exist (Hydra then says so) or keeps the default task."""
+    path = CONFIG_DIR / "experiment" / f"{experiment}.yaml"
+    if not path.is_file():
+        return None
+    for entry in OmegaConf.load(path).get("defaults") or []:
+        if OmegaConf.is_dict(entry):
+            for key, value in entry.items():
+                if key.split()[-1].lstrip("/") == "task":
+                    return value
+    return None
+
+
+def _did_you_mean(key: str, names: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    return f"; did you mean '{prefix}.{close[0]}'?" if close else f"; keys of {prefix}: {', '.join(names)}"
+
+
+def normalize_clamps(cfg) -> None:
+    """Type every entry of cfg.clamps as a ClampConfig (filling defaults), so a clamp added as
+    `+clamps.name={...}` is checked like a preset: an unknown key or a wrong type fails here."""
+    clamps = cfg.get("clamps") or {}
+    names = [f.name for f in fields(ClampConfig)]
+    typed = {}
+    for name, c in clamps.items():
+        if not OmegaConf.is_dict(c):
+            raise ConfigError(f"clamps.{name}={c!r} must be a mapping, e.g. +clamps.{name}="
+                              "'{site: blocks.0.attn.pattern, value: prev_token, heads: [0]}'")
+        for key in c:
+            if key not in names:
+                raise ConfigError(f"unknown config key 'clamps.{name}.{key}'{_did_you_mean(key, names, f'clamps.{name}')}")
+        for key in ("site", "value"):
+            if c.get(key) is None or OmegaConf.is_missing(c, key):
+                raise ConfigError(f"clamps.{name}.{key} is required (see `{key}` in lab/config/schema.py ClampConfig)")
+        try:
+            typed[name] = OmegaConf.merge(OmegaConf.structured(ClampConfig), c)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"clamps.{name}: {str(e).splitlines()[0]}") from None
+    if clamps:
+        with open_dict(cfg):
+            cfg.clamps = typed
+
+
+def validate(cfg) -> None:
+    """Cross-key checks Hydra's schema cannot express; raises ConfigError with one line."""
+    normalize_clamps(cfg)
+    m, t, o, tr = cfg.model, cfg.task, cfg.optim, cfg.train
+    for key in ("n_layers", "n_heads", "d_model"):
+        positive(f"model.{key}", m[key])
+    if m.d_head is None and m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; "
+                          "change one, or set model.d_head explicitly")
+    if m.d_head is not None:
+        positive("model.d_head", m.d_head)
+    choice("model.pos_embed", m.pos_embed, ("learned", "sinusoidal", "rope", "none"))
+    choice("model.attention", m.attention, ("softmax", "linear"))
+    if m.readout_hidden is not None:
+        positive("model.readout_hidden", m.readout_hidden)
+    if m.pos_embed == "rope" and (m.d_head or m.d_model // m.n_heads) % 2:
+        raise ConfigError("model.pos_embed=rope needs an even head dimension (d_head)")
+    choice("optim.name", o.name, ("adam", "adamw", "sgd"))
+    choice("optim.schedule", o.schedule, ("constant", "warmup_cosine", "warmup_rsqrt"))
+    positive("optim.lr", o.lr)
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
+    if o.grad_clip is not None:
+        positive("optim.grad_clip", o.grad_clip)
+    for key in ("steps", "batch_size", "seeds", "log_every"):
+        positive(f"train.{key}", tr[key])
+    if tr.checkpoint_every < 0:
+        raise ConfigError(f"train.checkpoint_every={tr.checkpoint_every} must be >= 0 (0 disables)")
+    positive("train.keep_checkpoints", tr.keep_checkpoints)
+    choice("train.xla_cpu_threads", tr.xla_cpu_threads, ("single", "multi"))
+    choice("train.seed_axis", tr.seed_axis, ("auto", "vmap", "map"))
+    if tr.microbatch is not None:
+        positive("train.microbatch", tr.microbatch)
+        if tr.batch_size % tr.microbatch:
+            raise ConfigError(f"train.microbatch={tr.microbatch} does not divide train.batch_size={tr.batch_size}; "
+                              f"use a divisor, or null to choose automatically")
+    choice("train.on_nonfinite", tr.on_nonfinite, ("stop", "skip"))
+    positive("task.seq_len", t.seq_len)
+    positive("task.probe_size", t.probe_size)
+    module = registry().get(t.name)
+    if module is None:
+        raise ConfigError(f"task.name={t.name!r} is not a known task; known: {', '.join(registry())}")
+    if hasattr(module, "validate"):
+        module.validate(cfg)
+    ms = cfg.measures
+    for key in ("icl_early", "icl_late"):
+        v = ms[key]
+        if v is not None and not 0 <= v < t.seq_len - 1:
+            raise ConfigError(f"measures.{key}={v} must be a position in [0, {t.seq_len - 2}]")
+
+
+def load_config(overrides: Sequence[str] = (), config_name: str = "config"):
+    """Compose the Hydra config as `lab-train` would, e.g. load_config(["model.n_layers=1"])."""
+    from hydra import compose, initialize_config_dir
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+def saved_config(path):
+    """A run's saved (resolved) config, laid over the current default config, so that a run written
+    before a key existed gets that key's default. If the saved config does not fit the current
+    schema, it is used as saved."""
+    saved = OmegaConf.load(path)
+    try:
+        return OmegaConf.merge(load_config(), saved)
+    except Exception:
+        return OmegaConf.merge({"clamps": {}}, saved)

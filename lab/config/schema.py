@@ -1,0 +1,128 @@
+"""Structured-config schemas: every config group has a dataclass, so Hydra rejects an unknown key or a
+wrong type at startup, naming the key. The bottom layer of the config: the tasks extend `TaskConfig`
+here, and `lab.config.compose` (above the tasks) stores, composes and cross-checks them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class TaskConfig:
+    """Every task's config extends this; the tasks' own schemas live in their modules (lab/tasks/)."""
+    name: str = MISSING
+    seq_len: int = 64          # tokens per sequence, BOS included
+    probe_size: int = 64       # fixed probe batch the measures are computed on
+    probe_seed: int = 12345
+
+
+@dataclass
+class ModelConfig:
+    n_layers: int = 2
+    n_heads: int = 4
+    d_model: int = 64
+    d_head: Optional[int] = None      # default d_model // n_heads
+    attn_only: bool = True
+    d_mlp: Optional[int] = None       # default 4 * d_model
+    layer_norm: bool = True           # pre-LayerNorm in each block and before the unembedding
+    pos_embed: str = "learned"        # learned | sinusoidal | rope | none
+    rope_base: float = 10000.0
+    init_std: float = 0.02
+    attention: str = "softmax"        # softmax | linear (von Oswald et al.'s linear self-attention: no softmax)
+    attn_scale: bool = True           # scores / sqrt(d_head); Reddy (2024)'s network has no scaling
+    readout_hidden: Optional[int] = None  # a ReLU MLP of this width replaces the unembedding (Reddy's classifier)
+    fused_attention: bool = True      # softmax attention with a hand-written backward when no hook reads the pattern
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"                # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0         # adamw only
+    b1: float = 0.9
+    b2: float = 0.999
+    momentum: float = 0.0             # sgd only
+    schedule: str = "constant"        # constant | warmup_cosine | warmup_rsqrt
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0         # warmup_cosine: final lr / peak lr
+    grad_clip: Optional[float] = None # global-norm clipping; null disables
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    seed: int = 0                     # first seed; seeds run are seed .. seed + seeds - 1
+    seeds: int = 1                    # independent seeds trained as one compiled program
+    microbatch: Optional[int] = None  # sequences per gradient pass (must divide batch_size); null: automatic (see lab/train/trainer.py)
+    seed_axis: str = "auto"           # vmap | map | auto (vmap on GPU/TPU; map, i.e. a loop inside the program, on CPU)
+    log_every: int = 25               # steps per compiled chunk; measures are logged after each
+    checkpoint_every: int = 1000      # 0 disables periodic checkpoints (the final one is always written)
+    keep_checkpoints: int = 2
+    resume: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+    on_nonfinite: str = "stop"        # stop: a NaN/inf loss or gradient fails the run | skip: drop that update, count it
+    xla_cpu_threads: str = "single"   # single | multi: XLA's CPU threading (tiny models run faster single)
+    compile_cache: Optional[str] = "~/.cache/induction-lab/jax"  # persistent compile cache; null disables
+
+
+@dataclass
+class PhaseConfig:
+    smooth: int = 5                   # moving-average window (log points) for threshold and steepest change
+    loss_threshold_frac: float = 0.5  # repeat-loss threshold = frac * ln(vocab_size), the chance loss
+    loss_min_drop_frac: float = 0.3   # a loss phase change must drop >= frac * chance loss
+    score_threshold: float = 0.4      # induction / previous-token score threshold
+    score_min_rise: float = 0.2       # a score phase change must rise by >= this
+    min_r2: float = 0.8               # sigmoid fit quality needed to call it a phase change
+    max_width_frac: float = 0.35      # 10-90 % of the transition must span < this fraction of the run
+
+
+@dataclass
+class MeasuresConfig:
+    enabled: bool = True
+    icl_early: Optional[int] = None   # defaults scale Olsson's tokens 50 and 500 of 512 to seq_len
+    icl_late: Optional[int] = None
+    attention_snapshots: bool = True  # keep probe-0 attention per log step to plot before/after
+    phase: PhaseConfig = field(default_factory=PhaseConfig)
+
+
+@dataclass
+class ClampConfig:
+    """One clamp ("artificial optogenetics"): fix an activation to a value for a window of steps.
+    Applied as where(mask, s*value + (1-s)*x, x) with s from the strength schedule; see lab/clamps/."""
+    site: str = MISSING               # hook site, globs allowed: blocks.0.attn.pattern, blocks.*.attn.z, logits
+    value: str = MISSING              # prev_token | induction | zero | mean | resample | preserve | graft | perfect_copy | scale
+    heads: Any = None                 # null: every head; a list of head indices; "auto": chosen from the measures
+    layers: Optional[List[int]] = None   # keep only these layers of a glob site
+    batch: Optional[List[int]] = None    # batch items touched; null: all
+    queries: Optional[List[int]] = None  # query positions (positions, for sites without a key axis); negatives count from the end
+    keys: Optional[List[int]] = None     # key positions (pattern and scores sites only)
+    start: int = 0                    # window [start, stop) in training steps
+    stop: Optional[int] = None        # null: to the end of training
+    strength: float = 1.0             # peak blend s between the value (1) and the model's own activation (0)
+    schedule: str = "constant"        # constant | linear | cosine (ramp up over ramp_steps) | release (ramp down to stop)
+    ramp_steps: int = 0
+    pattern_strength: float = 1.0     # ideal patterns: weight on the target key; the rest stays on the query itself
+    factor: float = 1.0               # scale: the activation is multiplied by this
+    apply: str = "both"               # train | eval (measures only) | both | measure (logged as extra metrics only)
+    grad: bool = False                # mean / resample / preserve: let gradients flow through the clean pass
+    source: Optional[str] = None      # graft, or heads=auto: a run directory whose checkpoint supplies the values/heads
+    source_step: Optional[int] = None # that run's checkpoint step; null: its newest
+    copy_from: Optional[str] = None   # perfect_copy: the head, e.g. L1H0, whose attention builds the logits
+    auto_k: int = 1                   # heads=auto: heads chosen per seed
+    auto_step: Optional[int] = None   # heads=auto without source: choose from the measures logged at this step (default: start)
+    auto_measure: Optional[str] = None  # heads=auto: rank by this per-head measure (default: by value kind)
+
+
+@dataclass
+class Config:
+    task: TaskConfig = MISSING
+    model: ModelConfig = MISSING
+    optim: OptimConfig = MISSING
+    train: TrainConfig = MISSING
+    measures: MeasuresConfig = MISSING
+    clamps: Dict[str, Any] = field(default_factory=dict)   # named ClampConfigs (checked by validate); presets in clamp/
+    out_dir: str = "."

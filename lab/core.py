@@ -1,0 +1,40 @@
+"""The leaf every layer may import: the lab's error type, one-line validators and head names.
+It imports nothing from `lab` and nothing heavy (no JAX), so the command-line entry points can use
+it before XLA's flags are set."""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config value the lab cannot run with; the message is one line naming the key."""
+
+
+def choice(key: str, value, allowed) -> None:
+    """Refuse `value` for `key` unless it is one of `allowed`."""
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def positive(key: str, value) -> None:
+    """Refuse a missing, zero or negative `value` for `key`."""
+    if value is None or value <= 0:
+        raise ConfigError(f"{key}={value!r} must be positive")
+
+
+def head_name(layer: int, head: int) -> str:
+    """The name of a head in summaries and tables: L<layer>H<head>, both from 0."""
+    return f"L{layer}H{head}"
+
+
+def first_line(e: Exception) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+
+class RunLoadError(ValueError):
+    """A run directory cannot be loaded; the message is one line."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""

@@ -1,0 +1,2 @@
+"""Progress measures: token-level losses and scores (`losses`) and per-head measures with the one
+helper every task calls (`heads`)."""

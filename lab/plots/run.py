@@ -1,0 +1,601 @@
+"""The figures of one run directory, one PNG each: the loss and the phase change, per-head scores
+(heatmaps and lines), attention snapshots, loss by position, every logged scalar and every per-head
+measure. `plot_run` draws them; `lab-plot RUN_DIR` and `lab-train` call it.
+
+Everything is read from the files the trainer writes (metrics.jsonl, summary.json,
+attention.npz, config.yaml), so plots can be redrawn for a finished or a killed run without JAX.
+Unknown per-seed scalars and per-head measures are picked up by shape and drawn in the
+overview figures, so a new measure needs no change here. Clamps (config.yaml `clamps:`) are
+shaded on the loss, per-head line and all-scalars figures (lab/plots/clamp_windows.py).
+
+To add a run figure, write one function here that takes the run (`_Run`: its metrics, phase
+change, strongest heads and clamps, read once) and the path to write, and returns the path, or
+None when the run lacks its data; register it with `@run_figure("<name>", caption="<what it
+shows>")`. It is drawn as `<name>.png`, after the figures above it, and `plot_run(figures=...)`
+and FIGURES know it by its name. Shared style and helpers are in lab/plots/style.py.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+# lab.plots.style first: it selects the headless Agg backend before pyplot loads
+from lab.plots.style import (CLAMPED_INFIX, LABELS, SCORE_CMAP, STEP_LABEL, STYLE, metric_label, save_figure,
+                             seed_mean)
+from lab.plots.clamp_windows import CLAMP_COLOURS, ClampWindow, clamp_legend, clamp_note, clamp_windows, shade_clamps
+from lab.plots.transition import Transition, phase_transition
+from lab.rundir import load_attention, load_metrics, load_run_config, load_summary
+from lab.rundir import n_seeds as count_seeds
+
+import matplotlib.pyplot as plt  # noqa: E402  (after lab.plots.style: the Agg backend)
+from matplotlib.colors import PowerNorm, TwoSlopeNorm  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+MARK_COLOUR = "tab:red"       # transition marks; visible on both ends of viridis
+MAX_ATTENTION_COLUMNS = 8
+LINE_STYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2))]
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class RunFigure:
+    """A registered run figure: `draw(run, path)` writes `<name>.png` and returns its path, or None
+    when the run lacks what it shows; `caption` says in one sentence what it shows."""
+
+    name: str
+    caption: str
+    draw: Callable[[_Run, Path], Path | None]
+
+
+RUN_FIGURES: dict[str, RunFigure] = {}   # name -> figure, in the order plot_run draws them
+
+
+def run_figure(name: str, caption: str):
+    """Register the decorated `draw(run, path) -> Path | None` as the run figure `<name>.png`."""
+    def register(draw: Callable) -> Callable:
+        if name in RUN_FIGURES:
+            raise ValueError(f"run figure {name!r} is registered twice")
+        RUN_FIGURES[name] = RunFigure(name, caption, draw)
+        return draw
+    return register
+
+
+# ----------------------------------------------------------------------------- run bundle
+
+
+@dataclass
+class _Run:
+    """What the run figures draw, read once from the run directory."""
+
+    name: str
+    steps: np.ndarray
+    metrics: dict[str, np.ndarray]
+    scalars: dict[str, np.ndarray]  # (N, S)
+    heads: dict[str, np.ndarray]    # (N, S, L, H)
+    n_seeds: int
+    transition: Transition | None
+    thresholds: dict
+    strongest: dict[str, tuple[int, int]]
+    has_summary: bool
+    clamps: list[ClampWindow] = field(default_factory=list)
+    main: str = "loss_repeat"        # the task's main loss (summary.json main_metric) and its accuracy
+    main_acc: str = "acc_repeat"
+    main_label: str = "loss on repeated part"
+    baselines: dict = field(default_factory=dict)   # summary.json: reference-predictor loss key -> label
+    main_heads: list[str] = field(default_factory=list)   # of induction, prev_token: the ones logged
+    attention: dict | None = None    # attention.npz; read only when the attention figure is wanted
+
+    @property
+    def x_range(self) -> tuple[float, float]:
+        return float(self.steps[0]), float(self.steps[-1])
+
+    def head_names(self, key: str) -> list[str]:
+        _, _, n_layers, n_heads = self.heads[key].shape
+        return [f"L{l}H{h}" for l in range(n_layers) for h in range(n_heads)]
+
+    def status(self) -> str:
+        if self.transition is not None:
+            return self.transition.describe()
+        return "no phase analysis " + ("in summary.json" if self.has_summary else "(no summary.json)")
+
+    def status_line(self) -> str:
+        return self.status().splitlines()[0]
+
+    def subtitle(self, width: int = 90) -> str:
+        """The status line, and a line naming the clamps if the run has any."""
+        note = clamp_note(self.clamps, width)
+        return self.status_line() + (f"\n{note}" if note else "")
+
+    def shade_clamps(self, ax, label: bool = False) -> None:
+        shade_clamps(ax, self.clamps, self.x_range, label=label)
+
+    def clamped(self, base: str) -> list[tuple[str, str, str]]:
+        """(key, clamp name, colour) of each logged `<base>_clamped_<name>` per-seed scalar."""
+        colours = {w.name: w.colour for w in self.clamps}
+        prefix = f"{base}{CLAMPED_INFIX}"
+        out = []
+        for key in self.scalars:
+            if key.startswith(prefix):
+                name = key[len(prefix):]
+                out.append((key, name, colours.get(name, CLAMP_COLOURS[len(out) % len(CLAMP_COLOURS)])))
+        return out
+
+
+def _strongest_head(summary: dict, heads: dict, summary_key: str, metric: str) -> tuple[int, int] | None:
+    head = summary.get(summary_key)
+    if isinstance(head, (list, tuple)) and len(head) == 2:
+        return int(head[0]), int(head[1])
+    if metric not in heads:
+        return None
+    # no summary: the head with the highest final score (mean over seeds)
+    final = seed_mean(heads[metric])[-1]
+    if np.all(np.isnan(final)):
+        return None
+    l, h = np.unravel_index(np.nanargmax(final), final.shape)
+    return int(l), int(h)
+
+
+def _gather(run_dir: Path) -> _Run:
+    metrics = load_metrics(run_dir)
+    summary = load_summary(run_dir)
+    main = summary.get("main_metric", "loss_repeat")
+    config = load_run_config(run_dir)
+    n_seeds = count_seeds(metrics)
+    scalars = {k: v for k, v in metrics.items() if k != "step" and v.ndim == 2 and v.shape[1] == n_seeds}
+    heads = {k: v for k, v in metrics.items() if v.ndim == 4 and v.shape[1] == n_seeds}
+    strongest = {}
+    for metric, summary_key in (("induction", "strongest_induction_head"),
+                                ("prev_token", "strongest_prev_token_head")):
+        head = _strongest_head(summary, heads, summary_key, metric)
+        if head is not None:
+            strongest[metric] = head
+    return _Run(
+        name=run_dir.resolve().name,
+        steps=metrics["step"],
+        metrics=metrics,
+        scalars=scalars,
+        heads=heads,
+        n_seeds=n_seeds,
+        transition=phase_transition(summary, main),
+        thresholds=summary.get("thresholds") or {},
+        strongest=strongest,
+        has_summary=bool(summary),
+        clamps=clamp_windows(config, float(metrics["step"][-1]), summary),
+        main=main,
+        main_acc=summary.get("main_accuracy", "acc_repeat"),
+        main_label=summary.get("main_metric_label", metric_label(main)),
+        baselines=summary.get("baselines") or {},
+        main_heads=[k for k in ("induction", "prev_token") if k in heads],
+    )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _plot_seeds(ax, steps, values, label, colour, ls="-") -> None:
+    """Thin line per seed, thick mean; one seed gets just the thick line."""
+    if values.shape[1] > 1:
+        for s in range(values.shape[1]):
+            ax.plot(steps, values[:, s], color=colour, lw=0.8, alpha=0.4, ls=ls)
+    ax.plot(steps, seed_mean(values), color=colour, lw=2.2, label=label, ls=ls)
+
+
+def _mark_transition(ax, tr: Transition | None, band=True, per_seed=True, label=False) -> None:
+    if tr is None or not tr.detected:
+        return
+    if band and tr.onset is not None and tr.end is not None:
+        ax.axvspan(tr.onset, tr.end, color=MARK_COLOUR, alpha=0.1, lw=0,
+                   label="transition (mean onset–end)" if label else None)
+    if per_seed and len(tr.midpoints) > 1:
+        for m in tr.midpoints:
+            ax.axvline(m, color=MARK_COLOUR, lw=0.7, ls=":", alpha=0.8)
+    if tr.centre is not None:
+        ax.axvline(tr.centre, color=MARK_COLOUR, lw=1.5, ls="--",
+                   label="mean transition midpoint" if label else None)
+
+
+def _step_edges(steps: np.ndarray) -> np.ndarray:
+    """Cell edges halfway between log steps, so uneven logging keeps true x positions."""
+    s = steps.astype(float)
+    if len(s) == 1:
+        return np.array([s[0] - 0.5, s[0] + 0.5])
+    mid = (s[1:] + s[:-1]) / 2
+    return np.concatenate([[s[0] - (mid[0] - s[0])], mid, [s[-1] + (s[-1] - mid[-1])]])
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+@run_figure("loss", caption="The main loss and the overall probe loss over training (thin: seeds, thick: mean) with "
+                           "the phase change and detection threshold marked, above the accuracy and ICL score.")
+def _plot_loss(run: _Run, path: Path) -> Path:
+    fig, (ax, ax_acc) = plt.subplots(2, 1, figsize=(9, 7.5), sharex=True, layout="constrained",
+                                     height_ratios=[3, 2])
+    seeds_note = f"thin: {run.n_seeds} seeds, thick: mean" if run.n_seeds > 1 else "1 seed"
+    for key, colour, label in ((run.main, "C0", run.main_label), ("loss", "C1", metric_label("loss"))):
+        same = key == "loss" and run.main in run.scalars and np.allclose(run.scalars[key], run.scalars[run.main],
+                                                                         equal_nan=True)
+        if key in run.scalars and not same:   # tasks scored only at the query log loss = the main loss
+            _plot_seeds(ax, run.steps, run.scalars[key], label, colour)
+    for key, name, colour in run.clamped(run.main):
+        _plot_seeds(ax, run.steps, run.scalars[key], f"loss under clamp {name}", colour, ls="--")
+    for i, (key, label) in enumerate(run.baselines.items()):   # e.g. in-context unigram / bigram predictors
+        if key in run.scalars:
+            _plot_seeds(ax, run.steps, run.scalars[key], label, f"C{4 + i}", ls=":")
+    run.shade_clamps(ax)
+    if run.thresholds.get(run.main) is not None:
+        ax.axhline(run.thresholds[run.main], color="0.3", ls="--", lw=1,
+                   label=f"detection threshold ({run.thresholds[run.main]:g})")
+    _mark_transition(ax, run.transition, label=True)
+    ax.set_ylabel("loss")
+    ax.set_title(f"Probe loss ({seeds_note})")
+    ax.grid(alpha=0.3)
+    # the phase verdict heads the legend, so loc="best" keeps both clear of the curves
+    legend = ax.legend(loc="best", title=run.status(), title_fontproperties={"weight": "bold", "size": 10},
+                       alignment="left")
+    legend.get_frame().set_edgecolor("0.5")
+
+    # accuracy and ICL score have different units: twin y axes, each label coloured like its
+    # line, which stands in for a legend that could not avoid the curves of both axes
+    drawn = []
+    if run.main_acc in run.scalars:
+        _plot_seeds(ax_acc, run.steps, run.scalars[run.main_acc], None, "C2")
+        ax_acc.set_ylabel("accuracy", color="C2")
+        ax_acc.tick_params(axis="y", colors="C2")
+        if np.nanmin(run.scalars[run.main_acc]) >= 0:   # an R² can be negative: leave its axis free
+            ax_acc.set_ylim(-0.02, 1.02)
+        what = LABELS.get(run.main_acc) if run.main_acc not in ("acc_repeat", "acc") else None
+        what = what or (run.main_label.replace("loss", "accuracy", 1) if "loss" in run.main_label else run.main_acc)
+        drawn.append(f"{what} (green, left axis)")
+        clamped = run.clamped(run.main_acc)
+        for key, name, colour in clamped:
+            _plot_seeds(ax_acc, run.steps, run.scalars[key], None, colour, ls="--")
+        if clamped:
+            drawn[-1] = drawn[-1][:-1] + "; dashed: under clamp)"
+    if "icl_score" in run.scalars:
+        ax_icl = ax_acc.twinx()
+        _plot_seeds(ax_icl, run.steps, run.scalars["icl_score"], None, "C3")
+        ax_icl.set_ylabel(metric_label("icl_score"), color="C3")
+        ax_icl.tick_params(axis="y", colors="C3")
+        drawn.append("ICL score (red, right axis)")
+    _mark_transition(ax_acc, run.transition, per_seed=False)
+    run.shade_clamps(ax_acc)
+    title = " and ".join(drawn) if drawn else f"{run.main_acc} / icl_score not logged"
+    ax_acc.set_title(title[0].upper() + title[1:])
+    ax_acc.set_xlabel(STEP_LABEL)
+    ax_acc.grid(alpha=0.3)
+    clamp_legend(fig, run.clamps)
+    note = clamp_note(run.clamps)
+    what = "the induction phase change" if run.main == "loss_repeat" else f"the phase change in {run.main_label}"
+    fig.suptitle(f"{run.name}: loss and {what}" + (f"\n{note}" if note else ""))
+    return save_figure(fig, path)
+
+
+def _row_ticks(ax, names: list[str], n_heads: int, bold: str | None, line_colour: str) -> None:
+    rows = len(names)
+    every = max(1, math.ceil(rows / 40))  # keep labels legible for wide models
+    idx = list(range(0, rows, every))
+    ax.set_yticks([i + 0.5 for i in idx])
+    ax.set_yticklabels([names[i] for i in idx], fontsize=9 if rows <= 16 else 7)
+    for tick, i in zip(ax.get_yticklabels(), idx):
+        if names[i] == bold:
+            tick.set_fontweight("bold")
+    for boundary in range(n_heads, rows, n_heads):  # separate layers
+        ax.axhline(boundary, color=line_colour, lw=1.5)
+    ax.set_ylim(rows, 0)
+
+
+def _heatmaps(run: _Run, keys: list[str], path: Path, title: str, shared_unit: bool) -> Path:
+    names = run.head_names(keys[0])
+    n_heads = run.heads[keys[0]].shape[3]
+    panel_h = float(np.clip(0.22 * len(names) + 1.0, 2.2, 6.5))
+    fig, axes = plt.subplots(len(keys), 1, figsize=(10, panel_h * len(keys) + 0.8), sharex=True,
+                             layout="constrained", squeeze=False)
+    edges = _step_edges(run.steps)
+    mesh = None
+    for ax, key in zip(axes[:, 0], keys):
+        data = seed_mean(run.heads[key]).reshape(len(run.steps), -1).T  # (heads, steps)
+        vmin, vmax, cmap = 0.0, 1.0, SCORE_CMAP
+        lo, hi = (np.nanmin(data), np.nanmax(data)) if np.isfinite(data).any() else (0.0, 1.0)
+        if not shared_unit and lo < 0:  # signed measure: centre the colour scale on zero
+            lim = max(abs(lo), abs(hi), 1e-9)
+            vmin, vmax, cmap = -lim, lim, "RdBu_r"
+        elif not shared_unit and hi > 1:
+            vmin, vmax = lo, hi
+        diverging = cmap != SCORE_CMAP  # white and red would vanish on its pale middle and red end
+        mesh = ax.pcolormesh(edges, np.arange(len(names) + 1), data, vmin=vmin, vmax=vmax,
+                             cmap=cmap, shading="flat")
+        strongest = run.strongest.get(key)
+        _row_ticks(ax, names, n_heads, f"L{strongest[0]}H{strongest[1]}" if strongest else None,
+                   "0.3" if diverging else "white")
+        if run.transition and run.transition.detected and run.transition.centre is not None:
+            ax.axvline(run.transition.centre, color="black" if diverging else MARK_COLOUR, lw=1.8, ls="--")
+        ax.set_title(f"{metric_label(key)} (mean over seeds)")
+        ax.set_ylabel("head")
+        if not shared_unit:
+            fig.colorbar(mesh, ax=ax, label="score", pad=0.01)
+    if shared_unit:
+        fig.colorbar(mesh, ax=axes[:, 0], label="score (mean over seeds)", pad=0.01, shrink=0.9)
+    axes[-1, 0].set_xlabel(STEP_LABEL)
+    subtitle = run.status_line()
+    if run.transition and run.transition.detected:
+        subtitle += "  (dashed line: loss transition midpoint)"
+    if run.clamps:
+        subtitle += "\n" + clamp_note(run.clamps)
+    fig.suptitle(f"{run.name}: {title}\n{subtitle}", fontsize=12)
+    return save_figure(fig, path)
+
+
+@run_figure("heads_heatmap", caption="Induction and previous-token scores of every head over training (mean "
+                                    "over seeds), one heatmap row per head, with the loss transition midpoint dashed.")
+def _plot_heads_heatmap(run: _Run, path: Path) -> Path | None:
+    if not run.main_heads:
+        return None   # plot_run has warned: no induction/prev_token measures logged
+    return _heatmaps(run, run.main_heads, path, "per-head scores over training", shared_unit=True)
+
+
+def _head_styles(n_layers: int, n_heads: int):
+    cmap = plt.get_cmap("tab10" if n_heads <= 10 else "tab20")
+    colours = [cmap(h % cmap.N) for h in range(n_heads)]
+    styles = [LINE_STYLES[l % len(LINE_STYLES)] for l in range(n_layers)]
+    return colours, styles
+
+
+@run_figure("heads_lines", caption="Induction and previous-token scores of every head over training (mean over "
+                                  "seeds) as lines, colour for the head and line style for the layer, the strongest "
+                                  "head bold.")
+def _plot_head_lines(run: _Run, path: Path) -> Path | None:
+    keys = run.main_heads
+    if not keys:
+        return None   # plot_run has warned: no induction/prev_token measures logged
+    _, _, n_layers, n_heads = run.heads[keys[0]].shape
+    colours, styles = _head_styles(n_layers, n_heads)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(10, 3.6 * len(keys) + 0.8), sharex=True,
+                             layout="constrained", squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        mean = seed_mean(run.heads[key])  # (N, L, H)
+        strongest = run.strongest.get(key)
+        for l in range(n_layers):
+            for h in range(n_heads):
+                top = strongest == (l, h)
+                ax.plot(run.steps, mean[:, l, h], color=colours[h], ls=styles[l], lw=2.6 if top else 1.3,
+                        zorder=3 if top else 2)
+        if strongest is not None:
+            l, h = strongest
+            ax.annotate(f"L{l}H{h}", (run.steps[-1], mean[-1, l, h]), xytext=(0, 4), textcoords="offset points",
+                        ha="right", va="bottom", fontsize=9, fontweight="bold", color=colours[h])
+        if run.thresholds.get(key) is not None:
+            ax.axhline(run.thresholds[key], color="0.3", ls="--", lw=1)
+        _mark_transition(ax, run.transition, per_seed=False)
+        run.shade_clamps(ax)
+        lo = min(0.0, float(np.nanmin(mean))) if np.isfinite(mean).any() else 0.0
+        hi = max(1.0, float(np.nanmax(mean))) if np.isfinite(mean).any() else 1.0
+        ax.set_ylim(lo - 0.03, hi + 0.03)
+        ax.set_ylabel("score")
+        ax.set_title(f"{metric_label(key)} per head (mean over seeds)")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel(STEP_LABEL)
+
+    # colour encodes the head index and line style the layer, so the legend stays L + H long
+    handles = [Line2D([], [], color=colours[h], lw=2, label=f"head {h}") for h in range(n_heads)]
+    handles += [Line2D([], [], color="0.2", ls=styles[l], lw=1.5, label=f"layer {l}") for l in range(n_layers)]
+    if any(run.thresholds.get(key) is not None for key in keys):
+        handles.append(Line2D([], [], color="0.3", ls="--", lw=1, label="detection threshold"))
+    if run.transition and run.transition.detected:
+        handles.append(Line2D([], [], color=MARK_COLOUR, ls="--", lw=1.5, label="loss transition midpoint"))
+        if run.transition.onset is not None and run.transition.end is not None:
+            handles.append(Patch(color=MARK_COLOUR, alpha=0.15, label="loss transition onset–end"))
+    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
+    clamp_legend(fig, run.clamps)
+    fig.suptitle(f"{run.name}: per-head scores over training (bold: strongest head)\n{run.subtitle(65)}",
+                 fontsize=12)
+    return save_figure(fig, path)
+
+
+def _snapshot_columns(att: dict) -> list[int]:
+    """Snapshots to show: all if few, else the labelled ones, else evenly spaced."""
+    k = len(att["steps"])
+    if k <= MAX_ATTENTION_COLUMNS:
+        return list(range(k))
+    labelled = [i for i, lab in enumerate(att["labels"]) if lab]
+    if 0 < len(labelled) <= MAX_ATTENTION_COLUMNS:
+        return labelled
+    return sorted(set(np.linspace(0, k - 1, MAX_ATTENTION_COLUMNS).round().astype(int).tolist()))
+
+
+def _outline_repeats(ax, att: dict) -> None:
+    """Box, for each later copy, the keys an ideal induction head attends to (previous
+    occurrence + 1): the induction stripe runs along each box's diagonal."""
+    start, n, reps = att["repeat_start"], att["repeat_len"], att["n_repeats"]
+    if None in (start, n, reps):
+        return
+    for r in range(1, reps):
+        q0, k0 = start + r * n, start + (r - 1) * n + 1
+        ax.add_patch(Rectangle((k0 - 0.5, q0 - 0.5), n, n, fill=False, ec="cyan", lw=1.0, ls="--"))
+
+
+@run_figure("attention", caption="Attention patterns of the strongest induction and previous-token heads on probe "
+                                "sequence 0 (seed 0) at snapshots through training, ideal induction targets boxed.")
+def _plot_attention(run: _Run, path: Path) -> Path | None:
+    att = run.attention
+    if att is None:
+        return None   # no attention.npz (or a malformed one: load_attention has warned)
+    _, n_layers, n_heads, _, _ = att["patterns"].shape
+    rows = []
+    for key, name in (("induction", "strongest induction head"), ("prev_token", "strongest prev-token head")):
+        head = run.strongest.get(key)
+        if head is None or not (0 <= head[0] < n_layers and 0 <= head[1] < n_heads):
+            warnings.warn(f"attention plot: no valid {name} ({head}); row left out")
+            continue
+        rows.append((name, head))
+    if not rows:
+        return None
+    cols = _snapshot_columns(att)
+    size = 2.7
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(size * len(cols) + 1.4, size * len(rows) + 1.0),
+                             sharex=True, sharey=True, layout="constrained", squeeze=False)
+    # square-root scale: before the phase change weights are spread thin, and a linear scale
+    # would show them as uniformly dark; linear attention has signed, unbounded weights instead
+    signed = float(np.nanmin(att["patterns"])) < -1e-6
+    if signed:
+        top = float(np.nanmax(np.abs(att["patterns"]))) or 1.0
+        norm = TwoSlopeNorm(vcenter=0.0, vmin=-top, vmax=top)
+    else:
+        norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
+    image = None
+    for r, (name, (l, h)) in enumerate(rows):
+        for c, k in enumerate(cols):
+            ax = axes[r, c]
+            image = ax.imshow(att["patterns"][k, l, h], norm=norm, cmap="RdBu_r" if signed else SCORE_CMAP,
+                              interpolation="nearest")
+            _outline_repeats(ax, att)
+    for c, k in enumerate(cols):
+        label = att["labels"][k] if k < len(att["labels"]) else ""
+        step = f"step {int(att['steps'][k])}"
+        axes[0, c].set_title(f"{label} ({step})" if label else step, fontsize=10)
+        axes[-1, c].set_xlabel("key position", fontsize=10)
+    for r, (name, (l, h)) in enumerate(rows):
+        axes[r, 0].set_ylabel(f"{name} L{l}H{h}\nquery position", fontsize=10)
+    # shared axes: one locator serves every panel; positions are whole tokens
+    axes[0, 0].xaxis.set_major_locator(MaxNLocator(6, integer=True))
+    axes[0, 0].yaxis.set_major_locator(MaxNLocator(6, integer=True))
+    for ax in axes.flat:
+        ax.tick_params(labelsize=8)
+    if signed:
+        fig.colorbar(image, ax=axes, label="attention score (linear attention, signed)", shrink=0.85, pad=0.01)
+    else:
+        fig.colorbar(image, ax=axes, label="attention weight (square-root scale)", shrink=0.85, pad=0.01,
+                     ticks=[0, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0], format="%g")
+    note = "; cyan boxes: ideal induction targets on each box's diagonal" if att["repeat_len"] else ""
+    fig.suptitle(f"{run.name}: attention on probe sequence 0 (seed 0){note}", fontsize=11)
+    return save_figure(fig, path)
+
+
+def _position_steps(run: _Run) -> list[tuple[int, str]]:
+    """Log indices to draw: first, around the transition, last (evenly spread if none)."""
+    steps = run.steps
+    nearest = lambda s: int(np.argmin(np.abs(steps - s)))  # noqa: E731
+    tr = run.transition
+    picks = [(0, "first")]
+    if tr and tr.detected and tr.centre is not None:
+        for s, what in ((tr.onset, "onset"), (tr.centre, "midpoint"), (tr.end, "end")):
+            if s is not None:
+                picks.append((nearest(s), what))
+    else:
+        picks += [(nearest(steps[0] + f * (steps[-1] - steps[0])), "") for f in (0.25, 0.5, 0.75)]
+    picks.append((len(steps) - 1, "last"))
+    seen, out = set(), []
+    for i, what in picks:
+        if i not in seen:
+            seen.add(i)
+            out.append((i, what))
+    return sorted(out)
+
+
+@run_figure("loss_by_position", caption="Probe loss at each position of the sequence (mean over seeds) at the "
+                                       "first and last logged steps and around the phase change.")
+def _plot_loss_by_position(run: _Run, path: Path) -> Path | None:
+    lbp = run.metrics.get("loss_by_pos")
+    if lbp is None:
+        return None   # the task logs no per-position loss (e.g. classification: only the query is scored)
+    if lbp.ndim != 3:
+        warnings.warn("loss_by_pos missing or not [S][T-1] per record; skipping loss_by_position.png")
+        return None
+    mean = seed_mean(lbp)  # (N, T-1)
+    positions = np.arange(1, mean.shape[1] + 1)  # entry i is the loss on predicting token i+1
+    picks = _position_steps(run)
+    colours = plt.get_cmap("plasma")(np.linspace(0.05, 0.85, len(picks)))
+    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
+    for colour, (i, what) in zip(colours, picks):
+        label = f"step {int(run.steps[i])}" + (f" ({what})" if what else "")
+        ax.plot(positions, mean[i], color=colour, lw=1.8, label=label)
+    ax.set_xlabel("position of predicted token")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title(f"{run.name}: probe loss by position (mean over seeds)\n{run.subtitle()}", fontsize=12)
+    ax.grid(alpha=0.3)
+    ax.legend(title="training step", loc="best")
+    return save_figure(fig, path)
+
+
+@run_figure("all_scalars", caption="Every logged per-seed scalar and the learning rate over training, one small "
+                                  "panel each, with the phase-change midpoint and clamp windows.")
+def _plot_all_scalars(run: _Run, path: Path) -> Path | None:
+    """Every per-seed scalar (and lr) in small multiples, so new metrics show up unasked."""
+    panels = list(run.scalars.items())
+    if "lr" in run.metrics and run.metrics["lr"].ndim == 1:
+        panels.append(("lr", run.metrics["lr"][:, None]))
+    if not panels:
+        return None
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows + 0.6), sharex=True,
+                             layout="constrained", squeeze=False)
+    for ax, (key, values) in zip(axes.flat, panels):
+        _plot_seeds(ax, run.steps, values, metric_label(key), "C0")
+        _mark_transition(ax, run.transition, band=False, per_seed=False)
+        run.shade_clamps(ax)
+        ax.set_title(metric_label(key), fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for i, ax in enumerate(axes.flat[:len(panels)]):
+        if i + ncols >= len(panels):  # lowest visible panel of its column
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel(STEP_LABEL)
+    clamp_legend(fig, run.clamps)
+    fig.suptitle(f"{run.name}: all logged scalars (thin: seeds, thick: mean)\n{run.subtitle()}", fontsize=12)
+    return save_figure(fig, path)
+
+
+@run_figure("heads_all_measures", caption="Every logged per-head measure over training (mean over seeds), one "
+                                         "heatmap of all heads each, on its own colour scale.")
+def _plot_heads_all_measures(run: _Run, path: Path) -> Path | None:
+    if not run.heads:
+        return None
+    return _heatmaps(run, list(run.heads), path, "every per-head measure", shared_unit=False)
+
+
+# ----------------------------------------------------------------------------- drawing a run
+
+
+FIGURES = tuple(RUN_FIGURES)   # the run figures' names, in drawing order
+
+
+def plot_run(run_dir, out_dir=None, figures=None) -> list[Path]:
+    """Draw the figures the run directory supports into `out_dir` (default `<run_dir>/plots`)
+    as `<name>.png` and return the paths written.
+
+    `figures` picks a subset of FIGURES (default: all); ones whose data is missing
+    (e.g. attention without attention.npz) are skipped.
+    """
+    names = tuple(RUN_FIGURES)
+    wanted = set(names if figures is None else figures)
+    if wanted - set(names):
+        raise ValueError(f"unknown figures {sorted(wanted - set(names))}; choose from {names}")
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    run = _gather(run_dir)
+    if "attention" in wanted:
+        run.attention = load_attention(run_dir)
+    if not run.main_heads and wanted & {"heads_heatmap", "heads_lines"}:
+        warnings.warn("no induction/prev_token measures logged; skipping per-head figures")
+
+    written = []
+    with plt.rc_context(STYLE):
+        for figure in RUN_FIGURES.values():
+            if figure.name in wanted:
+                path = figure.draw(run, out / f"{figure.name}.png")
+                if path is not None:  # None: the run lacks the figure's data (a warning says why if unusable)
+                    written.append(path)
+    return written

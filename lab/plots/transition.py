@@ -1,0 +1,79 @@
+"""The loss phase change of a run as summary.json reports it (`phase_transition`), reduced to what
+the run figures and the comparison of runs draw (`Transition`)."""
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Transition:
+    """The loss phase change as summary.json reports it, reduced to what gets drawn."""
+
+    n_detected: int
+    n_seeds: int
+    midpoints: list[float] = field(default_factory=list)  # per detected seed
+    midpoint: float | None = None                          # mean over detected seeds
+    midpoint_std: float | None = None
+    onset: float | None = None
+    end: float | None = None
+    threshold_step: float | None = None
+    reason: str = ""
+
+    @property
+    def detected(self) -> bool:
+        return self.n_detected > 0
+
+    @property
+    def centre(self) -> float | None:
+        """The step to mark: sigmoid midpoint, else the threshold crossing."""
+        return self.midpoint if self.midpoint is not None else self.threshold_step
+
+    def describe(self) -> str:
+        if not self.detected:
+            text = "no phase change detected"
+            return text + ("\n" + textwrap.fill(self.reason, 45) if self.reason else "")
+        seeds = f"({self.n_detected}/{self.n_seeds} seeds)"
+        if self.midpoint is not None:
+            spread = f" ± {self.midpoint_std:.0f}" if self.midpoint_std and self.n_detected > 1 else ""
+            return f"phase change at step {self.midpoint:.0f}{spread} {seeds}"
+        if self.threshold_step is not None:
+            return f"loss below threshold at step {self.threshold_step:.0f} {seeds}"
+        return f"phase change detected {seeds}"
+
+
+def _mean_of(per_seed: list[dict], key: str) -> float | None:
+    vals = [p[key] for p in per_seed if p.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def phase_transition(summary: dict, metric: str = "loss_repeat") -> Transition | None:
+    """The phase change of `metric` in summary.json's "phase", or None when it has no entry."""
+    entry = (summary.get("phase") or {}).get(metric)
+    if not isinstance(entry, dict):
+        return None
+    per_seed = [p for p in entry.get("per_seed") or [] if isinstance(p, dict)]
+    agg = entry.get("aggregate") or {}
+    hits = [p for p in per_seed if p.get("detected")]
+
+    def pick(agg_key: str, seed_key: str) -> float | None:
+        # the aggregate is authoritative; per-seed means fill keys it lacks (e.g. end)
+        return agg[agg_key] if agg.get(agg_key) is not None else _mean_of(hits, seed_key)
+
+    std = agg.get("midpoint_std")
+    if std is None and len(hits) > 1:
+        std = float(np.std([p["midpoint"] for p in hits if p.get("midpoint") is not None] or [0.0]))
+    reasons = [p.get("reason") for p in per_seed if p.get("reason")]
+    return Transition(
+        n_detected=int(agg.get("n_detected", len(hits))),
+        n_seeds=int(agg.get("n_seeds", len(per_seed))),
+        midpoints=[float(p["midpoint"]) for p in hits if p.get("midpoint") is not None],
+        midpoint=pick("midpoint_mean", "midpoint"),
+        midpoint_std=std,
+        onset=pick("onset_mean", "onset"),
+        end=pick("end_mean", "end"),
+        threshold_step=pick("threshold_step_mean", "threshold_step"),
+        reason=reasons[0] if reasons and not hits else "",
+    )
