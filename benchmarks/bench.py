@@ -36,7 +36,7 @@ args = parser.parse_args()
 if args.threads == "single":   # the XLA flags lab-train sets (one single-threaded device per core)
     from types import SimpleNamespace
 
-    from lab.runtime import configure_xla_threads
+    from lab.train.runtime import configure_xla_threads
     configure_xla_threads(SimpleNamespace(xla_cpu_threads="single"))
 
 import jax  # noqa: E402
@@ -44,7 +44,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import lab  # noqa: E402
-from lab.train import Trainer  # noqa: E402
+from lab.train.trainer import Trainer  # noqa: E402
 
 
 _square = jax.jit(lambda x: x @ x)   # one compile for every round's peak

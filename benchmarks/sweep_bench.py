@@ -32,7 +32,7 @@ def lab_train(*overrides: str) -> float:
     t = time.perf_counter()
     flags = [o for o in overrides if o.startswith("-")]   # Hydra wants -m before the overrides
     rest = [o for o in overrides if not o.startswith("-")]
-    p = subprocess.run([sys.executable, "-m", "lab.train", *flags, *common, *rest], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "lab", *flags, *common, *rest], capture_output=True, text=True)
     if p.returncode:
         sys.exit(f"lab-train failed:\n{p.stderr[-3000:]}")
     return time.perf_counter() - t

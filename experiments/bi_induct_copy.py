@@ -16,7 +16,7 @@ matched compute (same model, steps, batch and tokens for every mix), on the defa
 attention-only model at lr 3e-3 (at the default 1e-3 the copy loss stays on its order-blind plateau
 for 1500 steps). Measured per head on the task's direction-balanced probe: `induction` (attention to
 prev_occ + 1 on forward second copies) and `anti_induction` (to prev_occ - 1 on backward ones);
-`backward_match` (to prev_occ itself) is reported too. The ablation is `lab.ablate.ablate` (mean
+`backward_match` (to prev_occ itself) is reported too. The ablation is `lab.analysis.ablation.ablate` (mean
 ablation of `blocks.{l}.attn.z`, loss on copied tokens `loss_copy`); with 4 heads per layer, top 2 %
 rounds up to one head per layer (2 of the 8 heads), against one random head per layer, 20 draws.
 
@@ -46,8 +46,9 @@ import numpy as np
 
 from experiments.common import Experiment, all_measured, claim, save_figure, script_main
 
+ORDER = 4                  # position in `make experiments` / `python -m experiments` and in the README's table
+PRESET = "bi_induct"       # configs/experiment/bi_induct.yaml: task=copy on the default model at lr 3e-3
 MIXES = {"forward": 0.0, "balanced": 0.5, "backward": 1.0}
-LR = 3e-3
 TOP_PERCENT = 2.0          # the paper's "top 2 % induction heads per layer"
 DRAWS = 20                 # random head sets per seed
 # Thresholds fixed from the paper's wording before any result was seen:
@@ -57,8 +58,8 @@ ASYMMETRY = 0.3            # "strong forward/backward asymmetry": induction beat
 
 
 def _ablate(exp, run, draws, eval_size):
-    """lab.ablate on the run's checkpoint; cached in the run directory as bi_induct_ablation.json."""
-    from lab.ablate import ablate
+    """lab.analysis.ablation.ablate on the run's checkpoint; cached in the run directory as bi_induct_ablation.json."""
+    from lab.analysis.ablation import ablate
     path = run.run_dir / "bi_induct_ablation.json"
     settings = {"kind": "mean", "top_percent": TOP_PERCENT, "draws": draws, "eval_size": eval_size}
     if path.exists():
@@ -193,12 +194,12 @@ def main(argv=None):
     draws, eval_size = exp.pick(4, DRAWS), exp.pick(32, 256)
     runs = {}
     for mix in mixes:
-        runs[mix] = exp.run(mix, ["task=copy", f"task.backward_frac={MIXES[mix]}", f"optim.lr={LR}",
+        runs[mix] = exp.run(mix, [f"experiment={PRESET}", f"task.backward_frac={MIXES[mix]}",
                                   f"train.seeds={seeds}", f"train.steps={steps}"])
     raw = {mix: _ablate(exp, run, draws, eval_size) for mix, run in runs.items()}
     abl = {mix: _per_seed_deltas(r) for mix, r in raw.items()}
     chance = next(iter(raw.values()))["chance_loss"]
-    from lab.ablate import n_per_layer
+    from lab.analysis.ablation import n_per_layer
     n_layer = n_per_layer(next(iter(runs.values())).cfg.model.n_heads, TOP_PERCENT)
 
     def max_head(mix, key):
@@ -297,7 +298,8 @@ def main(argv=None):
              "max_head": {mix: {k: run.final(k).max(axis=(1, 2)).tolist() for k in
                                 ("induction", "anti_induction", "backward_match", "prev_token_corrected")}
                           for mix, run in runs.items()},
-             "ablation": abl, "bag_loss": bag, "n_per_layer": n_layer, "steps": steps, "seeds": seeds, "lr": LR}
+             "ablation": abl, "bag_loss": bag, "n_per_layer": n_layer, "steps": steps, "seeds": seeds,
+             "lr": float(runs[mixes[0]].cfg.optim.lr)}
     exp.finish(claims, figs, extra=extra)
 
 

@@ -108,9 +108,9 @@ class Run:
         return [r["midpoint"] if r["detected"] else None for r in entry["per_seed"]]
 
     def fit(self, values, direction: str, min_amplitude: float, steps=None) -> dict:
-        """lab.phase.detect on one curve (default x: the run's log steps) with this run's phase
+        """lab.analysis.phase.detect on one curve (default x: the run's log steps) with this run's phase
         settings (smoothing, R², width): the per-curve phase-change fit summary.json uses."""
-        from lab import phase
+        from lab.analysis import phase
         pc = self.cfg.measures.phase
         return phase.detect(self.steps if steps is None else steps, values, direction=direction,
                             min_amplitude=min_amplitude, min_r2=pc.min_r2, max_width_frac=pc.max_width_frac,
@@ -119,7 +119,7 @@ class Run:
     def load(self):
         """(trainer, params with a seed axis) from the run's newest checkpoint."""
         if self._params is None:
-            from lab.runs import load_run
+            from lab.train.restore import load_run
             _, self._trainer, _, self._params = load_run(self.run_dir)
         return self._trainer, self._params
 
@@ -173,8 +173,8 @@ class Experiment:
         from omegaconf import OmegaConf
 
         import lab
-        from lab.config import validate
-        from lab.plots import load_metrics
+        from lab.config.compose import validate
+        from lab.rundir import load_metrics
 
         overrides = list(overrides) + (SMOKE_TRAIN if self.smoke else [])
         self.runs[label] = overrides
@@ -279,7 +279,7 @@ def save_figure(fig, path: Path, title: Optional[str] = None) -> Path:
 
 def script_main(main):
     """Run an experiment's main() with a one-line error for bad input instead of a traceback."""
-    from lab.config import ConfigError
+    from lab.core import ConfigError
     try:
         main()
     except (ConfigError, KeyboardInterrupt) as e:

@@ -11,7 +11,7 @@ occurrences of the current token).
 
 Stages per seed: the unigram stage is the step where KL to the unigram predictor is smallest before
 the model gets closer to the bigram predictor; the transition is abrupt if a phase change is fitted
-(lab.phase.detect) to KL to the bigram predictor after that step. Its timing against the induction
+(lab.analysis.phase.detect) to KL to the bigram predictor after that step. Its timing against the induction
 head uses threshold crossings: the step where KL to the bigram predictor falls below KL to the
 unigram one, and the step where a layer-1 head's induction score exceeds the lab's score threshold.
 
@@ -30,6 +30,8 @@ import numpy as np
 
 from experiments.common import Experiment, all_measured, claim, crossing_step, measured_note, save_figure, script_main
 
+ORDER = 6                  # position in `make experiments` / `python -m experiments` and in the README's table
+PRESET = "edelman"         # configs/experiment/edelman.yaml: task=markov on the 2-layer attention-only model
 REACHED = 0.25        # unigram stage: KL to the unigram predictor <= 1/4 of its value at initialisation
 CLOSER = 2.0          # ... and KL to bigram >= 2x KL to unigram there
 BIGRAM_LEFT = 0.2     # bigram stage: final loss within 20 % of the unigram-bigram gap above the bigram loss
@@ -102,7 +104,7 @@ def main(argv=None):
     exp = Experiment("edelman_markov", "Statistical induction heads", "Edelman et al. 2024", argv)
     seeds = exp.seeds(1, 3, 5)
     steps = exp.pick(30, 2000, 4000)
-    run = exp.run("markov", ["task=markov", f"train.seeds={seeds}", f"train.steps={steps}"])
+    run = exp.run("markov", [f"experiment={PRESET}", f"train.seeds={seeds}", f"train.steps={steps}"])
     st = [stages(run, s) for s in range(seeds)]
     loss, uni, bi = run.final("loss_markov"), run.final("loss_unigram"), run.final("loss_bigram")
     left = (loss - bi) / (uni - bi)

@@ -20,6 +20,8 @@ import numpy as np
 
 from experiments.common import Experiment, all_measured, claim, measured_note, save_figure, script_main
 
+ORDER = 1                  # position in `make experiments` / `python -m experiments` and in the README's table
+PRESET = "olsson"          # configs/experiment/olsson.yaml: token induction, 2-layer attention-only
 DEPTHS = (1, 2, 3)
 # Olsson's "coincides": the loss bump and the induction head's rise share a window. Here: the fitted
 # midpoints lie within 10 % of the run's steps of each other.
@@ -89,8 +91,8 @@ def main(argv=None):
     steps = exp.pick(30, 1500, 3000)
     runs = {}
     for depth in DEPTHS:
-        model = "attn_only_1l" if depth == 1 else "attn_only_2l"
-        runs[depth] = exp.run(f"layers{depth}", [f"model={model}", f"model.n_layers={depth}",
+        control = ["model=attn_only_1l"] if depth == 1 else []     # the preset's model is attn_only_2l
+        runs[depth] = exp.run(f"layers{depth}", [f"experiment={PRESET}", *control, f"model.n_layers={depth}",
                                                  f"train.seeds={seeds}", f"train.steps={steps}"])
     tol = COINCIDE_FRAC * steps
     claims = []

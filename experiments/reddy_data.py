@@ -1,8 +1,8 @@
 """Data dependence and abrupt learning in in-context classification (Reddy 2024, "The mechanistic
 basis of data dependence and abrupt learning in an in-context classification task").
 
-Reddy's task (`task=reddy model=reddy`: K Gaussian-mixture classes, L labels, N item-label pairs,
-burstiness B) on his two-layer attention-only network. Three questions:
+Reddy's task (preset `experiment=reddy`, i.e. `task=reddy model=reddy`: K Gaussian-mixture classes, L labels,
+N item-label pairs, burstiness B) on his two-layer attention-only network. Three questions:
 
 1. Data dependence: IC accuracy (`acc_ic`, novel classes; `acc_ic2`, label-swapped known classes) and
    IW accuracy (`acc_iw`) over burstiness B in {0, 1, 2, 4} and number of classes K. Reddy (Fig. 2,
@@ -50,6 +50,8 @@ import numpy as np
 
 from experiments.common import Experiment, claim, save_figure, script_main
 
+ORDER = 3                  # position in `make experiments` / `python -m experiments` and in the README's table
+PRESET = "reddy"           # configs/experiment/reddy.yaml: task and model at the paper's defaults
 N_CONTEXT = 8
 L_DEFAULT = 32
 K_DEFAULT = 2048
@@ -71,7 +73,7 @@ def label(K: int, L: int, B: int) -> str:
 def rise_step(steps, values, window: int = 5, min_rise: float = MIN_RISE):
     """First logged step at which the smoothed curve has covered half its rise from its minimum
     (before its maximum) to its maximum; None if it rises by less than min_rise."""
-    from lab.phase import smooth
+    from lab.analysis.phase import smooth
     y = np.asarray(values, float)
     if y.size < 3 or not np.all(np.isfinite(y)):
         return None
@@ -246,7 +248,7 @@ def main(argv=None):
     runs = {}
     for K, L, B in conditions:
         runs[(K, L, B)] = exp.run(label(K, L, B), [
-            "task=reddy", "model=reddy", f"task.n_classes={K}", f"task.n_labels={L}", f"task.burstiness={B}",
+            f"experiment={PRESET}", f"task.n_classes={K}", f"task.n_labels={L}", f"task.burstiness={B}",
             f"task.probe_size={probe}", f"train.seeds={seeds_k.get(K, seeds)}", f"train.steps={steps}"])
     any_run = next(iter(runs.values()))
     log_every = int(any_run.cfg.train.log_every)
@@ -315,7 +317,7 @@ def main(argv=None):
     variants, distinct = {"distinct": {}, "repeating": {}}, {}
     for L in exp.pick((N_CONTEXT,), (N_CONTEXT, L_DEFAULT)):
         variants["distinct"][(K_DEFAULT, L, 1)] = exp.run(label(K_DEFAULT, L, 1) + "_distinct", [
-            "task=reddy", "model=reddy", f"task.n_classes={K_DEFAULT}", f"task.n_labels={L}", "task.burstiness=1",
+            f"experiment={PRESET}", f"task.n_classes={K_DEFAULT}", f"task.n_labels={L}", "task.burstiness=1",
             "task.distinct_labels=true", f"task.probe_size={probe}", f"train.seeds={seeds}", f"train.steps={steps}"])
     variants["repeating"] = runs
     for variant, vruns in variants.items():

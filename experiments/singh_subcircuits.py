@@ -1,7 +1,8 @@
 """What needs to go right for an induction head (Singh et al. 2024): subcircuit clamps and phase-change timing.
 
-Task `singh` (x1 l1 x2 l2 xq: two exemplar-label pairs of two classes, labels re-drawn from K per
-sequence, the query's label is scored) on `model=singh` (2 attention-only layers, 8 heads, RoPE).
+Preset `experiment=singh` (configs/experiment/singh.yaml): task `singh` (x1 l1 x2 l2 xq: two exemplar-label
+pairs of two classes, labels re-drawn from K per sequence, the query's label is scored) on `model=singh`
+(2 attention-only layers, 8 heads, RoPE), lr 3e-4, batch 32, logged every 10 steps.
 Timing = the first logged step where the probe query loss `loss_query` falls below 0.4·ln 2 (Singh's
 criterion, the task's phase threshold), per seed; a seed that never crosses is reported as not crossed.
 
@@ -58,7 +59,8 @@ import numpy as np
 from experiments.common import Experiment, claim, crossing_step, save_figure, script_main
 
 NAME = "singh_subcircuits"
-BASE = ["task=singh", "model=singh", "optim.lr=3e-4", "train.batch_size=32"]
+ORDER = 2                  # position in `make experiments` / `python -m experiments` and in the README's table
+PRESET = "singh"           # configs/experiment/singh.yaml: the unclamped recipe every condition starts from
 DEFAULT_CLASSES, DEFAULT_LABELS = 50, 5           # configs/task/singh.yaml
 LABEL_POSITIONS = [1, 3]                          # x1 l1 x2 l2 xq: task.n_context=2 is not varied here
 CONDITIONS = ("none", "A_att", "A", "B", "C", "AB", "AC", "BC", "ABC")
@@ -108,7 +110,6 @@ def main(argv=None):
     exp = Experiment(NAME, "What needs to go right for an induction head", "Singh et al. 2024", argv,
                      description=__doc__.splitlines()[0])
     seeds = exp.seeds(1, 3, 5)
-    log_every = exp.pick(10, 10, 10)
     scale = exp.pick(1, 1, 2)
     # steps per condition: long enough for every seed to cross (exploratory runs: unclamped ~725-950,
     # A ~300-550, the others <= 200), the unclamped baseline with margin
@@ -130,7 +131,7 @@ def main(argv=None):
     late_start = exp.pick(10, 400, 400)
     late_conds = exp.pick(smoke=["ABC"], default=["A", "B", "C"])
     late_steps = 1300 * scale
-    common = BASE + [f"train.seeds={seeds}", f"train.log_every={log_every}"]
+    common = [f"experiment={PRESET}", f"train.seeds={seeds}"]
 
     def run(label, cond, steps, task=(), start=0, source=None):
         return exp.run(label, common + [f"train.steps={steps}", *task] + clamp_overrides(cond, source, start))
@@ -161,6 +162,7 @@ def main(argv=None):
     p3 = {c: run(f"late_{c}", c, late_steps, start=late_start, source=p1["none"]) for c in late_conds}
     x3 = {c: crossings(r, threshold) for c, r in p3.items()}
 
+    log_every = int(p1["none"].cfg.train.log_every)
     claims = make_claims(exp, x1, p1, x2, p2, x3, p3, threshold, late_start, log_every)
     figs = [fig_subcircuits(exp, p1, x1, threshold), fig_data(exp, p2, x2, threshold),
             fig_late(exp, p1, x1, p3, x3, threshold, late_start)]

@@ -23,9 +23,10 @@ import numpy as np
 
 from experiments.common import Experiment, claim, save_figure, script_main
 
-# The recipe of configs/task/regression.yaml (their setting d = N = 10, U(-1, 1) inputs, no noise).
-RECIPE = ["task=regression", "model=linear_attn", "optim.lr=1e-2", "optim.schedule=warmup_cosine",
-          "optim.warmup_steps=100", "train.batch_size=128"]
+ORDER = 5                  # position in `make experiments` / `python -m experiments` and in the README's table
+# configs/experiment/von_oswald.yaml: the recipe of configs/task/regression.yaml (their setting d = N = 10,
+# U(-1, 1) inputs, no noise) on configs/model/linear_attn.yaml
+PRESET = "von_oswald"
 LOSS_TOL = 0.05        # "matches GD": within 5 % of one GD step's loss
 PRED_TOL = 0.05        # predictions differ by < 5 % of the query target's variance
 COS_MIN = 0.95         # von Oswald et al.'s model cosine is ~1 at the end of training
@@ -64,8 +65,8 @@ def main(argv=None):
     exp = Experiment("von_oswald_gd", "In-context learning by gradient descent", "von Oswald et al. 2022", argv)
     seeds = exp.seeds(1, 3, 5)
     steps = exp.pick(30, 2000, 5000)
-    runs = {depth: exp.run(f"lsa_{depth}layer", RECIPE + [f"model.n_layers={depth}", f"train.seeds={seeds}",
-                                                          f"train.steps={steps}"]) for depth in (1, 2)}
+    runs = {depth: exp.run(f"lsa_{depth}layer", [f"experiment={PRESET}", f"model.n_layers={depth}",
+                                                 f"train.seeds={seeds}", f"train.steps={steps}"]) for depth in (1, 2)}
     one = runs[1]
     task_cfg = one.cfg.task
     from lab.tasks.regression import X_MOMENTS
