@@ -20,7 +20,6 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -28,6 +27,7 @@ import numpy as np
 from lab.plots.style import (CLAMPED_INFIX, LABELS, SCORE_CMAP, STEP_LABEL, STYLE, metric_label, save_figure,
                              seed_mean)
 from lab.plots.clamp_windows import CLAMP_COLOURS, ClampWindow, clamp_legend, clamp_note, clamp_windows, shade_clamps
+from lab.plots.registry import Figure, figure_decorator
 from lab.plots.transition import Transition, phase_transition
 from lab.rundir import load_attention, load_metrics, load_run_config, load_summary
 from lab.rundir import n_seeds as count_seeds
@@ -46,27 +46,9 @@ LINE_STYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (
 # ----------------------------------------------------------------------------- registry
 
 
-@dataclass(frozen=True)
-class RunFigure:
-    """A registered run figure: `draw(run, path)` writes `<name>.png` and returns its path, or None
-    when the run lacks what it shows; `caption` says in one sentence what it shows."""
-
-    name: str
-    caption: str
-    draw: Callable[[_Run, Path], Path | None]
-
-
-RUN_FIGURES: dict[str, RunFigure] = {}   # name -> figure, in the order plot_run draws them
-
-
-def run_figure(name: str, caption: str):
-    """Register the decorated `draw(run, path) -> Path | None` as the run figure `<name>.png`."""
-    def register(draw: Callable) -> Callable:
-        if name in RUN_FIGURES:
-            raise ValueError(f"run figure {name!r} is registered twice")
-        RUN_FIGURES[name] = RunFigure(name, caption, draw)
-        return draw
-    return register
+RUN_FIGURES: dict[str, Figure] = {}   # name -> figure, in the order plot_run draws them
+# @run_figure(name, caption) on `draw(run: _Run, path) -> Path | None` registers the run figure <name>.png
+run_figure = figure_decorator(RUN_FIGURES, "run")
 
 
 # ----------------------------------------------------------------------------- run bundle
@@ -493,12 +475,10 @@ def _position_steps(run: _Run) -> list[tuple[int, str]]:
     else:
         picks += [(nearest(steps[0] + f * (steps[-1] - steps[0])), "") for f in (0.25, 0.5, 0.75)]
     picks.append((len(steps) - 1, "last"))
-    seen, out = set(), []
+    first = {}   # each snapshot once, under the first name it was picked for
     for i, what in picks:
-        if i not in seen:
-            seen.add(i)
-            out.append((i, what))
-    return sorted(out)
+        first.setdefault(i, what)
+    return sorted(first.items())
 
 
 @run_figure("loss_by_position", caption="Probe loss at each position of the sequence (mean over seeds) at the "

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 # lab.plots.style first: it selects the headless Agg backend before pyplot loads
 from lab.plots.style import SCORE_CMAP, STEP_LABEL, STYLE, metric_label, save_figure, seed_mean
+from lab.plots.registry import Figure, figure_decorator
 from lab.analysis.sweep import COMPLETED, Sweep, condition_label, fmt_value, is_number, sort_values
 
 import matplotlib.pyplot as plt  # noqa: E402  (after lab.plots.style: the Agg backend)
@@ -29,27 +28,10 @@ MAX_GROUPS = 8            # more combinations of the other parameters than this:
 MAX_PAIRS = 12            # parameter pairs drawn in phase_grid
 
 
-@dataclass(frozen=True)
-class SweepFigure:
-    """A registered sweep figure: `draw(sweep, path)` writes `<name>.png` and returns its path, or
-    None when the sweep lacks what it shows; `caption` is its caption in report.html."""
-
-    name: str
-    caption: str
-    draw: Callable[[Sweep, Path], Path | None]
-
-
-SWEEP_FIGURES: dict[str, SweepFigure] = {}   # name -> figure, in the order plot_sweep draws them
-
-
-def sweep_figure(name: str, caption: str):
-    """Register the decorated `draw(sweep, path) -> Path | None` as the sweep figure `<name>.png`."""
-    def register(draw: Callable) -> Callable:
-        if name in SWEEP_FIGURES:
-            raise ValueError(f"sweep figure {name!r} is registered twice")
-        SWEEP_FIGURES[name] = SweepFigure(name, caption, draw)
-        return draw
-    return register
+SWEEP_FIGURES: dict[str, Figure] = {}   # name -> figure, in the order plot_sweep draws them
+# @sweep_figure(name, caption) on `draw(sweep, path) -> Path | None` registers the sweep figure <name>.png;
+# its caption is the figure's caption in report.html
+sweep_figure = figure_decorator(SWEEP_FIGURES, "sweep")
 
 
 def _colours(n: int, sequential: bool):

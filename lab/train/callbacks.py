@@ -166,12 +166,10 @@ class AttentionSnapshots(Callback):
         else:
             picks.append((len(steps) // 2, "middle"))
         picks.append((len(steps) - 1, "final"))
-        seen, out = set(), []
+        first = {}   # each snapshot once, under the first label it was picked for
         for i, lab in picks:
-            if i not in seen:
-                seen.add(i)
-                out.append((i, lab))
-        return [i for i, _ in out], [lab for _, lab in out]
+            first.setdefault(i, lab)
+        return list(first), list(first.values())
 
     def save(self, path: Path, summary: dict, info: dict) -> None:
         """`info`: the task's snapshot_info of the probe (tokens of sequence 0, structure to outline)."""
