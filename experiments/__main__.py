@@ -8,6 +8,7 @@ script (with ORDER and a PRESET in configs/experiment/) and needs no entry here 
     python -m experiments                  # every experiment at default scale, then the table
     python -m experiments --full           # any other option goes to every script (--smoke, --seeds N, --retrain)
     python -m experiments --list           # the experiments, in order
+    python -m experiments --smoke          # every script end to end in seconds; the README's table is kept
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def main(argv=None) -> int:
                 print(f"experiments.{name} failed (exit status {rc}); the experiments after it did not run",
                       file=sys.stderr)
                 return rc
+        if "--smoke" in argv:   # smoke verdicts check the scripts, not the claims: keep the README's table
+            print("smoke runs: experiments/README.md's table of verdicts is left as it is")
+            return 0
         return subprocess.call([sys.executable, "-m", "experiments.report"], cwd=ROOT)
     except KeyboardInterrupt:
         return 130

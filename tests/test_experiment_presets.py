@@ -138,3 +138,15 @@ def test_override_keys_are_checked_against_the_presets_task():
         check_override_keys(["experiment=singh", "task.n_clases=5"])
     with pytest.raises(ConfigError, match="unknown config key 'task.n_classes'"):
         check_override_keys(["task.n_classes=5"])                           # the default task has none
+
+
+def test_smoke_runs_leave_the_readme_table(monkeypatch):
+    import experiments.__main__ as runner
+    calls = []
+    monkeypatch.setattr(runner, "experiment_modules", lambda: ["olsson_layers"])
+    monkeypatch.setattr(runner.subprocess, "call", lambda cmd, cwd=None: calls.append(cmd[2:]) or 0)
+    assert runner.main(["--smoke"]) == 0
+    assert calls == [["experiments.olsson_layers", "--smoke"]]          # no experiments.report
+    calls.clear()
+    assert runner.main([]) == 0
+    assert calls == [["experiments.olsson_layers"], ["experiments.report"]]
