@@ -276,7 +276,10 @@ def _row_ticks(ax, names: list[str], n_heads: int, bold: str | None, line_colour
     ax.set_ylim(rows, 0)
 
 
-def _heatmaps(run: _Run, keys: list[str], path: Path, title: str, shared_unit: bool) -> Path:
+def _heatmaps(run: _Run, keys: list[str], path: Path, title: str, shared_unit: bool) -> Path | None:
+    """One heatmap panel (heads x steps) per key; None when there is no key to draw."""
+    if not keys:
+        return None
     names = run.head_names(keys[0])
     n_heads = run.heads[keys[0]].shape[3]
     panel_h = float(np.clip(0.22 * len(names) + 1.0, 2.2, 6.5))
@@ -320,8 +323,7 @@ def _heatmaps(run: _Run, keys: list[str], path: Path, title: str, shared_unit: b
 @run_figure("heads_heatmap", caption="Induction and previous-token scores of every head over training (mean "
                                     "over seeds), one heatmap row per head, with the loss transition midpoint dashed.")
 def _plot_heads_heatmap(run: _Run, path: Path) -> Path | None:
-    if not run.main_heads:
-        return None   # plot_run has warned: no induction/prev_token measures logged
+    # without induction/prev_token measures there is nothing to draw (plot_run has warned)
     return _heatmaps(run, run.main_heads, path, "per-head scores over training", shared_unit=True)
 
 
@@ -540,8 +542,6 @@ def _plot_all_scalars(run: _Run, path: Path) -> Path | None:
 @run_figure("heads_all_measures", caption="Every logged per-head measure over training (mean over seeds), one "
                                          "heatmap of all heads each, on its own colour scale.")
 def _plot_heads_all_measures(run: _Run, path: Path) -> Path | None:
-    if not run.heads:
-        return None
     return _heatmaps(run, list(run.heads), path, "every per-head measure", shared_unit=False)
 
 
