@@ -2,7 +2,6 @@
 dispatch (lax.scan), seeds as a leading axis (vmap or a loop), seeds and microbatches spread over the
 available devices (shard_map), progress measures on the probe set at the end of every chunk, and
 host-side callbacks between chunks. Read top to bottom: build -> init_state -> fit.
-
 """
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ from lab.tasks import make_task
 from lab.train.callbacks import AutoHeads
 from lab.train.optim import make_optimizer
 from lab.train.restore import load_run
-from lab.train.state import init_one, init_state, seed_range
+from lab.train.state import init_state, seed_range
 
 
 PER_STEP = ("train_loss", "grad_norm")   # returned by the scan per step, logged as chunk means
@@ -83,9 +82,6 @@ class Trainer:
         self._t0 = time.perf_counter()
 
     # ---- pure functions (one seed; vmapped over seeds) ----
-    def init_one(self, seed_key: jax.Array) -> dict:
-        return init_one(self.model, self.optimizer, seed_key)
-
     def loss_fn(self, params, batch, clamp_args, interventions, t, batch_offset=0):
         logits, _ = self.clamps.forward(params, batch, clamp_args, t, "train", extra=interventions,
                                         batch_offset=batch_offset)
