@@ -112,3 +112,36 @@ def test_rerunning_into_an_interrupted_run_continues_it(tmp_path, tiny_overrides
     assert "continuing it from its checkpoint" in p.stderr + p.stdout + (run / "train.log").read_text()
     assert [r["step"] for r in records(run)] == list(range(0, 401, 5))
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_second_signal_inside_a_chunk_leaves_a_consistent_checkpoint(tmp_path, tiny_overrides, monkeypatch):
+    """A second Ctrl-C / SIGTERM arrives while the loop waits for a chunk (driven here by raising in
+    Trainer.fetch, where the signal would land): the chunk has replaced the state, the step has not
+    advanced. Nothing may be saved under the old step's label; the run continues from its newest
+    checkpoint to the uninterrupted run's metrics. (Before, the state after step 60 was saved as 50.)"""
+    import pytest
+    from lab.train.trainer import Trainer
+
+    args = tiny_overrides + ["train.steps=80", "train.log_every=10", "train.checkpoint_every=20"]
+    ref = tmp_path / "ref"
+    lab.run(lab.load_config(args), ref, plots=False)
+
+    fetch, calls = Trainer.fetch, []
+
+    def second_signal_in_chunk_6(out):
+        calls.append(1)
+        if len(calls) == 6:   # the chunk of steps 51-60; the newest checkpoint is at 40
+            raise KeyboardInterrupt("signal 2")
+        return fetch(out)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(Trainer, "fetch", staticmethod(second_signal_in_chunk_6))
+    with pytest.raises(KeyboardInterrupt):
+        lab.run(lab.load_config(args), run, plots=False)
+    monkeypatch.setattr(Trainer, "fetch", staticmethod(fetch))
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [20, 40]
+    status = json.loads((run / "summary.json").read_text())["status"]
+    assert status == "interrupted after step 50 by a second signal during the next chunk"
+
+    lab.run(lab.load_config(args), run, plots=False)   # the same command again continues it
+    assert records(run) == records(ref)

@@ -123,9 +123,14 @@ class Checkpointer(Callback):
             self.last = trainer.step
 
     def on_end(self, trainer):
-        # A diverged run keeps its last good checkpoint instead of saving NaNs over it.
+        # A diverged run keeps its last good checkpoint instead of saving NaNs over it; a run stopped
+        # inside a chunk (a second signal) has no state that matches its step and records.
         if trainer.state is not None and not trainer.status.startswith("failed") and trainer.step:
-            self._save(trainer)
+            if trainer.state_logged:
+                self._save(trainer)
+            else:
+                log.warning("stopped inside a chunk: nothing saved past the newest checkpoint (step %s), "
+                            "where the run continues", self.checkpoints.latest_step())
         self.checkpoints.close()
 
 

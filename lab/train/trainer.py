@@ -75,6 +75,10 @@ class Trainer:
         self._own_callbacks = [AutoHeads()] if self.clamps.auto else []
         self.step = 0
         self.state = None
+        # False from a chunk's dispatch until its record is logged: the chunk donated the old state's
+        # buffers, so until then no state matches the step and the records (lab/train/callbacks.py,
+        # Checkpointer.on_end, then saves nothing)
+        self.state_logged = True
         self.records: list[dict] = []
         self.status = "running"
         self._chunk_fns: dict[int, callable] = {}
@@ -227,7 +231,7 @@ class Trainer:
     def _deferred_interrupts(self):
         """Ctrl-C / SIGTERM during a chunk stop the run after the chunk, never inside it: the chunk
         donates the old state's buffers, so stopping mid-call would leave nothing to checkpoint.
-        A second signal stops at once."""
+        A second signal stops at once; the run then continues from its newest checkpoint."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -260,16 +264,19 @@ class Trainer:
             while self.step < self.cfg.train.steps:
                 n = min(self.cfg.train.log_every, self.cfg.train.steps - self.step)
                 shared = (self.interventions, jnp.int32(self.step))
+                logged, self.state_logged = self.step, False
                 self.state, out = self.chunk_fn(n)(self.state, self.clamp_args, shared)
-                out = jax.device_get(out)
+                out = self.fetch(out)
                 self._check_finite(out, n)
                 self.step += n
                 self._log(self.step, out)
+                self.state_logged = True
                 if self._stop_signal is not None:
                     raise KeyboardInterrupt(f"signal {self._stop_signal}")
             self.status = "completed"
         except KeyboardInterrupt:
-            self.status = f"interrupted at step {self.step}"
+            self.status = (f"interrupted at step {self.step}" if self.state_logged else
+                           f"interrupted after step {logged} by a second signal during the next chunk")
             raise
         except Exception as e:
             if not self.status.startswith("failed"):
@@ -279,6 +286,11 @@ class Trainer:
             for cb in self.all_callbacks:
                 cb.on_end(self)
         return self
+
+    @staticmethod
+    def fetch(out: dict) -> dict:
+        """A chunk's outputs on the host: where the loop waits for the chunk to finish."""
+        return jax.device_get(out)
 
     def _check_finite(self, out: dict, n: int) -> None:
         """Stop at a non-finite loss or gradient (train.on_nonfinite=stop); with skip, those updates
