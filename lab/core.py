@@ -3,6 +3,8 @@ It imports nothing from `lab` and nothing heavy (no JAX), so the command-line en
 it before XLA's flags are set."""
 from __future__ import annotations
 
+import math
+
 
 class ConfigError(ValueError):
     """A config value the lab cannot run with; the message is one line naming the key."""
@@ -15,9 +17,11 @@ def choice(key: str, value, allowed) -> None:
 
 
 def positive(key: str, value) -> None:
-    """Refuse a missing, zero or negative `value` for `key`."""
+    """Refuse a missing, zero, negative or non-finite (NaN, inf) `value` for `key`."""
     if value is None or value <= 0:
         raise ConfigError(f"{key}={value!r} must be positive")
+    if not math.isfinite(value):   # NaN passes `<= 0`; neither trains
+        raise ConfigError(f"{key}={value!r} must be a finite number")
 
 
 def head_name(layer: int, head: int) -> str:

@@ -15,6 +15,7 @@ CASES = [
     (["model=attn_only_3l"], 2, "error: In 'config': Could not find 'model/attn_only_3l'; available: attn_only_1l, attn_only_2l, linear_attn, reddy, singh, transformer_2l"),
     (["optim.name=adamm"], 2, "error: config error: optim.name='adamm' is not allowed; choose one of adam, adamw, sgd"),
     (["model.d_model=0"], 2, "error: config error: model.d_model=0 must be positive"),
+    (["optim.lr=nan"], 2, "error: config error: optim.lr=nan must be a finite number"),
     (["model.n_heads=3"], 2, "error: config error: model.d_model=16 is not divisible by model.n_heads=3"),
     (["task.seq_len=12"], 2, "error: config error: task.seq_len=12 cannot hold 2 copies of task.max_repeat_len=8 tokens after BOS"),
     (["clamp=perfect_prev_token", "clamps.prev_token.heads=[7]"], 2,

@@ -1,7 +1,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from lab.config.compose import check_override_keys
+from lab.config.compose import check_override_keys, validate
 from lab.config.schema import OptimConfig
 from lab.core import ConfigError
 from lab.train.optim import make_schedule
@@ -41,3 +41,11 @@ def test_known_and_hydra_keys_pass():
 def test_unknown_key_is_named_at_the_level_it_goes_wrong():
     with pytest.raises(ConfigError, match="unknown config key 'measures.phse.smooth'; did you mean 'measures.phase'"):
         check_override_keys(["measures.phse.smooth=3"])
+
+
+def test_non_finite_learning_rates_are_refused_at_startup():
+    from lab.config.compose import load_config
+    for lr, message in (("nan", "optim.lr=nan must be a finite number"), ("inf", "optim.lr=inf must be a finite number"),
+                        ("-1e-3", "optim.lr=-0.001 must be positive")):
+        with pytest.raises(ConfigError, match=message):
+            validate(load_config([f"optim.lr={lr}"]))
