@@ -28,10 +28,9 @@ import math
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lab.core import head_name
 from lab.model.hooks import Intervention
@@ -40,6 +39,8 @@ from lab.train.runtime import configure_compile_cache
 
 KINDS = ("mean", "zero")
 CONDITIONS = ("none", "top", "random")          # the summary conditions; single heads are L{l}H{h}
+
+
 def csv_fields(result: dict) -> list[str]:
     return ["seed", "condition", "heads", "n_ablated", result["metric"], result["accuracy"], "delta_loss",
             "delta_acc", "loss_std", "acc_std"]

@@ -9,14 +9,12 @@ from typing import NamedTuple, Optional
 import jax
 from omegaconf import open_dict
 
-from lab.config.compose import saved_config, validate
+from lab.config.compose import saved_config
 from lab.core import RunLoadError, first_line
 from lab.model import Model
 from lab.rundir import checkpoint_steps, run_dir_problem
-from lab.tasks import make_task
 from lab.train.checkpoint import Checkpoints
-from lab.train.optim import make_optimizer
-from lab.train.state import init_state, seed_range
+from lab.train.state import build, init_state, seed_range
 
 
 class LoadedRun(NamedTuple):
@@ -39,10 +37,7 @@ def load_run(run_dir, step: Optional[int] = None) -> LoadedRun:
         cfg = saved_config(run_dir / "config.yaml")
         with open_dict(cfg):
             cfg.clamps = {}
-        validate(cfg)
-        task = make_task(cfg.task)
-        model = Model.for_task(cfg.model, task)
-        optimizer, _ = make_optimizer(cfg.optim, cfg.train.steps)
+        task, model, optimizer, _ = build(cfg)
     except Exception as e:   # unreadable YAML, a config this version of the lab cannot run
         raise RunLoadError(f"cannot rebuild the model from {run_dir / 'config.yaml'}: {first_line(e)}") from e
     seeds = seed_range(cfg.train)

@@ -1,9 +1,24 @@
-"""The training state of one seed and of a run's seeds: parameters, optimiser state and the data
-PRNG key. The trainer starts from it; restoring a checkpoint uses its shapes."""
+"""What a run's config builds (task, model, optimiser) and the training state of one seed and of a
+run's seeds: parameters, optimiser state and the data PRNG key. The trainer starts from them;
+restoring a checkpoint uses their shapes."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from lab.config.compose import validate
+from lab.model import Model
+from lab.tasks import make_task
+from lab.train.optim import make_optimizer
+
+
+def build(cfg) -> tuple:
+    """(task, model, optimizer, schedule) of a config, after its cross-key checks (`validate`)."""
+    validate(cfg)
+    task = make_task(cfg.task)
+    model = Model.for_task(cfg.model, task)
+    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
+    return task, model, optimizer, schedule
 
 
 def init_one(model, optimizer, seed_key: jax.Array) -> dict:

@@ -21,15 +21,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lab.clamps.clamp_set import Clamps
-from lab.config.compose import validate
 from lab.core import TrainingDiverged
 from lab.model import Model
 from lab.rundir import records_to_arrays
-from lab.tasks import make_task
 from lab.train.callbacks import AutoHeads
-from lab.train.optim import make_optimizer
 from lab.train.restore import load_run
-from lab.train.state import init_state, seed_range
+from lab.train.state import build, init_state, seed_range
 
 
 PER_STEP = ("train_loss", "grad_norm")   # returned by the scan per step, logged as chunk means
@@ -55,11 +52,8 @@ def auto_microbatch(cfg, task, model) -> int:
 
 class Trainer:
     def __init__(self, cfg, callbacks: Optional[list] = None):
-        validate(cfg)
+        self.task, self.model, self.optimizer, self.schedule = build(cfg)
         self.cfg = cfg
-        self.task = make_task(cfg.task)
-        self.model = Model.for_task(cfg.model, self.task)
-        self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.train.steps)
         self.seeds = seed_range(cfg.train)
         self.probe = self.task.probe()
         self.microbatch = cfg.train.microbatch or auto_microbatch(cfg, self.task, self.model)
