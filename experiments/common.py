@@ -40,19 +40,47 @@ def _floats(values) -> np.ndarray:
     return np.asarray([np.nan if v is None else v for v in np.ravel(np.asarray(values, dtype=object))], float)
 
 
+# What a claim is: a test (it could fail; counted) or a control (true by construction or by the
+# architecture: shown, never counted as a result).
+TEST, CONTROL = "test", "control"
+SEED, CONDITION = "seed", "condition"
+
+
 def claim(id: str, claim: str, quantity: str, values, threshold: str, held: Optional[bool],
-          paper: str = "", note: str = "") -> dict:
-    """One checked claim: `values` are per seed (or per condition) measurements; value and spread
-    are their mean and standard deviation over the finite ones; `held` is None when nothing could
-    be measured (e.g. no seed crossed the threshold)."""
+          paper: str = "", note: str = "", kind: str = TEST, unit: str = SEED,
+          not_measured: str = "") -> dict:
+    """One checked claim. `values` are one measurement per seed (unit=SEED) or per condition
+    (unit=CONDITION, where each value is already a statistic over that condition's seeds and the
+    values are not a sample: no spread or interval is computed across them). Per seed, the value is
+    the mean with its sample std (ddof 1) and bootstrap 95 % interval; 0/1 values (yes/no per seed)
+    carry k of n with an exact binomial interval. `held` is None when nothing could be measured;
+    `not_measured` says why (e.g. the training it needs did not train), and forces held to None.
+    kind=CONTROL marks a claim that cannot fail (shown, not counted)."""
+    from lab.analysis import stats
+    if kind not in (TEST, CONTROL) or unit not in (SEED, CONDITION):
+        raise ValueError(f"kind must be {TEST!r} or {CONTROL!r} and unit {SEED!r} or {CONDITION!r}")
     a = _floats(values)
     v = a[np.isfinite(a)]
-    return {"id": id, "claim": claim, "quantity": quantity,
-            "value": float(v.mean()) if v.size else None,
-            "spread": float(v.std()) if v.size > 1 else None,
-            "n": int(v.size), "values": [float(x) if math.isfinite(x) else None for x in a],
-            "threshold": threshold, "held": None if held is None else bool(held),
-            "paper": paper, "note": note}
+    out = {"id": id, "claim": claim, "quantity": quantity, "kind": kind, "unit": unit,
+           "value": float(v.mean()) if v.size else None, "spread": None, "ci95": None, "k": None,
+           "n": int(v.size), "values": [float(x) if math.isfinite(x) else None for x in a],
+           "threshold": threshold, "held": None if held is None or not_measured else bool(held),
+           "not_measured": not_measured, "paper": paper, "note": note}
+    if unit == SEED and v.size:
+        if set(v.tolist()) <= {0.0, 1.0}:
+            out["k"] = int(v.sum())
+            out["ci95"] = stats.binomial_ci(out["k"], int(v.size))
+        else:
+            out["spread"] = stats.sample_std(v)
+            out["ci95"] = stats.bootstrap_ci(v)
+    return out
+
+
+def outcome(c: dict) -> str:
+    """held | did not hold | not measured | control."""
+    if c.get("kind") == CONTROL:
+        return "control"
+    return held_text(c["held"])
 
 
 def all_measured(values, ok) -> Optional[bool]:
@@ -61,9 +89,26 @@ def all_measured(values, ok) -> Optional[bool]:
     return all(ok(v) for v in measured) if measured else None
 
 
+def ci_beyond(values, threshold: float, side: str) -> Optional[bool]:
+    """An "on average" rule judged on the bootstrap 95 % interval of the mean over seeds: held when
+    the whole interval lies above (side="above") or below ("below") the threshold; None with fewer
+    than two measured seeds (no interval)."""
+    from lab.analysis import stats
+    ci = stats.bootstrap_ci([v for v in values if v is not None])
+    if ci is None:
+        return None
+    return ci[0] > threshold if side == "above" else ci[1] < threshold
+
+
 def measured_note(values) -> str:
     measured = sum(v is not None for v in values)
     return "" if measured == len(values) else f"measured in {measured} of {len(values)} seeds (the others had nothing to time)"
+
+
+def trained(final_losses, chance: float, margin: float = 0.05) -> list[bool]:
+    """Per seed: whether the run trained at all, i.e. its final loss is below chance by more than
+    `margin` x chance. A claim about a training that did not train is not measured, not refuted."""
+    return [v is not None and math.isfinite(v) and v < chance * (1 - margin) for v in np.ravel(final_losses)]
 
 
 def crossing_step(steps, curve, threshold: float, direction: str = "decrease") -> Optional[float]:
@@ -106,6 +151,19 @@ class Run:
         phase = self.summary.get("phase", {})
         entry = phase[group_head[0]][group_head[1]] if group_head else phase[key or self.summary["main_metric"]]
         return [r["midpoint"] if r["detected"] else None for r in entry["per_seed"]]
+
+    def transitions(self, key: Optional[str] = None, group_head: Optional[tuple] = None) -> list:
+        """Per seed, the transition summary.json times (lab.analysis.summary.transition: the largest
+        change-point transition, else the sigmoid fit; None if neither) of the main metric, of `key`,
+        or of a head group's head; each has onset, midpoint, end, width and which detector found it."""
+        from lab.analysis.summary import transition
+        phase = self.summary.get("phase", {})
+        entry = phase[group_head[0]][group_head[1]] if group_head else phase[key or self.summary["main_metric"]]
+        return [transition(entry, s) for s in range(len(entry["per_seed"]))]
+
+    def onsets(self, key: Optional[str] = None, group_head: Optional[tuple] = None) -> list:
+        """Per-seed onsets (see transitions); None where the curve has no transition."""
+        return [t["onset"] if t else None for t in self.transitions(key, group_head)]
 
     def fit(self, values, direction: str, min_amplitude: float, steps=None) -> dict:
         """lab.analysis.phase.detect on one curve (default x: the run's log steps) with this run's phase
@@ -248,8 +306,9 @@ class Experiment:
         path.write_text(json.dumps(verdict, indent=1))
         self.say(f"verdict ({self.mode} mode{'; smoke verdicts mean nothing' if self.smoke else ''}) -> {path}")
         for c in claims:
-            print(f"  [{held_text(c['held'])}] {c['claim']}\n        {c['quantity']} = {value_text(c)}"
-                  f" (threshold {c['threshold']})")
+            why = f" — {c['not_measured']}" if c.get("not_measured") else ""
+            print(f"  [{outcome(c)}] {c['claim']}\n        {c['quantity']} = {value_text(c)}"
+                  f" (threshold {c['threshold']}){why}")
         return verdict
 
 
@@ -258,12 +317,20 @@ def held_text(held: Optional[bool]) -> str:
 
 
 def value_text(c: dict, digits: int = 3) -> str:
+    """Per seed: 'mean ± sample std [95 % CI] (n seeds)', or 'k of n seeds [binomial 95 % CI]' for
+    yes/no values; per condition: the conditions' values are listed, not averaged as if seeds."""
     if c["value"] is None:
         return "n/a"
+    ci = c.get("ci95")
+    interval = f" [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]" if ci else ""
+    if c.get("unit") == CONDITION:
+        return (f"{c['value']:.{digits}g}" if c["n"] == 1 else f"{c['n']} conditions (values listed)")
+    if c.get("k") is not None:
+        return f"{c['k']} of {c['n']} seeds{interval}"
     v = f"{c['value']:.{digits}g}"
     if c.get("spread") is not None:
         v += f" ± {c['spread']:.2g}"
-    return v + (f" (n={c['n']})" if c.get("n", 0) > 1 else "")
+    return v + interval + f" (n={c['n']})"
 
 
 def save_figure(fig, path: Path, title: Optional[str] = None) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import OUT_ROOT, held_text, value_text
+from experiments.common import CONTROL, OUT_ROOT, outcome, value_text
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
@@ -71,10 +71,12 @@ def table(verdicts: list[dict]) -> str:
     for v in verdicts:
         for i, c in enumerate(v["claims"]):
             name = f"**{v['title']}** ({v['paper']}; `{v['command']}`, {v['seconds'] / 60:.0f} min)" if i == 0 else ""
-            outcome = {True: "✅ held", False: "❌ did not hold", None: "— not measured"}[c["held"]]
-            note = f" — {c['note']}" if c.get("note") else ""
+            shown = {"held": "✅ held", "did not hold": "❌ did not hold", "not measured": "— not measured",
+                     "control": "◻ control (cannot fail; not counted)"}[outcome(c)]
+            why = [c.get("not_measured"), c.get("note")]
+            note = "".join(f" — {w}" for w in why if w)
             lines.append(f"| {_cell(name)} | {_cell(c['claim'])} | {_cell(c['quantity'])} | {_cell(value_text(c))} "
-                         f"| {_cell(values_text(c))} | {_cell(c['threshold'])} | {outcome}{_cell(note)} |")
+                         f"| {_cell(values_text(c))} | {_cell(c['threshold'])} | {shown}{_cell(note)} |")
     return "\n".join(lines)
 
 
@@ -96,9 +98,13 @@ def collect(out_root: Path) -> tuple[list[dict], list[str]]:
 def write_readme(out_root: Path = OUT_ROOT, readme: Path = README) -> str:
     verdicts, missing = collect(out_root)
     body = table(verdicts)
-    held = sum(c["held"] is True for v in verdicts for c in v["claims"])
-    total = sum(len(v["claims"]) for v in verdicts)
-    body = f"{held} of {total} claims held in {len(verdicts)} experiments.\n\n" + body
+    tests = [c for v in verdicts for c in v["claims"] if c.get("kind") != CONTROL]
+    held = sum(outcome(c) == "held" for c in tests)
+    failed = sum(outcome(c) == "did not hold" for c in tests)
+    unmeasured = len(tests) - held - failed
+    controls = sum(c.get("kind") == CONTROL for v in verdicts for c in v["claims"])
+    body = (f"{held} of {held + failed} measured claims held in {len(verdicts)} experiments"
+            f" ({unmeasured} not measured; {controls} controls shown but not counted).\n\n" + body)
     if missing:
         body += "\n\nNo verdict yet: " + ", ".join(missing) + "."
     text = readme.read_text() if readme.exists() else f"# Experiments\n\n{START}\n{END}\n"
@@ -118,8 +124,8 @@ def main(argv=None) -> None:
     print(body)
     for v in collect(args.out)[0]:
         for c in v["claims"]:
-            if c["held"] is not True:
-                print(f"{v['experiment']}/{c['id']}: {held_text(c['held'])}")
+            if outcome(c) not in ("held", "control"):
+                print(f"{v['experiment']}/{c['id']}: {outcome(c)}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 import jax.numpy as jnp
 import numpy as np
 
-from lab.measures.heads import copying_score, induction_score, prev_token_scores
+from lab.measures.heads import (copying_score, earlier_occurrence_keys, induction_recent_score, induction_score,
+                                prev_token_scores)
 from lab.measures.losses import icl_positions, icl_score
 from lab.tasks import TokenBatch
 
@@ -15,7 +16,7 @@ def batch_with_repeat(start=1, n=3):
     later = (pos >= start + n) & (pos < start + 2 * n)
     prev = np.where(later, pos - n, -1)
     target = later & (pos + 1 < start + 2 * n)
-    tokens = np.zeros(T, np.int32)
+    tokens = np.where(later, pos - n, pos).astype(np.int32) + 1    # distinct tokens outside the repeat
     return TokenBatch(jnp.asarray(tokens[None]), jnp.asarray(prev[None]), jnp.asarray(target[None]),
                       jnp.asarray([start]), jnp.asarray([n]))
 
@@ -34,6 +35,49 @@ def test_induction_perfect_and_uniform():
     assert scores[0] == 1.0
     # uniform attention at query i gives 1/(i+1): mean of 1/5 and 1/6
     np.testing.assert_allclose(scores[1], (1 / 5 + 1 / 6) / 2, rtol=1e-6)
+
+
+def tiled_batch(tokens, n):
+    """One sequence whose segment of length n starts at 1 and is tiled to the end (as the default task)."""
+    tokens = np.asarray(tokens, np.int32)
+    Tn, pos = len(tokens), np.arange(len(tokens))
+    later = pos >= 1 + n
+    return TokenBatch(jnp.asarray(tokens[None]), jnp.asarray(np.where(later, pos - n, -1)[None]),
+                      jnp.asarray((later & (pos + 1 < Tn))[None]), jnp.asarray([1]), jnp.asarray([n]))
+
+
+def test_earlier_occurrence_keys_by_hand():
+    # BOS=9, segment [1 2] three times: 9 1 2 1 2 1 2
+    keys = np.asarray(earlier_occurrence_keys(jnp.asarray([[9, 1, 2, 1, 2, 1, 2]])))[0]
+    assert {i: list(np.flatnonzero(keys[i])) for i in range(7) if keys[i].any()} == {
+        3: [2], 4: [3], 5: [2, 4], 6: [3, 5]}   # the token after each earlier occurrence of x_i, j <= i
+
+
+def test_induction_two_copies_counts_the_one_earlier_copy():
+    b = tiled_batch([9, 1, 2, 3, 1, 2, 3], n=3)       # scored queries 4, 5 (next tokens 2, 3)
+    p = np.zeros((1, 1, 7, 7))
+    p[0, 0, 4, 2] = p[0, 0, 5, 3] = 1.0
+    p[0, 0, [0, 1, 2, 3, 6], [0, 1, 2, 3, 6]] = 1.0
+    np.testing.assert_allclose(induction_score(jnp.asarray(p), b), [1.0])
+    np.testing.assert_allclose(induction_recent_score(jnp.asarray(p), b), [1.0])
+
+
+def test_induction_three_copies_counts_every_earlier_copy():
+    # 9 [1 2] [1 2] [1 2]: scored queries 3, 4, 5 (6 is last). Head 0 splits query 5's attention
+    # 0.5 / 0.5 over keys 2 and 4 (after the first and the second '1'), puts 1 on key 2 from query 3
+    # and 1 on key 3 from query 4: every-copy score (1 + 1 + 1) / 3 = 1; most-recent-copy score
+    # (1 + 1 + 0.5) / 3 = 5/6. Head 1 is uniform causal: every copy (1/4 + 1/5 + 2/6) / 3, most recent
+    # (1/4 + 1/5 + 1/6) / 3.
+    b = tiled_batch([9, 1, 2, 1, 2, 1, 2], n=2)
+    p = np.zeros((1, 2, 7, 7))
+    p[0, 0] = np.eye(7)
+    p[0, 0, 3] = np.eye(7)[2]
+    p[0, 0, 4] = np.eye(7)[3]
+    p[0, 0, 5] = 0.5 * (np.eye(7)[2] + np.eye(7)[4])
+    p[0, 1] = np.tril(np.ones((7, 7))) / np.arange(1, 8)[:, None]
+    np.testing.assert_allclose(induction_score(jnp.asarray(p), b), [1.0, (1 / 4 + 1 / 5 + 2 / 6) / 3], rtol=1e-6)
+    np.testing.assert_allclose(induction_recent_score(jnp.asarray(p), b), [5 / 6, (1 / 4 + 1 / 5 + 1 / 6) / 3],
+                               rtol=1e-6)
 
 
 def test_prev_token_perfect_and_uniform():

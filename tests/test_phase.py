@@ -57,7 +57,9 @@ def test_aggregate_over_seeds():
     agg = phase.aggregate(runs)
     assert agg["n_seeds"] == 3 and agg["n_detected"] == 2
     assert agg["midpoint_mean"] == pytest.approx(2000, abs=20)
-    assert agg["midpoint_std"] == pytest.approx(500, abs=20)
+    assert agg["midpoint_std"] == pytest.approx(500 * np.sqrt(2), abs=30)   # sample std of 1500, 2500
+    lo, hi = agg["detected_ci95"]                                            # 2 of 3: Clopper-Pearson
+    assert lo == pytest.approx(0.0943, abs=1e-3) and hi == pytest.approx(0.9916, abs=1e-3)
 
 
 def test_smooth_keeps_length_and_constant():

@@ -271,7 +271,7 @@ def test_plot_compare_writes_png_json_and_table(tmp_path, capsys):
     assert rows[1]["midpoint_mean"] < rows[0]["midpoint_mean"]        # the clamp brought it forward
     assert rows[2]["midpoint_mean"] is None and rows[2]["n_detected"] == 0
     final = load_metrics(plain)["loss_repeat"][-1]
-    assert rows[0]["final_mean"] == pytest.approx(final.mean()) and rows[0]["final_std"] == pytest.approx(final.std())
+    assert rows[0]["final_mean"] == pytest.approx(final.mean()) and rows[0]["final_std"] == pytest.approx(final.std(ddof=1))
     assert rows[1]["clamps"]["prev_token"]["site"] == "blocks.0.attn.pattern"
     printed = capsys.readouterr().out
     assert "phase-change midpoint" in printed and "clamps: none" in printed and "0/2" in printed

@@ -11,7 +11,7 @@ from lab.config.compose import validate
 from lab.core import ConfigError
 from lab.measures.heads import induction_score
 from lab.config.compose import load_config
-from lab.tasks.copy_snippets import (CopyBatch, CopyTask, anti_induction_score, backward_match_score,
+from lab.tasks.copy_snippets import (CopyBatch, CopyTask, anti_induction_score, backward_match_score, matched_control_keys,
                                      copy_loss_and_accuracy, ideal_copy_attention, zipf_probs)
 
 from conftest import CACHE
@@ -189,7 +189,14 @@ def test_direction_scores_by_hand():
     p = jnp.asarray(p)
     u = (1 / 5 + 1 / 6) / 2                                   # uniform attention at queries 4 and 5
     np.testing.assert_allclose(induction_score(p, b), [1, 0, 0, u], rtol=1e-6)
-    np.testing.assert_allclose(anti_induction_score(p, b), [0, 1, 0, u], rtol=1e-6)
+    raw, corrected = anti_induction_score(p, b)
+    np.testing.assert_allclose(raw, [0, 1, 0, u], rtol=1e-6)
+    # corrected = raw minus attention to the matched control keys, on the rows whose control exists
+    control, valid = (np.asarray(x) for x in matched_control_keys(b.anti_target, b.backward_target))
+    rows = [(1, q) for q in (4, 5) if valid[1, q]]
+    assert rows, "at least one backward query keeps a control key"
+    hit = np.mean([control[r] == b.anti_target[r] for r in rows])   # control drawn on the target itself
+    np.testing.assert_allclose(corrected, [0, 1 - hit, 0, 0], atol=1e-6)   # uniform: target and control alike
     np.testing.assert_allclose(backward_match_score(p, b), [0, 0, 1, u], rtol=1e-6)
 
 
@@ -262,3 +269,19 @@ def test_tiny_end_to_end_forward_only():
         assert m[key].shape[-2:] == (2, 2) and np.all(np.isfinite(m[key])), key
     assert result.summary["main_metric"] == "loss_copy"
     assert "anti_induction_per_head" in result.summary["final"]
+
+
+def test_matched_control_keys_shuffle_the_offsets():
+    """Queries 5..9 of one sequence with target offsets 1, 2, 3, 4, 9: the controls' offsets are the
+    same multiset (a permutation among the masked queries), unmasked queries get none, and a control
+    that would reach before position 0 (offset 9 from a query < 9) is not valid."""
+    T = 12
+    mask = np.zeros((1, T), bool)
+    mask[0, 5:10] = True
+    target = np.full((1, T), -1)
+    target[0, 5:10] = np.arange(5, 10) - np.array([1, 2, 3, 4, 9])
+    control, valid = (np.asarray(x) for x in matched_control_keys(jnp.asarray(target), jnp.asarray(mask)))
+    offsets = np.arange(5, 10) - np.where(valid[0, 5:10], control[0, 5:10], np.arange(5, 10) - 9)
+    assert sorted(offsets) == [1, 2, 3, 4, 9]
+    assert not valid[0, :5].any() and not valid[0, 10:].any()
+    assert valid[0, 5:10].sum() == 5 - sum(1 for q, d in zip(range(5, 10), offsets) if d > q)

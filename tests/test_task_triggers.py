@@ -8,7 +8,7 @@ import pytest
 from conftest import CACHE
 from lab.config.compose import validate
 from lab.core import ConfigError
-from lab.measures.heads import induction_score
+from lab.measures.heads import induction_recent_score, induction_score
 from lab.config.compose import load_config
 from lab.tasks.triggers import (TriggerBatch, TriggersTask, bigram_oracle_losses, global_model,
                                 masked_loss_and_accuracy, previous_occurrence)
@@ -124,7 +124,11 @@ def test_induction_score_and_ideal_pattern():
     uniform = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]
     ideal = np.where(np.asarray(rows)[0][:, None], np.asarray(weights)[0], np.eye(T))
     scores = np.asarray(induction_score(jnp.asarray(np.stack([ideal, uniform])[None]), b))
-    np.testing.assert_allclose(scores, [1.0, (1 / 3 + 1 / 5) / 2], rtol=1e-6)
+    # uniform attention: query 2 has one earlier trigger (key 1: 1/3), query 4 two (keys 1 and 3: 2/5);
+    # the most-recent-copy variant counts only key 3 at query 4 (1/5)
+    np.testing.assert_allclose(scores, [1.0, (1 / 3 + 2 / 5) / 2], rtol=1e-6)
+    recent = np.asarray(induction_recent_score(jnp.asarray(np.stack([ideal, uniform])[None]), b))
+    np.testing.assert_allclose(recent, [1.0, (1 / 3 + 1 / 5) / 2], rtol=1e-6)
 
 
 @pytest.mark.parametrize("override,message", [

@@ -19,6 +19,8 @@ from typing import Optional
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
+from lab.analysis import stats
+
 LN9 = math.log(9.0)
 
 
@@ -125,13 +127,13 @@ def detect(steps, values, *, direction: str = "decrease", threshold: Optional[fl
 
 
 def aggregate(per_seed: list[dict]) -> dict:
-    """Mean and spread over seeds of each estimate, over the seeds where a change was detected
-    (threshold crossings over every seed that crossed)."""
-    out = {"n_seeds": len(per_seed), "n_detected": sum(bool(r["detected"]) for r in per_seed)}
+    """Mean, sample std (ddof 1), bootstrap 95 % interval, min and max over seeds of each estimate,
+    over the seeds where a change was detected (threshold crossings over every seed that crossed);
+    `n_detected` of `n_seeds` with its binomial interval."""
+    n, k = len(per_seed), sum(bool(r["detected"]) for r in per_seed)
+    out = {"n_seeds": n, "n_detected": k, "detected_ci95": stats.binomial_ci(k, n)}
     for key in ("onset", "midpoint", "end", "width", "steepest_step", "threshold_step"):
-        vals = [r[key] for r in per_seed if r[key] is not None and (r["detected"] or key == "threshold_step")]
-        out[f"{key}_mean"] = float(np.mean(vals)) if vals else None
-        out[f"{key}_std"] = float(np.std(vals)) if vals else None
-        out[f"{key}_min"] = float(np.min(vals)) if vals else None
-        out[f"{key}_max"] = float(np.max(vals)) if vals else None
+        d = stats.describe(r[key] for r in per_seed if r[key] is not None and (r["detected"] or key == "threshold_step"))
+        for part in ("mean", "std", "ci95", "min", "max"):
+            out[f"{key}_{part}"] = d[part]
     return out

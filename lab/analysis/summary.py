@@ -1,16 +1,91 @@
-"""Turn a run's metric curves into `summary.json`: detected phase changes per seed (the task's main
-loss, e.g. the repeat loss, and each head's induction and previous-token scores), their spread over
-seeds, and final values."""
+"""Turn a run's metric curves into `summary.json`: per seed, the transitions of the task's main loss
+and of each head's induction and previous-token scores, by two detectors (a fitted sigmoid, `phase`,
+and change-point stages, `stages`), their spread over seeds, each seed's outcome, which layer-0 head
+each later head K-composes with, and final values."""
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
-from lab.analysis import phase
+from lab.analysis import phase, stages, stats
 from lab.core import head_name
+
+EVENTS = ("onset", "midpoint", "end", "width")
 
 
 def _mean_std(x: np.ndarray) -> dict:
-    return {"mean": float(np.mean(x)), "std": float(np.std(x))}
+    return {"mean": float(np.mean(x)), "std": stats.sample_std(x), "n": int(np.size(x))}
+
+
+def transition(entry: dict, seed: int) -> Optional[dict]:
+    """The transition a timing reads for one seed of a curve's summary entry: the largest change-point
+    transition (stages) if the curve has one, else the sigmoid fit if it detected a phase change;
+    None if neither. Adds "detector" (which one) and "n_transitions"."""
+    found = (entry.get("stages") or [None] * (seed + 1))[seed]
+    if found and found["transitions"]:
+        best = max(found["transitions"], key=lambda t: abs(t["change"]))
+        return {**{k: best[k] for k in EVENTS}, "detector": "change points",
+                "n_transitions": len(found["transitions"]), "censored_start": best["censored_start"]}
+    fit = entry["per_seed"][seed]
+    if fit.get("detected"):
+        return {**{k: fit[k] for k in EVENTS}, "detector": "sigmoid", "n_transitions": 1, "censored_start": False}
+    return None
+
+
+def _stages_aggregate(entry: dict) -> dict:
+    """Over seeds: transitions per seed, and the timing of each seed's largest transition."""
+    n = len(entry["per_seed"])
+    events = [transition(entry, s) for s in range(n)]
+    out = {"n_transitions": [len(st["transitions"]) for st in entry["stages"]],
+           "n_with_transition": sum(e is not None for e in events)}
+    for key in EVENTS:
+        d = stats.describe(e[key] for e in events if e)
+        out.update({f"{key}_{part}": d[part] for part in ("mean", "std", "ci95")})
+    return out
+
+
+def _curve_entry(steps, curves: np.ndarray, *, direction: str, threshold, min_change: float, kw: dict,
+                 stage_kw: dict, stage_curves: Optional[np.ndarray] = None) -> dict:
+    """Both detectors on every seed's curve (curves: (n_steps, n_seeds)); the stages read
+    `stage_curves` instead when given."""
+    per_seed = [phase.detect(steps, curves[:, s], direction=direction, threshold=threshold,
+                             min_amplitude=min_change, **kw) for s in range(curves.shape[1])]
+    stage_curves = curves if stage_curves is None else stage_curves
+    stage_kw = {**stage_kw, "min_change": min_change * stage_kw["min_change"]}
+    entry = {"per_seed": per_seed, "aggregate": phase.aggregate(per_seed),
+             "stages": stages.detect_stages_many(steps, stage_curves.T, direction=direction, **stage_kw)}
+    entry["stages_aggregate"] = _stages_aggregate(entry)
+    return entry
+
+
+def _formed(entry: dict, seed: int) -> bool:
+    """A head formed in a seed: its score rose (either detector) and crossed the score threshold."""
+    return transition(entry, seed) is not None and entry["per_seed"][seed]["threshold_step"] is not None
+
+
+def _composition(metrics: dict, induction: dict, L: int, H: int, n_seeds: int) -> dict:
+    """For each head of layer >= 1: the layer-0 head it K-composes with most at the end, per seed,
+    with the score; for each seed's induction heads, when that link formed (change-point onset)."""
+    K = metrics["k_composition"]                                     # (steps, seeds, L-1, H, H)
+    out = {}
+    for l in range(1, L):
+        for h in range(H):
+            final = K[-1, :, l - 1, h]                               # (seeds, H0)
+            partner = [int(np.argmax(final[s])) for s in range(n_seeds)]
+            link = {"partner_per_seed": [head_name(0, p) for p in partner],
+                    "k_composition_per_seed": [float(final[s, p]) for s, p in enumerate(partner)],
+                    "k_composition_initial_per_seed": [float(K[0, s, l - 1, h, p]) for s, p in enumerate(partner)]}
+            entry = induction.get(head_name(l, h))
+            if entry is not None:
+                onsets = []
+                for s, p in enumerate(partner):
+                    st = stages.detect_stages(metrics["step"], K[:, s, l - 1, h, p], direction="increase",
+                                              min_change=0.05)
+                    onsets.append(st["transitions"][0]["onset"] if _formed(entry, s) and st["transitions"] else None)
+                link["link_onset_per_seed"] = onsets
+            out[head_name(l, h)] = link
+    return out
 
 
 def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "completed") -> dict:
@@ -20,6 +95,9 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
     head_scores = {g: k for g, k in task.head_scores.items() if k in metrics}
     pc = cfg.measures.phase
     kw = dict(min_r2=pc.min_r2, max_width_frac=pc.max_width_frac, smooth_window=pc.smooth)
+    stage_kw = dict(max_width_frac=pc.max_width_frac, smooth_window=pc.smooth, penalty=pc.stage_penalty,
+                    min_change=pc.stage_min_change_frac)     # a fraction of each curve's min_change
+    n = len(seeds)
     summary = {"status": status, "seeds": seeds, "steps": int(steps[-1]) if len(steps) else 0,
                "n_layers": cfg.model.n_layers, "n_heads": cfg.model.n_heads,
                "task": task.name, "main_metric": main, "main_accuracy": task.main_accuracy,
@@ -30,18 +108,18 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
                "phase": {}, "final": {}}
     if main not in metrics or len(steps) < 2:
         return summary
-    per_seed = [phase.detect(steps, task.phase_curve(metrics[main][:, s]), direction="decrease",
-                             threshold=threshold, min_amplitude=min_drop, **kw) for s in range(len(seeds))]
-    summary["phase"][main] = {"per_seed": per_seed, "aggregate": phase.aggregate(per_seed)}
+    # the sigmoid fits the task's phase curve (which may cut an early stage off); stages see the whole curve
+    main_entry = _curve_entry(steps, np.stack([task.phase_curve(metrics[main][:, s]) for s in range(n)], 1),
+                              direction="decrease", threshold=threshold, min_change=min_drop, kw=kw, stage_kw=stage_kw,
+                              stage_curves=metrics[main])
+    summary["phase"][main] = main_entry
     L, H = cfg.model.n_layers, cfg.model.n_heads
     for group, key in head_scores.items():
-        summary["phase"][group] = {}
-        for l in range(L):
-            for h in range(H):
-                runs = [phase.detect(steps, metrics[key][:, s, l, h], direction="increase",
-                                     threshold=pc.score_threshold, min_amplitude=pc.score_min_rise, **kw)
-                        for s in range(len(seeds))]
-                summary["phase"][group][head_name(l, h)] = {"per_seed": runs, "aggregate": phase.aggregate(runs)}
+        summary["phase"][group] = {
+            head_name(l, h): _curve_entry(steps, metrics[key][:, :, l, h], direction="increase",
+                                          threshold=pc.score_threshold, min_change=pc.score_min_rise, kw=kw,
+                                          stage_kw=stage_kw)
+            for l in range(L) for h in range(H)}
     for k, v in metrics.items():
         if k in ("step", "time", "lr") or v.ndim != 2:
             continue
@@ -50,14 +128,31 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
     for g, scores in final_heads.items():
         summary["final"][f"{g}_per_head"] = {head_name(l, h): float(scores[l, h]) for l in range(L) for h in range(H)}
         summary[f"strongest_{g}_head"] = [int(i) for i in np.unravel_index(np.argmax(scores), (L, H))]
-    loss_agg = summary["phase"][main]["aggregate"]
-    summary["verdict"] = (f"phase change in {task.main_metric_label} in {loss_agg['n_detected']}/{len(seeds)} seeds"
-                          + (f", midpoint step {loss_agg['midpoint_mean']:.0f} ± {loss_agg['midpoint_std']:.0f}"
-                             if loss_agg["n_detected"] else ""))
+    loss_events = [transition(main_entry, s) for s in range(n)]
+    n_loss = sum(e is not None for e in loss_events)
+    onsets = stats.describe(e["onset"] for e in loss_events if e)
+    summary["verdict"] = (f"transition in {task.main_metric_label} in {n_loss}/{n} seeds"
+                          + (f", onset step {onsets['mean']:.0f}" + (f" ± {onsets['std']:.0f} (sample std)"
+                                                                      if onsets["std"] is not None else "")
+                             if n_loss else ""))
+    stage_counts = main_entry["stages_aggregate"]["n_transitions"]
+    if any(c > 1 for c in stage_counts):
+        summary["verdict"] += f"; stages per seed: {', '.join(str(c + 1) for c in stage_counts)}"
     if "induction" in head_scores:
-        formed = [[n for n, d in summary["phase"]["induction"].items() if d["per_seed"][s]["detected"]]
-                  for s in range(len(seeds))]
+        ind = summary["phase"]["induction"]
+        formed = [[name for name, entry in ind.items() if int(name[1:name.index("H")]) >= min(1, L - 1)
+                   and _formed(entry, s)] for s in range(n)]
         summary["induction_heads_per_seed"] = formed
         summary["induction_head_formed"] = [bool(h) for h in formed]
-        summary["verdict"] += f"; induction head formed in {sum(summary['induction_head_formed'])}/{len(seeds)} seeds"
+        summary["outcome_per_seed"] = [
+            ("induction head" if formed[s] else "loss transition without an attention induction head")
+            if loss_events[s] else ("induction head without a loss transition" if formed[s] else "no transition")
+            for s in range(n)]
+        summary["verdict"] += f"; induction head formed in {sum(summary['induction_head_formed'])}/{n} seeds"
+        odd = [f"seed {seeds[s]}: {o}" for s, o in enumerate(summary["outcome_per_seed"])
+               if o not in ("induction head", "no transition")]
+        if odd:
+            summary["verdict"] += " (" + "; ".join(odd) + ")"
+        if "k_composition" in metrics and L >= 2:
+            summary["composition"] = _composition(metrics, ind, L, H, n)
     return summary

@@ -241,6 +241,13 @@ def _seed_phase(summary: dict, i: int, scalar_groups, head_groups, metric: str) 
            f"{metric}_midpoint": p.get("midpoint") if detected else None,
            f"{metric}_onset": p.get("onset") if detected else None,
            f"{metric}_threshold_step": p.get("threshold_step") if p else None}
+    # change points: how many transitions (stages - 1) and when the largest one started
+    entry = phase.get(metric)
+    st = entry.get("stages") if isinstance(entry, dict) else None
+    st = st[i] if isinstance(st, list) and i < len(st) and isinstance(st[i], dict) else None
+    out[f"{metric}_transitions"] = len(st["transitions"]) if st else None
+    biggest = max(st["transitions"], key=lambda t: abs(t["change"])) if st and st["transitions"] else None
+    out[f"{metric}_stage_onset"] = biggest["onset"] if biggest else None
     for name in scalar_groups:
         q = _phase_entry(phase.get(name), i)
         out[f"{name}_midpoint"] = q.get("midpoint") if q and q.get("detected") else None
@@ -394,7 +401,8 @@ def condition_label(row_or_params: dict, keys: list[str]) -> str:
     return ", ".join(f"{k}={fmt_value(row_or_params.get(k))}" for k in keys) or "all jobs"
 
 
-TEXT_COLUMNS = {"_detected": "phase?", "_midpoint": "midpoint", "_onset": "onset", "_threshold_step": "threshold"}
+TEXT_COLUMNS = {"_detected": "phase?", "_midpoint": "midpoint", "_onset": "onset", "_threshold_step": "threshold",
+                "_transitions": "transitions", "_stage_onset": "stage onset"}
 
 
 def text_table(sweep: Sweep) -> str:

@@ -192,7 +192,8 @@ def saved_config(path):
     before a key existed gets that key's default. If the saved config does not fit the current
     schema, it is used as saved."""
     saved = OmegaConf.load(path)
-    try:
-        return OmegaConf.merge(load_config(), saved)
+    try:   # the defaults of the saved run's own task (another task's schema would not take its keys)
+        task = OmegaConf.select(saved, "task.name")
+        return OmegaConf.merge(load_config([f"task={task}"] if task else []), saved)
     except Exception:
         return OmegaConf.merge({"clamps": {}}, saved)

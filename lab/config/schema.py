@@ -78,6 +78,8 @@ class PhaseConfig:
     score_min_rise: float = 0.2       # a score phase change must rise by >= this
     min_r2: float = 0.8               # sigmoid fit quality needed to call it a phase change
     max_width_frac: float = 0.35      # 10-90 % of the transition must span < this fraction of the run
+    stage_min_change_frac: float = 0.5  # a stage's transition must move >= this x the phase change's minimum
+    stage_penalty: float = 10.0       # change points (stages): cost of one more bend, x noise variance x log n
 
 
 @dataclass

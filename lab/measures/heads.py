@@ -28,10 +28,34 @@ def head_measure(key: str):
     return register
 
 
+def earlier_occurrence_keys(tokens: jax.Array) -> jax.Array:
+    """(B, T, T) bool S[i, j] = 1 <= j <= i and x_{j-1} = x_i: the keys right after *every* earlier
+    occurrence of the query's token (Olsson et al.'s prefix matching, TransformerLens' induction
+    detector, Edelman et al.'s statistical induction targets)."""
+    T = tokens.shape[-1]
+    prev = jnp.concatenate([jnp.full_like(tokens[..., :1], -1), tokens[..., :-1]], -1)   # x_{j-1}, -1 at j=0
+    j, i = jnp.arange(T)[None, :], jnp.arange(T)[:, None]
+    return (prev[..., None, :] == tokens[..., :, None]) & (j <= i)
+
+
 def induction_score(pattern: jax.Array, batch) -> jax.Array:
-    """Per head: mean attention from query i (a repeated token) to key prev_occ(i) + 1, the token after
-    the previous occurrence of the current token (Olsson et al. 2022), over positions where that
-    next token is a repeat. A perfect induction head scores 1. Returns (H,)."""
+    """Per head: mean over repeat queries i (batch.repeat_target: the next token is predictable by
+    copying) of sum_{j in S_i} A[i, j], the attention mass on the tokens that followed any earlier
+    occurrence of the current token (S_i: earlier_occurrence_keys). This is Olsson et al.'s
+    prefix-matching score and TransformerLens' induction detector: when a segment is repeated
+    several times, an induction head spreads its attention over every earlier copy, and all of it
+    counts. A perfect induction head scores 1. Returns (H,)."""
+    keys = earlier_occurrence_keys(batch.tokens)                                   # (B, T, T)
+    mass = jnp.sum(jnp.where(keys[:, None], pattern, 0.0), -1)                    # (B, H, T)
+    mask = batch.repeat_target[:, None, :]
+    return jnp.sum(jnp.where(mask, mass, 0.0), axis=(0, 2)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def induction_recent_score(pattern: jax.Array, batch) -> jax.Array:
+    """Per head: mean attention from repeat query i to the single key prev_occ(i) + 1, the token after
+    the *most recent* earlier copy (batch.induction_target), over the same queries as
+    induction_score. Equals induction_score when the segment occurs twice; with more copies it
+    undercounts a head that spreads over all of them. Returns (H,)."""
     target = jnp.clip(batch.induction_target, 0)                       # (B, T)
     att = jnp.take_along_axis(pattern, target[:, None, :, None], axis=-1)[..., 0]  # (B, H, T)
     mask = batch.repeat_target[:, None, :]

@@ -98,7 +98,7 @@ def _final(values: np.ndarray) -> tuple[float | None, float | None]:
         finite = values[np.isfinite(values[:, s]), s]
         if len(finite):
             last.append(float(finite[-1]))
-    return (float(np.mean(last)), float(np.std(last))) if last else (None, None)
+    return (float(np.mean(last)), float(np.std(last, ddof=1)) if len(last) > 1 else None) if last else (None, None)
 
 
 @dataclass

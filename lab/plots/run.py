@@ -39,6 +39,7 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 MARK_COLOUR = "tab:red"       # transition marks; visible on both ends of viridis
+STAGE_COLOUR = "0.2"           # change-point transitions (stages)
 MAX_ATTENTION_COLUMNS = 8
 LINE_STYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2))]
 
@@ -185,6 +186,20 @@ def _mark_transition(ax, tr: Transition | None, band=True, per_seed=True, label=
                    label="mean transition midpoint" if label else None)
 
 
+def _mark_stages(ax, tr: Transition | None, label=False) -> None:
+    """Each seed's change-point transitions as a bar (onset to end) along the top of the axes, one
+    row per seed, so stages that one sigmoid cannot describe are still visible."""
+    if tr is None or not tr.n_staged:
+        return
+    bars = ax.get_xaxis_transform()           # x in data, y in axes fraction
+    for s, spans in enumerate(tr.stages):
+        y = 0.985 - 0.025 * s
+        for k, (onset, end) in enumerate(spans):
+            ax.plot([onset, max(end, onset)], [y, y], transform=bars, color=STAGE_COLOUR, lw=3, solid_capstyle="butt",
+                    marker="|", ms=7, label="change-point transitions (one row per seed)" if label and not s and not k
+                    else None)
+
+
 def _step_edges(steps: np.ndarray) -> np.ndarray:
     """Cell edges halfway between log steps, so uneven logging keeps true x positions."""
     s = steps.astype(float)
@@ -218,6 +233,7 @@ def _plot_loss(run: _Run, path: Path) -> Path:
         ax.axhline(run.thresholds[run.main], color="0.3", ls="--", lw=1,
                    label=f"detection threshold ({run.thresholds[run.main]:g})")
     _mark_transition(ax, run.transition, label=True)
+    _mark_stages(ax, run.transition, label=True)
     ax.set_ylabel("loss")
     ax.set_title(f"Probe loss ({seeds_note})")
     ax.grid(alpha=0.3)

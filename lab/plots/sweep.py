@@ -84,7 +84,7 @@ def _completed_rows(sweep: Sweep) -> list[dict]:
 
 @sweep_figure("phase_vs_params",
               caption="Phase-change step (sigmoid midpoint of the repeated-part loss) against each swept "
-                      "parameter: small dots are seeds, diamonds the mean ± std over the seeds with a phase "
+                      "parameter: small dots are seeds, diamonds the mean ± sample std over the seeds with a phase "
                       "change; in the grey top band, hollow markers are seeds without one and red crosses "
                       "seeds of failed or unfinished jobs.")
 def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
@@ -132,7 +132,8 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
                         in_band.append((ax, x, colour, False))
                 mids = [r[mid_key] for r in cell if r["_category"] == COMPLETED and r[mid_key] is not None]
                 if mids:
-                    means.append((xaxis.at(v, g_off), float(np.mean(mids)), float(np.std(mids))))
+                    means.append((xaxis.at(v, g_off), float(np.mean(mids)),
+                                  float(np.std(mids, ddof=1)) if len(mids) > 1 else 0.0))
             if means:
                 xs, ms, ss = zip(*means)
                 # a line joins means only along a numeric axis; categories (e.g. clamps) have no order
@@ -187,7 +188,7 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
         handles.append(Line2D([], [], ls="", marker="x", color="tab:red", mew=1.8,
                               label="seed of a failed or unfinished job"))
     handles.append(Line2D([], [], color="0.35", lw=2, marker="D", mec="white",
-                          label="mean ± std over the seeds with a phase change"))
+                          label="mean ± sample std over the seeds with a phase change"))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles) if ncols > 1 else 2,
                frameon=False, fontsize=9)
     note = f"; {left_out} seeds of failed or unfinished jobs" if left_out else ""

@@ -21,10 +21,16 @@ class Transition:
     end: float | None = None
     threshold_step: float | None = None
     reason: str = ""
+    # change-point transitions per seed: [(onset, end), ...] (summary.json's "stages")
+    stages: list[list[tuple[float, float]]] = field(default_factory=list)
 
     @property
     def detected(self) -> bool:
-        return self.n_detected > 0
+        return self.n_detected > 0 or self.n_staged > 0
+
+    @property
+    def n_staged(self) -> int:
+        return sum(bool(s) for s in self.stages)
 
     @property
     def centre(self) -> float | None:
@@ -32,10 +38,16 @@ class Transition:
         return self.midpoint if self.midpoint is not None else self.threshold_step
 
     def describe(self) -> str:
+        if self.n_detected == 0 and self.n_staged:
+            counts = ", ".join(str(len(s)) for s in self.stages)
+            return (f"no single sigmoid fits; change points find transitions in {self.n_staged}/{self.n_seeds} "
+                    f"seeds (per seed: {counts})")
         if not self.detected:
             text = "no phase change detected"
             return text + ("\n" + textwrap.fill(self.reason, 45) if self.reason else "")
         seeds = f"({self.n_detected}/{self.n_seeds} seeds)"
+        if any(len(s) > 1 for s in self.stages):
+            seeds += "; change-point transitions per seed: " + ", ".join(str(len(s)) for s in self.stages)
         if self.midpoint is not None:
             spread = f" ± {self.midpoint_std:.0f}" if self.midpoint_std and self.n_detected > 1 else ""
             return f"phase change at step {self.midpoint:.0f}{spread} {seeds}"
@@ -64,7 +76,7 @@ def phase_transition(summary: dict, metric: str = "loss_repeat") -> Transition |
 
     std = agg.get("midpoint_std")
     if std is None and len(hits) > 1:
-        std = float(np.std([p["midpoint"] for p in hits if p.get("midpoint") is not None] or [0.0]))
+        std = float(np.std([p["midpoint"] for p in hits if p.get("midpoint") is not None] or [0.0, 0.0], ddof=1))
     reasons = [p.get("reason") for p in per_seed if p.get("reason")]
     return Transition(
         n_detected=int(agg.get("n_detected", len(hits))),
@@ -76,4 +88,6 @@ def phase_transition(summary: dict, metric: str = "loss_repeat") -> Transition |
         end=pick("end_mean", "end"),
         threshold_step=pick("threshold_step_mean", "threshold_step"),
         reason=reasons[0] if reasons and not hits else "",
+        stages=[[(t["onset"], t["end"]) for t in st.get("transitions", [])]
+                for st in entry.get("stages") or [] if isinstance(st, dict)],
     )

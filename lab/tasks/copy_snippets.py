@@ -44,7 +44,8 @@ import numpy as np
 
 from lab.config.schema import TaskConfig
 from lab.core import ConfigError, choice, positive
-from lab.measures.heads import attention_measures, copying_scores, induction_score, pattern_sites, per_head
+from lab.measures.heads import (attention_measures, copying_scores, induction_recent_score, induction_score,
+                                pattern_sites, per_head)
 from lab.measures.losses import masked_mean, token_losses
 from lab.tasks.base import Task as BaseTask
 
@@ -141,12 +142,33 @@ def attention_to(pattern: jax.Array, key: jax.Array, mask: jax.Array) -> jax.Arr
     return jnp.sum(jnp.where(m, att, 0.0), axis=(0, 2)) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def anti_induction_score(pattern: jax.Array, batch: CopyBatch) -> jax.Array:
-    """Anti-induction score per head (Bi-Induct 2025): mean attention from query i to
-    prev_occ(i) - 1, the position before the previous occurrence of the current token, over backward
-    second-copy positions whose next token is predictable (backward_target). In a reversed copy that
-    key holds the next token, so a perfect anti-induction head scores 1. Returns (H,)."""
-    return attention_to(pattern, batch.anti_target, batch.backward_target)
+def matched_control_keys(target: jax.Array, mask: jax.Array, seed: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Control keys at matched random offsets: the masked queries' offsets d_i = i - target(i) are
+    shuffled among themselves (a fixed permutation drawn from `seed`), and query i's control key is
+    i - d_pi(i), so the controls have exactly the targets' distribution of distances and a purely
+    positional head scores the same on both. Returns (control (B, T) int, valid (B, T) bool): valid
+    drops the masked queries whose shuffled offset would reach before position 0."""
+    B, T = mask.shape
+    pos = jnp.broadcast_to(jnp.arange(T), (B, T)).reshape(-1)
+    flat = mask.reshape(-1)
+    offset = (pos - target.reshape(-1))
+    where_masked = jnp.argsort(~flat, stable=True)                     # masked queries first, in order
+    shuffled = jnp.argsort(jnp.where(flat, jax.random.uniform(jax.random.PRNGKey(seed), flat.shape), 2.0))
+    control_offset = jnp.zeros_like(offset).at[where_masked].set(offset[shuffled])
+    control = (pos - control_offset).reshape(B, T)
+    return jnp.clip(control, 0), mask & (control >= 0)
+
+
+def anti_induction_score(pattern: jax.Array, batch: CopyBatch) -> tuple[jax.Array, jax.Array]:
+    """Anti-induction score per head (Bi-Induct 2025), over backward second-copy queries whose next
+    token is predictable (backward_target): raw = mean attention from query i to prev_occ(i) - 1,
+    the key before the previous occurrence of the current token (which holds the next token in a
+    reversed copy; a perfect anti-induction head scores 1), and corrected = raw minus the mean
+    attention to a key at a matched random offset (matched_control_keys), so a head that attends by
+    distance alone (a diffuse or positional layer-0 head) scores about 0. Returns (raw, corrected)."""
+    raw = attention_to(pattern, batch.anti_target, batch.backward_target)
+    control, valid = matched_control_keys(batch.anti_target, batch.backward_target)
+    return raw, attention_to(pattern, batch.anti_target, valid) - attention_to(pattern, control, valid)
 
 
 def backward_match_score(pattern: jax.Array, batch: CopyBatch) -> jax.Array:
@@ -330,7 +352,9 @@ class CopyTask(BaseTask):
             "loss_background": loss_bg,
             "loss_by_pos": losses.mean(0),
             **per_head(dpatterns, {"induction": lambda p: induction_score(p, dprobe),
-                                   "anti_induction": lambda p: anti_induction_score(p, dprobe),
+                                   "induction_recent": lambda p: induction_recent_score(p, dprobe),
+                                   "anti_induction": lambda p: anti_induction_score(p, dprobe)[1],
+                                   "anti_induction_raw": lambda p: anti_induction_score(p, dprobe)[0],
                                    "backward_match": lambda p: backward_match_score(p, dprobe)}),
             **heads,
         }

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from lab.config.schema import TaskConfig
 from lab.core import ConfigError, positive
-from lab.measures.heads import attention_measures, copying_scores, induction_score
+from lab.measures.heads import attention_measures, copying_scores, induction_recent_score, induction_score
 from lab.measures.losses import icl_positions, icl_score, repeat_loss_and_accuracy, token_losses
 from lab.tasks.base import Task as BaseTask
 
@@ -124,7 +124,8 @@ class InductionTask(BaseTask):
 
     def measures(self, model, params, probe: TokenBatch, forward, measures_cfg, snapshot: bool) -> dict:
         logits, _, heads = attention_measures(forward, probe, model.n_layers, snapshot,
-                                              {"induction": lambda p: induction_score(p, probe)})
+                                              {"induction": lambda p: induction_score(p, probe),
+                                               "induction_recent": lambda p: induction_recent_score(p, probe)})
         losses = token_losses(logits, probe.tokens)
         loss_by_pos = losses.mean(0)
         loss_rep, acc_rep = repeat_loss_and_accuracy(logits, probe)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from lab.config.schema import TaskConfig
 from lab.core import ConfigError
-from lab.measures.heads import attention_measures, copying_scores
+from lab.measures.heads import attention_measures, copying_scores, earlier_occurrence_keys
 from lab.measures.losses import icl_positions, icl_score, masked_mean, token_losses
 from lab.tasks.base import Task as BaseTask
 
@@ -93,13 +93,8 @@ def stationary_distribution(P: jax.Array) -> jax.Array:
     return pi / pi.sum(-1, keepdims=True)
 
 
-def statistical_induction_keys(tokens: jax.Array) -> jax.Array:
-    """(B, T, T) bool S[i, j] = 1 <= j <= i and x_{j-1} = x_i: the keys right after earlier
-    occurrences of the query's token (Edelman et al. 2024's statistical induction head targets)."""
-    T = tokens.shape[-1]
-    prev = jnp.concatenate([jnp.full_like(tokens[..., :1], -1), tokens[..., :-1]], -1)   # x_{j-1}, -1 at j=0
-    j, i = jnp.arange(T)[None, :], jnp.arange(T)[:, None]
-    return (prev[..., None, :] == tokens[..., :, None]) & (j <= i)
+# Edelman et al.'s statistical-induction keys are the keys after every earlier occurrence
+statistical_induction_keys = earlier_occurrence_keys
 
 
 def unigram_predictor(tokens: jax.Array, k: int, alpha: float) -> jax.Array:

@@ -26,7 +26,7 @@ import numpy as np
 
 from lab.config.schema import TaskConfig
 from lab.core import ConfigError
-from lab.measures.heads import attention_measures, copying_scores, induction_score
+from lab.measures.heads import attention_measures, copying_scores, induction_recent_score, induction_score
 from lab.measures.losses import icl_positions, icl_score, masked_mean, token_losses
 from lab.tasks.base import Task as BaseTask
 
@@ -187,7 +187,8 @@ class TriggersTask(BaseTask):
 
     def measures(self, model, params, probe: TriggerBatch, forward, measures_cfg, snapshot: bool) -> dict:
         logits, _, heads = attention_measures(forward, probe, model.n_layers, snapshot,
-                                              {"induction": lambda p: induction_score(p, probe)})
+                                              {"induction": lambda p: induction_score(p, probe),
+                                               "induction_recent": lambda p: induction_recent_score(p, probe)})
         tokens = probe.tokens
         losses = token_losses(logits, tokens)
         loss_by_pos = losses.mean(0)

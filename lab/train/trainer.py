@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lab.clamps.clamp_set import Clamps
 from lab.core import TrainingDiverged
+from lab.measures.composition import composition_scores
 from lab.model import Model
 from lab.rundir import records_to_arrays
 from lab.train.callbacks import AutoHeads
@@ -156,7 +157,9 @@ class Trainer:
         """Every measure on the probe of any model of this task (this run's, or a clamp's source
         run); `forward(batch, cache_names)` replaces its plain forward pass (e.g. with clamps)."""
         forward = forward or (lambda batch, names: model.apply(params, batch, cache_names=names))
-        return self.task.measures(model, params, self.probe, forward, self.cfg.measures, snapshot)
+        # composition scores read only the weights, so every task logs them alike
+        return {**self.task.measures(model, params, self.probe, forward, self.cfg.measures, snapshot),
+                **composition_scores(params, model.n_layers)}
 
     def chunk(self, per_seed: tuple, shared: tuple, n_steps: int):
         (state, clamp_args), (interventions, step0) = per_seed, shared
