@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -89,15 +90,18 @@ def all_measured(values, ok) -> Optional[bool]:
     return all(ok(v) for v in measured) if measured else None
 
 
-def ci_beyond(values, threshold: float, side: str) -> Optional[bool]:
+def ci_beyond(values, threshold: float, side: str, strict: bool = True) -> Optional[bool]:
     """An "on average" rule judged on the bootstrap 95 % interval of the mean over seeds: held when
-    the whole interval lies above (side="above") or below ("below") the threshold; None with fewer
-    than two measured seeds (no interval)."""
+    the whole interval lies above (side="above") or below ("below") the threshold (or reaches it,
+    with strict=False: for "at most" / "at least" thresholds); None with fewer than two measured
+    seeds (no interval)."""
     from lab.analysis import stats
     ci = stats.bootstrap_ci([v for v in values if v is not None])
     if ci is None:
         return None
-    return ci[0] > threshold if side == "above" else ci[1] < threshold
+    if side == "above":
+        return ci[0] > threshold if strict else ci[0] >= threshold
+    return ci[1] < threshold if strict else ci[1] <= threshold
 
 
 def measured_note(values) -> str:
@@ -164,6 +168,18 @@ class Run:
     def onsets(self, key: Optional[str] = None, group_head: Optional[tuple] = None) -> list:
         """Per-seed onsets (see transitions); None where the curve has no transition."""
         return [t["onset"] if t else None for t in self.transitions(key, group_head)]
+
+    def first_formed_onset(self, group: str, seed: int, min_layer: int = 0):
+        """(onset, head) of the earliest head of `group` in layers >= min_layer that formed in this
+        seed (its score rose, by either detector, and crossed the score threshold); (None, None) if none."""
+        best = None
+        for head, entry in self.summary["phase"].get(group, {}).items():
+            if int(head[1:head.index("H")]) < min_layer or entry["per_seed"][seed]["threshold_step"] is None:
+                continue
+            t = self.transitions(group_head=(group, head))[seed]
+            if t and (best is None or t["onset"] < best[0]):
+                best = (t["onset"], head)
+        return best or (None, None)
 
     def fit(self, values, direction: str, min_amplitude: float, steps=None) -> dict:
         """lab.analysis.phase.detect on one curve (default x: the run's log steps) with this run's phase
@@ -247,7 +263,8 @@ class Experiment:
                     and not self._source_newer(cfg, summary_path)):
                 self.say(f"{label}: reusing the finished run in {run_dir}")
                 self.train_seconds += self._wall_seconds(run_dir)
-                return Run(label, cfg, summary, load_metrics(run_dir), run_dir)
+                metrics = load_metrics(run_dir)
+                return Run(label, cfg, self._resummarize(cfg, summary, metrics, summary_path), metrics, run_dir)
         if run_dir.exists() and (self.retrain or not self._unfinished_same(run_dir, wanted)):
             shutil.rmtree(run_dir)   # an outdated run of this experiment: its config changed
         self.say(f"{label}: training ({' '.join(overrides)})")
@@ -263,6 +280,18 @@ class Experiment:
         run = Run(label, cfg, result.summary, load_metrics(run_dir), run_dir)
         run._trainer, run._params = result.trainer, result.params
         return run
+
+    @staticmethod
+    def _resummarize(cfg, summary: dict, metrics: dict, path: Path) -> dict:
+        """A reused run's summary recomputed from its metrics with the current analysis (detectors
+        and statistics change more often than trainings need to), written back to summary.json."""
+        from lab.analysis.summary import summarize
+        from lab.train.state import build
+        fresh = summarize(metrics, cfg, build(cfg)[0], summary["seeds"], summary.get("status", "completed"))
+        stat = path.stat()
+        path.write_text(json.dumps(fresh, indent=1, default=float))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))   # a graft source stays as old as its run
+        return fresh
 
     @staticmethod
     def _source_newer(cfg, summary_path: Path) -> bool:

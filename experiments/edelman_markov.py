@@ -9,14 +9,17 @@ training passes through the unigram solution, then moves abruptly to the bigram 
 transition comes with the statistical induction head (layer 1 attends to tokens that followed earlier
 occurrences of the current token).
 
-Stages per seed: the unigram stage is the step where KL to the unigram predictor is smallest before
-the model gets closer to the bigram predictor; the transition is abrupt if a phase change is fitted
-(lab.analysis.phase.detect) to KL to the bigram predictor after that step. Its timing against the induction
-head uses threshold crossings: the step where KL to the bigram predictor falls below KL to the
-unigram one, and the step where a layer-1 head's induction score exceeds the lab's score threshold.
+Stages per seed: summary.json's change-point stages of loss_markov (chance -> unigram -> bigram);
+the unigram stage is the step where KL to the unigram predictor is smallest before the model gets
+closer to the bigram predictor; the transition to bigram is a change-point transition of KL to the
+bigram predictor after that step (abrupt: steep enough to cross its whole range within 35 % of the
+run). Its timing against the induction head compares onsets: where KL to the bigram predictor
+starts to fall, and where the first layer-1 head that becomes a statistical induction head starts
+to rise. A sigmoid fit of the whole fall is not used: the fall starts at once after a short unigram
+stage, and the sigmoid then puts its midpoint before the run.
 
-    python -m experiments.edelman_markov          # 3 seeds x 2000 steps
-    python -m experiments.edelman_markov --full   # 5 seeds x 4000 steps
+    python -m experiments.edelman_markov          # 5 seeds x 2000 steps
+    python -m experiments.edelman_markov --full   # 8 seeds x 4000 steps
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from experiments.common import Experiment, all_measured, claim, crossing_step, measured_note, save_figure, script_main
+from experiments.common import Experiment, all_measured, claim, measured_note, save_figure, script_main, trained
+from lab.analysis.stages import detect_stages
 
 ORDER = 6                  # position in `make experiments` / `python -m experiments` and in the README's table
 PRESET = "edelman"         # configs/experiment/edelman.yaml: task=markov on the 2-layer attention-only model
@@ -48,13 +52,17 @@ def stages(run, seed: int) -> dict:
     last = closer_uni[-1] if closer_uni.size else 0
     i_uni = int(np.nanargmin(kl_uni[: last + 1]))
     drop = 0.5 * float(kl_bi[i_uni] - np.nanmin(kl_bi[i_uni:])) if i_uni < len(steps) - 1 else 0
-    fit = run.fit(kl_bi[i_uni:], "decrease", min_amplitude=drop, steps=steps[i_uni:])
+    pc = run.cfg.measures.phase
+    found = detect_stages(steps[i_uni:], kl_bi[i_uni:], direction="decrease", min_change=max(drop, 1e-9),
+                          smooth_window=pc.smooth, penalty=pc.stage_penalty, max_width_frac=pc.max_width_frac)
+    fit = max(found["transitions"], key=lambda t: abs(t["change"])) if found["transitions"] else None
     plateau = (kl_bi >= CLOSER * kl_uni)[: last + 1]
     return {"unigram_step": float(steps[i_uni]), "kl_unigram_at": float(kl_uni[i_uni]),
             "kl_unigram_drop": float(kl_uni[i_uni] / kl_uni[0]),
             "unigram_plateau_steps": float(plateau.sum() * (steps[1] - steps[0])) if len(steps) > 1 else 0.0,
             "kl_bigram_at": float(kl_bi[i_uni]), "ratio": float(kl_bi[i_uni] / max(kl_uni[i_uni], 1e-9)),
-            "bigram_fit": fit, "bigram_mid": fit["midpoint"] if fit["detected"] else None}
+            "bigram_reason": found["reason"], "bigram_onset": fit["onset"] if fit else None,
+            "bigram_mid": fit["midpoint"] if fit else None}
 
 
 def _figure(run, st, path):
@@ -102,52 +110,58 @@ def _figure(run, st, path):
 
 def main(argv=None):
     exp = Experiment("edelman_markov", "Statistical induction heads", "Edelman et al. 2024", argv)
-    seeds = exp.seeds(1, 3, 5)
+    seeds = exp.seeds(1, 5, 8)
     steps = exp.pick(30, 2000, 4000)
     run = exp.run("markov", [f"experiment={PRESET}", f"train.seeds={seeds}", f"train.steps={steps}"])
     st = [stages(run, s) for s in range(seeds)]
     loss, uni, bi = run.final("loss_markov"), run.final("loss_unigram"), run.final("loss_bigram")
     left = (loss - bi) / (uni - bi)
-    mids = [s["bigram_mid"] for s in st]
-    # Threshold crossings, not sigmoid midpoints: the transition starts right at the short unigram stage,
-    # where a sigmoid fit of the whole rise puts its midpoint before the window.
-    crossover = [crossing_step(run.steps, run.curve("kl_bigram")[:, s] - run.curve("kl_unigram")[:, s], 0.0)
-                 for s in range(seeds)]
-    score_thr = run.summary["thresholds"]["induction"]
-    ind_cross = [crossing_step(run.steps, run.curve("induction")[:, s, 1].max(-1), score_thr, "increase")
-                 for s in range(seeds)]
-    gaps = [abs(a - b) if a is not None and b is not None else None for a, b in zip(crossover, ind_cross)]
+    ok = trained(loss, run.summary["chance_loss"], margin=0.0)
+    untrained = "" if all(ok) else f"{len(ok) - sum(ok)} of {len(ok)} seeds did not train (final loss not below chance)"
+    loss_stages = run.summary["phase"]["loss_markov"]["stages"]
+    n_stages = [s["n_stages"] for s in loss_stages]
+    onsets = [s["bigram_onset"] for s in st]
+    ind_on = [run.first_formed_onset("induction", s, min_layer=1)[0] for s in range(seeds)]
+    gaps = [abs(a - b) if a is not None and b is not None else None for a, b in zip(onsets, ind_on)]
     tol = COINCIDE_FRAC * steps
     claims = [
+        claim("loss_two_stages", "The loss falls in two stages: from chance to the unigram solution, then to the bigram one.",
+              "seeds whose loss_markov has >= 2 change-point transitions (>= 3 stages)", [n >= 3 for n in n_stages],
+              "every seed", all(n >= 3 for n in n_stages), not_measured=untrained,
+              paper="uniform -> unigram -> bigram",
+              note="stage levels per seed: " + "; ".join(" -> ".join(f"{v:.3f}" for v in s.get("levels", [])) for s in loss_stages)
+                   + f" (chance {run.summary['chance_loss']:.3f}, unigram {float(np.mean(uni)):.3f}, "
+                     f"bigram {float(np.mean(bi)):.3f})"),
         claim("unigram_stage_reached", "Training first converges towards the in-context unigram predictor.",
               "KL(unigram‖model) at the unigram stage / at initialisation", [s["kl_unigram_drop"] for s in st],
               f"<= {REACHED} in every seed", all(s["kl_unigram_drop"] <= REACHED for s in st),
-              paper="a plateau at the unigram solution precedes the bigram one"),
+              paper="a plateau at the unigram solution precedes the bigram one", not_measured=untrained),
         claim("unigram_stage_closer", "At that stage the model is much closer to the unigram than to the bigram predictor.",
               "KL(bigram‖model) / KL(unigram‖model) at the unigram stage", [s["ratio"] for s in st],
-              f">= {CLOSER} in every seed", all(s["ratio"] >= CLOSER for s in st)),
+              f">= {CLOSER} in every seed", all(s["ratio"] >= CLOSER for s in st), not_measured=untrained),
         claim("bigram_transition", "The model then passes to the bigram solution in an abrupt transition.",
-              "fraction of seeds with a phase change in KL(bigram‖model) after the unigram stage",
-              [m is not None for m in mids], "= 1 (every seed)", all(m is not None for m in mids),
+              "seeds with a change-point transition in KL(bigram‖model) after the unigram stage",
+              [m is not None for m in onsets], "every seed", all(m is not None for m in onsets),
               paper="an abrupt drop from the unigram to the bigram loss after a long unigram plateau",
-              note="per seed: " + "; ".join(s["bigram_fit"]["reason"] for s in st)
+              not_measured=untrained,
+              note="per seed: " + "; ".join(s["bigram_reason"] for s in st)
                    + ". Steps spent closer to unigram (KL ratio >= 2) before it: "
                    + ", ".join(f"{s['unigram_plateau_steps']:.0f}" for s in st)),
         claim("bigram_solution", "At the end of training the model predicts like the bigram (Bayes) predictor.",
               "(loss − bigram loss) / (unigram loss − bigram loss)", left, f"<= {BIGRAM_LEFT} in every seed",
-              bool(np.all(left <= BIGRAM_LEFT)), paper="the loss reaches the bigram predictor's"),
+              bool(np.all(left <= BIGRAM_LEFT)), paper="the loss reaches the bigram predictor's", not_measured=untrained),
         claim("induction_head_at_transition",
               "The bigram transition coincides with the formation of a statistical induction head in layer 1.",
-              f"|step where KL(bigram‖model) falls below KL(unigram‖model) − step where a layer-1 head's "
-              f"induction score exceeds {score_thr}|", gaps,
-              f"<= {tol:.0f} steps (10 % of the run) in every seed",
-              all_measured(gaps, lambda g: g <= tol),
+              "|onset of the fall of KL(bigram‖model) − onset of the rise of the first layer-1 head that becomes a "
+              "statistical induction head| (steps)", gaps,
+              f"<= {tol:.0f} steps (10 % of the run) in every seed with both",
+              all_measured(gaps, lambda g: g <= tol), not_measured=untrained,
               paper="the second-layer statistical induction head forms at the bigram transition",
-              note=(measured_note(gaps) + "; " if measured_note(gaps) else "") + "crossover steps " + ", ".join(f"{c}" for c in crossover)
-                   + "; induction-score crossings " + ", ".join(f"{c}" for c in ind_cross)),
+              note="; ".join(filter(None, [measured_note(gaps), "KL-to-bigram onsets " + ", ".join(f"{c}" for c in onsets)
+                                          + "; induction-head onsets " + ", ".join(f"{c}" for c in ind_on)]))),
     ]
     fig = _figure(run, st, exp.figure_path("markov_stages.png"))
-    exp.finish(claims, [fig], extra={"stages": [{k: v for k, v in s.items() if k != "bigram_fit"} for s in st],
+    exp.finish(claims, [fig], extra={"stages": st,
                                      "final": {"loss": loss.tolist(), "unigram": uni.tolist(), "bigram": bi.tolist()}})
 
 

@@ -44,19 +44,6 @@ def _icl_onsets(run) -> list:
     return out
 
 
-def _first_formed_onset(run, group: str, seed: int, min_layer: int = 0):
-    """Onset of the earliest head of `group` (in layers >= min_layer) that formed in this seed (its
-    score rose, by either detector, and crossed the score threshold), and that head."""
-    best = None
-    for head, entry in run.summary["phase"].get(group, {}).items():
-        if int(head[1:head.index("H")]) < min_layer or entry["per_seed"][seed]["threshold_step"] is None:
-            continue
-        t = run.transitions(group_head=(group, head))[seed]
-        if t and (best is None or t["onset"] < best[0]):
-            best = (t["onset"], head)
-    return best or (None, None)
-
-
 def _strongest_induction_onset(run, seed: int):
     """Onset of the rise of the head with the highest final induction score in this seed."""
     scores = run.final("induction")[seed]                   # (L, H)
@@ -150,8 +137,8 @@ def main(argv=None):
                  "one almost never, so the ICL score is the repeat loss minus a constant and must fall with it"))
         order = []
         for s in range(seeds):
-            prev, _ = _first_formed_onset(run, "prev_token", s)
-            ind_s, _ = _first_formed_onset(run, "induction", s, min_layer=1)
+            prev, _ = run.first_formed_onset("prev_token", s)
+            ind_s, _ = run.first_formed_onset("induction", s, min_layer=1)
             order.append(prev - ind_s if prev is not None and ind_s is not None else None)
         log_every = run.cfg.train.log_every
         claims.append(claim(
@@ -159,7 +146,8 @@ def main(argv=None):
             f"In the {depth}-layer model the previous-token head forms no later than the induction head.",
             "onset of the first previous-token head − onset of the first induction head (steps; change-point "
             "onsets, where each score starts to rise)", order,
-            f"95 % CI of the mean below {log_every} (one log interval)", ci_beyond(order, log_every, "below"),
+            f"95 % CI of the mean at most +{log_every} (one log interval)",
+            ci_beyond(order, log_every, "below", strict=False),
             paper="previous-token heads form during the same phase change as the induction heads they feed",
             note="; ".join(filter(None, [measured_note(order), "per seed: " + ", ".join(
                 "n/a" if o is None else f"{o:+.0f}" for o in order)]))))
@@ -171,9 +159,8 @@ def main(argv=None):
             if head not in comp or not run.summary["induction_head_formed"][s]:
                 links.append(None)
                 continue
-            partner = comp[head]["partner_per_seed"][s]
-            links.append(int(partner) == int(np.argmax(prev_final[s, 0])) if partner.isdigit() else
-                         int(partner[partner.index("H") + 1:]) == int(np.argmax(prev_final[s, 0])))
+            partner = comp[head]["partner_per_seed"][s]                  # "L0H<h>"
+            links.append(partner == f"L0H{int(np.argmax(prev_final[s, 0]))}")
         claims.append(claim(
             f"k_composition_{depth}l",
             f"In the {depth}-layer model the strongest induction head K-composes most with the strongest "

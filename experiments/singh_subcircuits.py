@@ -36,8 +36,8 @@ through everything left free):
 Beyond the paper: the same clamps switched on at step 400 (mid-plateau: the unclamped loss sits at
 ~ln 2 from step ~300, leaves it at ~500-700 and crosses at ~820), ramped linearly over 50 steps.
 
-    python -m experiments.singh_subcircuits            # 3 seeds, 16 runs: ~9 min alone (warm compile cache), ~11 cold
-    python -m experiments.singh_subcircuits --full     # 5 seeds, 2x steps, all conditions, more values
+    python -m experiments.singh_subcircuits            # 5 seeds, 16 runs: ~15 min alone (3 seeds took ~9)
+    python -m experiments.singh_subcircuits --full     # 8 seeds, 2x steps, all conditions, more values
 
 Reduced in the default mode: Fig. 5b without A_att and B+C (B+C is A+B+C here, see above); Fig. 6
 with one extra value per axis (classes 50 -> 500, labels 5 -> 20) and three conditions per value:
@@ -56,7 +56,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from experiments.common import Experiment, claim, crossing_step, save_figure, script_main
+from experiments.common import CONDITION, CONTROL, Experiment, ci_beyond, claim, crossing_step, save_figure, script_main
 
 NAME = "singh_subcircuits"
 ORDER = 2                  # position in `make experiments` / `python -m experiments` and in the README's table
@@ -101,6 +101,12 @@ def mean_or_none(values):
     return float(np.mean(v)) if v and len(v) == len(values) else None
 
 
+def paired(a, b):
+    """Per-seed differences a_i - b_i (seed i of one condition against seed i of another: same
+    initialisation and data); None where either seed did not cross."""
+    return [x - y if x is not None and y is not None else None for x, y in zip(a, b)]
+
+
 def censored(values, last_step):
     """Crossing steps with never-crossed seeds put at the run's last step (a lower bound)."""
     return [last_step if v is None else v for v in values]
@@ -109,7 +115,7 @@ def censored(values, last_step):
 def main(argv=None):
     exp = Experiment(NAME, "What needs to go right for an induction head", "Singh et al. 2024", argv,
                      description=__doc__.splitlines()[0])
-    seeds = exp.seeds(1, 3, 5)
+    seeds = exp.seeds(1, 5, 8)
     scale = exp.pick(1, 1, 2)
     # steps per condition: long enough for every seed to cross (exploratory runs: unclamped ~725-950,
     # A ~300-550, the others <= 200), the unclamped baseline with margin
@@ -192,15 +198,16 @@ def make_claims(exp, x1, p1, x2, p2, x3, p3, threshold, late_start, log_every):
         vals = x1.get(c)
         if vals is None and c == "A_att":
             continue            # run in --full only
-        held = None
-        if vals is not None and none_mean is not None:
-            held = all(v is not None for v in vals) and float(np.mean(vals)) <= none_mean
+        diffs = paired(vals, none) if vals is not None else [None]
+        uncrossed = vals is not None and any(v is None for v in vals)
         claims.append(claim(
             f"clamp_{c}_no_later", f"Clamping {names[c]} from step 0 makes the phase change no later than without clamps.",
-            f"crossing step per seed, clamp {c}", vals if vals is not None else [None],
-            f"every seed crosses and the mean <= the unclamped mean ({none_mean if none_mean is None else round(none_mean)})",
-            held, paper="Fig. 5b: clamping any of the subcircuits speeds up the phase change (weakest form: no later)",
-            note="" if vals is not None else "not run in this mode"))
+            f"crossing step with clamp {c} − unclamped crossing step, same seed", diffs,
+            f"every seed crosses and the 95 % CI of the mean difference is at most +{log_every} (one log interval)",
+            False if uncrossed else ci_beyond(diffs, log_every, "below", strict=False),
+            paper="Fig. 5b: clamping any of the subcircuits speeds up the phase change (weakest form: no later)",
+            note="not run in this mode" if vals is None else "crossing steps " + ", ".join(
+                "never" if v is None else f"{v:.0f}" for v in vals)))
     # pairs: no later than the slower of their two single clamps
     diffs, notes = [], []
     pairs = [p for p in ("AB", "AC", "BC") if p in x1] or ["AB"]
@@ -216,8 +223,9 @@ def make_claims(exp, x1, p1, x2, p2, x3, p3, threshold, late_start, log_every):
         "pairs_no_later", "Clamping a pair of subcircuits makes the phase change no later than the slower of its two single clamps.",
         f"mean crossing of the pair − the larger mean crossing of its two single clamps, for {', '.join(pairs)}",
         diffs, "<= 0 for every pair", None if any(d is None for d in diffs) else all(d <= 0 for d in diffs),
-        paper="Fig. 5b: clamping more subcircuits speeds the phase change further (weakest form)",
-        note="; ".join(notes)))
+        paper="Fig. 5b: clamping more subcircuits speeds the phase change further (weakest form)", kind=CONTROL,
+        unit=CONDITION, note="a control: a pair fixes everything its slower single clamp fixes and more, so it cannot "
+                             "be expected to be slower; " + "; ".join(notes)))
     vals = x1.get("ABC")
     lim = None if none_mean is None else NO_PLATEAU_FRAC * none_mean
     held = None if vals is None or lim is None else all(v is not None and v <= lim for v in vals)
@@ -225,8 +233,8 @@ def make_claims(exp, x1, p1, x2, p2, x3, p3, threshold, late_start, log_every):
         "all_three_no_plateau", "Clamping all three subcircuits removes the plateau.",
         "crossing step per seed, clamps A+B+C", vals if vals is not None else [None],
         f"<= {NO_PLATEAU_FRAC:.0%} of the unclamped mean crossing ({'n/a' if lim is None else f'{lim:.0f}'}) in every seed",
-        held, paper="Fig. 5b: with every subcircuit clamped there is no phase change left",
-        note="In this lab B+C alone fix the logits (ideal pattern read out perfectly), so this holds by construction."))
+        held, paper="Fig. 5b: with every subcircuit clamped there is no phase change left", kind=CONTROL,
+        note="a control: in this lab B+C alone fix the logits (ideal pattern read out perfectly), so it holds by construction."))
     # Fig. 6: data dependence
     for ax, big_name in (("classes", "classes"), ("labels", "labels")):
         for c, what, paper in (
@@ -241,8 +249,10 @@ def make_claims(exp, x1, p1, x2, p2, x3, p3, threshold, late_start, log_every):
             claims.append(claim(
                 f"{ax}_delay_{'unclamped' if c == 'none' else 'only_' + ('B' if c == ONLY_B else 'C')}",
                 f"More {big_name} delay {what}.",
-                f"crossing step at the largest / at the default number of {ax}, per seed", ratio, "> 1 on average",
-                None if not ratio or any(r is None for r in ratio) else float(np.mean(ratio)) > 1, paper=paper, note=note))
+                f"crossing step at the largest / at the default number of {ax}, same seed", ratio,
+                "95 % CI of the mean ratio above 1",
+                None if not ratio or any(r is None for r in ratio) else ci_beyond(ratio, 1.0, "above"),
+                paper=paper, note=note))
     for ax, slow, spared, text in (("classes", ONLY_B, ONLY_C, "More classes slow the learning of B more than that of C."),
                                    ("labels", ONLY_C, ONLY_B, "More labels slow the learning of C more than that of B.")):
         r_slow, n1 = delay_ratio(x2, p2, ax, slow)
@@ -252,27 +262,28 @@ def make_claims(exp, x1, p1, x2, p2, x3, p3, threshold, late_start, log_every):
         claims.append(claim(
             f"{ax}_dissociation", text,
             f"delay ratio (largest / default {ax}) with only {'B' if slow == ONLY_B else 'C'} to learn − with only "
-            f"{'C' if slow == ONLY_B else 'B'} to learn, per seed", diffs, "> 0 on average",
-            None if not ok else float(np.mean(diffs)) > 0,
+            f"{'C' if slow == ONLY_B else 'B'} to learn, same seed", diffs, "95 % CI of the mean difference above 0",
+            None if not ok else ci_beyond(diffs, 0.0, "above"),
             paper="Fig. 6: subcircuit B is delayed by the number of classes, C by the number of labels",
             note="; ".join(n for n in (n1, n2) if n)))
     # beyond the paper: late clamps
     for c, vals in x3.items():
-        held = None if none_mean is None else all(v is not None for v in vals) and float(np.mean(vals)) <= none_mean
+        diffs = paired(vals, none)
         claims.append(claim(
             f"late_{c}_no_later", f"Switching on the clamp of subcircuit {c} at step {late_start} still makes the phase change no later than without clamps.",
-            f"crossing step per seed, clamp {c} from step {late_start} (ramped over {LATE_RAMP})", vals,
-            f"every seed crosses and the mean <= the unclamped mean ({none_mean if none_mean is None else round(none_mean)})",
-            held, paper="not in the paper (beyond Fig. 5b): the clamps applied mid-plateau"))
+            f"crossing step with clamp {c} from step {late_start} (ramped over {LATE_RAMP}) − unclamped crossing, same seed",
+            diffs, f"every seed crosses and the 95 % CI of the mean difference is at most +{log_every}",
+            False if any(v is None for v in vals) else ci_beyond(diffs, log_every, "below", strict=False),
+            paper="not in the paper (beyond Fig. 5b): the clamps applied mid-plateau"))
         fresh = x1.get(c)
         after = [None if v is None else v - late_start for v in vals]
-        fm = None if fresh is None else mean_or_none(fresh)
+        diffs = paired(after, fresh) if fresh is not None else [None]
         claims.append(claim(
             f"late_{c}_carries_progress",
             f"After the clamp of subcircuit {c} is switched on at step {late_start}, the phase change follows sooner than it does with the same clamp from step 0.",
-            f"crossing step − {late_start} per seed", after,
-            f"mean < the mean crossing with the clamp from step 0 ({'n/a' if fm is None else f'{fm:.0f}'})",
-            None if fm is None or any(a is None for a in after) else float(np.mean(after)) < fm,
+            f"(crossing step − {late_start}) − crossing step with the clamp from step 0, same seed", diffs,
+            "95 % CI of the mean difference below 0",
+            None if fresh is None or any(a is None for a in diffs) else ci_beyond(diffs, 0.0, "below"),
             paper="not tested in the paper; predicted by its finding that the subcircuits develop gradually "
                   "and together during the plateau (progress before the clamp carries over)"))
     return claims

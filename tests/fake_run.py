@@ -135,6 +135,9 @@ def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=T
         prev[:, prev_head[0], prev_head[1]] = 0.1 + 0.8 * sig_prev
         copying = -0.1 + noise(0.05, S, L, H)
         copying[:, ind_head[0], ind_head[1]] += 0.7 * sig
+        k_comp = np.clip(0.12 + noise(0.01, S, L - 1, H, H), 0, 1)       # (S, L-1, H, H0): later head x layer-0 head
+        if L > 1:
+            k_comp[:, ind_head[0] - 1, ind_head[1], prev_head[1]] += 0.2 * sig
 
         lines.append({
             "step": int(step), "time": float(step) * 0.01, "lr": 1e-3,
@@ -143,6 +146,7 @@ def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=T
             "icl_score": (-(chance - loss_repeat) * 0.8).tolist(), "loss_by_pos": loss_by_pos.tolist(),
             "induction": induction.tolist(), "prev_token": prev.tolist(),
             "prev_token_corrected": (prev - 0.08).tolist(), "copying": copying.tolist(),
+            **({"k_composition": k_comp.tolist()} if L > 1 else {}),
         })
         for name in measured:
             # an ablation keeps the loss near chance; an ideal pattern gets there earlier

@@ -75,6 +75,9 @@ def test_ci_beyond_and_trained():
     assert ci_beyond([1.0, 1.1, 0.9, 1.05, 0.95], 0.5, "above") is True
     assert ci_beyond([1.04, 0.95, 1.2, 1.0], 1.0, "above") is False      # a mean above 1 on noise is not enough
     assert ci_beyond([3.0], 1.0, "above") is None                        # one seed: no interval
+    # onsets quantised to a log interval of 25: "at most +25" reaches it, "below 25" does not
+    assert ci_beyond([0, 25, 0, 25], 25, "below", strict=False) is True
+    assert ci_beyond([0, 25, 0, 25], 25, "below") is False
     assert trained([0.5, 1.62, None, float("nan")], chance=1.67) == [True, False, False, False]
 
 

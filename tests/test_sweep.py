@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -182,3 +183,20 @@ def test_cli_without_jobs_fails_in_one_line(tmp_path, capsys, make):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(target) in err[0]
+
+
+def test_condition_rows_are_statistics_over_each_conditions_seeds(sweep):
+    """One row per completed condition (the failed n_layers=3 jobs have none); each value is a
+    statistic over that condition's two seeds: k/n with Clopper-Pearson, mean and sample std."""
+    from lab.analysis.sweep import condition_rows, scan
+    rows = collect(sweep)
+    table = condition_rows(scan(sweep))
+    assert [r["condition"] for r in table] == [f"task.vocab_size={v}, model.n_layers={n}" for v in VOCABS for n in LAYERS]
+    for cond, per_seed in zip(table, [rows[i:i + 2] for i in range(0, 8, 2)]):
+        assert cond["seeds"] == 2 and cond["with_transition"] == 2
+        assert cond["with_transition_ci95"] == pytest.approx((0.025 ** 0.5, 1.0), abs=1e-6)   # 2 of 2
+        final = [r["final_loss_repeat"] for r in per_seed]
+        assert cond["final_mean"] == pytest.approx(np.mean(final))
+        assert cond["final_std"] == pytest.approx(np.std(final, ddof=1))
+        lo, hi = cond["final_ci95"]
+        assert min(final) - 1e-9 <= lo <= hi <= max(final) + 1e-9

@@ -84,7 +84,8 @@ def detect_stages(steps, values, *, direction: str, min_change: float, smooth_wi
     x, y = np.asarray(steps, float), np.asarray(values, float)
     ok = np.isfinite(y)
     x, y = x[ok], y[ok]
-    out = {"transitions": [], "n_stages": 1, "change_points": [], "reason": ""}
+    out = {"transitions": [], "n_stages": 1, "change_points": [], "reason": "",
+           "levels": [float(np.median(y))] if len(y) else []}
     if len(x) < 8:
         out["reason"] = f"too few finite points ({len(x)}) for change points"
         return out

@@ -20,16 +20,19 @@ def _mean_std(x: np.ndarray) -> dict:
 
 def transition(entry: dict, seed: int) -> Optional[dict]:
     """The transition a timing reads for one seed of a curve's summary entry: the largest change-point
-    transition (stages) if the curve has one, else the sigmoid fit if it detected a phase change;
-    None if neither. Adds "detector" (which one) and "n_transitions"."""
+    transition (stages) that starts after a plateau, else the sigmoid fit if it detected a phase
+    change; None if neither. A transition already under way at the first logged step (the initial
+    descent from initialisation, e.g. chance -> unigram) is a stage, not a phase change: it is
+    kept in "stages" but not timed here. Adds "detector" (which one) and "n_transitions"."""
     found = (entry.get("stages") or [None] * (seed + 1))[seed]
-    if found and found["transitions"]:
-        best = max(found["transitions"], key=lambda t: abs(t["change"]))
+    later = [t for t in found["transitions"] if not t["censored_start"]] if found else []
+    if later:
+        best = max(later, key=lambda t: abs(t["change"]))
         return {**{k: best[k] for k in EVENTS}, "detector": "change points",
-                "n_transitions": len(found["transitions"]), "censored_start": best["censored_start"]}
+                "n_transitions": len(found["transitions"])}
     fit = entry["per_seed"][seed]
     if fit.get("detected"):
-        return {**{k: fit[k] for k in EVENTS}, "detector": "sigmoid", "n_transitions": 1, "censored_start": False}
+        return {**{k: fit[k] for k in EVENTS}, "detector": "sigmoid", "n_transitions": 1}
     return None
 
 
@@ -66,7 +69,9 @@ def _formed(entry: dict, seed: int) -> bool:
 
 def _composition(metrics: dict, induction: dict, L: int, H: int, n_seeds: int) -> dict:
     """For each head of layer >= 1: the layer-0 head it K-composes with most at the end, per seed,
-    with the score; for each seed's induction heads, when that link formed (change-point onset)."""
+    with the score at the end and at step 0 (random weights score about 1/sqrt(d_model)); for each
+    seed's induction heads, when that link formed: the onset of the largest rise of that K-composition
+    curve after a plateau (change points, a rise of >= 0.05)."""
     K = metrics["k_composition"]                                     # (steps, seeds, L-1, H, H)
     out = {}
     for l in range(1, L):
@@ -82,7 +87,9 @@ def _composition(metrics: dict, induction: dict, L: int, H: int, n_seeds: int) -
                 for s, p in enumerate(partner):
                     st = stages.detect_stages(metrics["step"], K[:, s, l - 1, h, p], direction="increase",
                                               min_change=0.05)
-                    onsets.append(st["transitions"][0]["onset"] if _formed(entry, s) and st["transitions"] else None)
+                    rises = [t for t in st["transitions"] if not t["censored_start"]]
+                    onsets.append(max(rises, key=lambda t: t["change"])["onset"] if _formed(entry, s) and rises
+                                  else None)
                 link["link_onset_per_seed"] = onsets
             out[head_name(l, h)] = link
     return out

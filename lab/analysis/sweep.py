@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lab.analysis import stats
 from lab.rundir import load_metrics, load_run_config, load_summary, n_seeds
 
 PHASE_METRIC = "loss_repeat"   # the curve whose phase change the figures are about, unless summary.json names
@@ -416,6 +417,56 @@ def text_table(sweep: Sweep) -> str:
     header = [phase_columns.get(k, k) for k in keys]
     cells = [[fmt_value(r.get(k), k) for k in keys] for r in rows]
     widths = [max(len(c[i]) for c in [header] + cells) for i in range(len(keys))]
+    line = lambda cs: "  ".join(c.ljust(w) for c, w in zip(cs, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(c) for c in cells])
+
+
+def condition_rows(sweep: Sweep) -> list[dict]:
+    """One row per condition (a setting of the swept parameters), over its completed seeds: the
+    seeds with a transition in the main metric (either detector) as k of n with an exact binomial
+    95 % interval, and for the change-point onset of that transition, its midpoint and the final
+    main metric: mean, sample std (ddof 1) and bootstrap 95 % interval over seeds. A condition's
+    value is a statistic over its own seeds; conditions are never pooled as if they were seeds."""
+    metric = sweep.phase_metric
+    groups: dict[str, list[dict]] = {}
+    for r in sweep.rows:
+        if r["_category"] == COMPLETED:
+            groups.setdefault(condition_label(r, sweep.swept), []).append(r)
+    out = []
+    for label, rows in groups.items():
+        hit = [r[f"{metric}_detected"] or bool(r.get(f"{metric}_transitions")) for r in rows]
+        onset = [r.get(f"{metric}_stage_onset") if r.get(f"{metric}_stage_onset") is not None
+                 else r.get(f"{metric}_onset") for r in rows]
+        row = {"condition": label, "seeds": len(rows), "with_transition": sum(hit),
+               "with_transition_ci95": stats.binomial_ci(sum(hit), len(rows))}
+        for name, values in (("onset", onset), ("final", [r.get(f"final_{metric}") for r in rows])):
+            d = stats.describe(values)
+            row.update({f"{name}_{k}": d[k] for k in ("n", "mean", "std", "ci95")})
+        out.append(row)
+    return out
+
+
+def condition_text(row: dict, name: str, digits: str = ".4g") -> str:
+    """'mean ± std [lo, hi] (n)' of one statistic of a condition row; '—' without values."""
+    if row[f"{name}_mean"] is None:
+        return "—"
+    text = f"{row[f'{name}_mean']:{digits}}"
+    if row[f"{name}_std"] is not None:
+        lo, hi = row[f"{name}_ci95"]
+        text += f" ± {row[f'{name}_std']:{digits}} [{lo:{digits}}, {hi:{digits}}]"
+    return text + f" (n={row[f'{name}_n']})"
+
+
+def condition_table(sweep: Sweep) -> str:
+    """The per-condition statistics as plain text (lab-sweep prints it under the per-seed table)."""
+    rows = condition_rows(sweep)
+    if not rows:
+        return ""
+    header = ["condition", "seeds with a transition [95 % CI]", "onset (steps)", f"final {sweep.phase_metric}"]
+    cells = [[r["condition"],
+              f"{r['with_transition']}/{r['seeds']} [{r['with_transition_ci95'][0]:.2f}, {r['with_transition_ci95'][1]:.2f}]",
+              condition_text(r, "onset", ".0f"), condition_text(r, "final")] for r in rows]
+    widths = [max(len(c[i]) for c in [header] + cells) for i in range(len(header))]
     line = lambda cs: "  ".join(c.ljust(w) for c, w in zip(cs, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(c) for c in cells])
 

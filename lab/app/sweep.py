@@ -8,8 +8,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from lab.analysis.sweep import (COMPLETED, FAILED, INCOMPLETE, SweepError, multirun_command, rerun_command, scan,
-                                text_table)
+from lab.analysis.sweep import (COMPLETED, FAILED, INCOMPLETE, SweepError, condition_table, multirun_command,
+                                rerun_command, scan, text_table)
 from lab.plots.report import write_report
 
 
@@ -41,6 +41,10 @@ def main(argv=None) -> None:
           f"{c[INCOMPLETE]} unfinished; phase change in {c['seeds_with_phase_change']}/{c['seeds_completed']} "
           "completed seeds\n")
     print(text_table(sweep))
+    per_condition = condition_table(sweep)
+    if per_condition:
+        print("\nper condition (mean ± sample std [bootstrap 95 % CI] over seeds; k/n with its exact binomial CI):")
+        print(per_condition)
     bad = [j for j in sweep.jobs if j.category != COMPLETED]
     if bad:
         print(f"\nfailed or unfinished jobs ({len(bad)}):")

@@ -10,8 +10,8 @@ import json
 import math
 from pathlib import Path
 
-from lab.analysis.sweep import (COMPLETED, FAILED, INCOMPLETE, Sweep, fmt_value, is_number, multirun_command,
-                                rerun_command, scan)
+from lab.analysis.sweep import (COMPLETED, FAILED, INCOMPLETE, Sweep, condition_rows, condition_text, fmt_value,
+                                is_number, multirun_command, rerun_command, scan)
 from lab.plots.sweep import SWEEP_FIGURES, plot_sweep
 
 
@@ -32,7 +32,7 @@ def _write_csv(rows: list[dict], path: Path) -> Path:
 
 def _write_json(sweep: Sweep, path: Path) -> Path:
     doc = {"sweep_dir": str(sweep.dir), "command": sweep.command, "common_overrides": sweep.common,
-           "swept": sweep.swept, "counts": sweep.counts(),
+           "swept": sweep.swept, "counts": sweep.counts(), "conditions": condition_rows(sweep),
            "rows": [{k: _json_value(v) for k, v in r.items()} for r in sweep.public_rows]}
     path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     return path
@@ -173,6 +173,23 @@ def _html_problems(sweep: Sweep) -> str:
     return "\n".join(parts)
 
 
+def _html_conditions(sweep: Sweep) -> str:
+    """The per-condition statistics (condition_rows) as a small table."""
+    rows = condition_rows(sweep)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("condition", "seeds with a transition [95 % CI]",
+                                                          "onset (steps)", f"final {sweep.phase_metric}"))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="text">{html.escape(c)}</td>' for c in (
+            r["condition"],
+            f"{r['with_transition']}/{r['seeds']} [{r['with_transition_ci95'][0]:.2f}, {r['with_transition_ci95'][1]:.2f}]",
+            condition_text(r, "onset", ".0f"), condition_text(r, "final"))) + "</tr>" for r in rows)
+    return (f"<h2>Per condition</h2><p class=\"note\">Over each condition's completed seeds: mean ± sample std "
+            f"(ddof 1) [bootstrap 95 % interval] (n seeds); counts of seeds with their exact binomial 95 % interval."
+            f"</p><div class=\"tablewrap\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+
+
 def _html(sweep: Sweep, figures: dict[str, Path]) -> str:
     c = sweep.counts()
     cards = [(c["jobs"], "jobs", ""), (c["seeds"], "seeds (rows)", ""), (c[COMPLETED], "completed", "ok"),
@@ -204,6 +221,7 @@ def _html(sweep: Sweep, figures: dict[str, Path]) -> str:
 <p class="sub">{html.escape(str(sweep.dir.resolve()))}</p>
 <div class="cards">{cards_html}</div>
 <div class="meta">{''.join(meta)}</div>
+{_html_conditions(sweep)}
 <h2>Table: one row per job and seed</h2>
 <p class="note">Click a column to sort. Steps are training steps; <code>loss_repeat_*</code> is the repeated-part
 loss phase change of that seed (midpoint and onset only where one was detected; hover a missing midpoint for the

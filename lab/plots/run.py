@@ -401,6 +401,45 @@ def _plot_head_lines(run: _Run, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+@run_figure("composition", caption="K-composition (Elhage et al. 2021) of every later head with each layer-0 head "
+                                  "over training (mean over seeds): one panel per later head, one line per layer-0 "
+                                  "head, the strongest previous-token head bold; dotted: the value at step 0.")
+def _plot_composition(run: _Run, path: Path) -> Path | None:
+    K = run.metrics.get("k_composition")
+    if K is None or K.ndim != 5:
+        return None                   # a 1-layer model, or a run from before composition scores were logged
+    mean = seed_mean(K)                                   # (N, L-1, H, H0)
+    _, n_later, n_heads, n_first = mean.shape
+    colours, _ = _head_styles(1, n_first)
+    prev = run.strongest.get("prev_token")
+    bold = prev[1] if prev is not None and prev[0] == 0 else None
+    panels = [(l, h) for l in range(n_later) for h in range(n_heads)]
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows + 1.0), sharex=True, sharey=True,
+                             layout="constrained", squeeze=False)
+    for ax, (l, h) in zip(axes.flat, panels):
+        for h0 in range(n_first):
+            ax.plot(run.steps, mean[:, l, h, h0], color=colours[h0], lw=2.4 if h0 == bold else 1.1)
+            ax.axhline(mean[0, l, h, h0], color=colours[h0], lw=0.6, ls=":")
+        _mark_transition(ax, run.transition, per_seed=False)
+        ax.set_title(f"L{l + 1}H{h}", fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("K-composition")
+    for ax in axes[-1]:
+        ax.set_xlabel(STEP_LABEL)
+    handles = [Line2D([], [], color=colours[h0], lw=2.4 if h0 == bold else 1.2,
+                      label=f"with L0H{h0}" + (" (strongest previous-token head)" if h0 == bold else ""))
+               for h0 in range(n_first)]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
+    fig.suptitle(f"{run.name}: which layer-0 head each later head reads its keys from\n{run.subtitle(80)}",
+                 fontsize=12)
+    return save_figure(fig, path)
+
+
 def _snapshot_columns(att: dict) -> list[int]:
     """Snapshots to show: all if few, else the labelled ones, else evenly spaced."""
     k = len(att["steps"])
