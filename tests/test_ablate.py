@@ -126,7 +126,7 @@ def test_top_and_random_pick_n_heads_per_layer(result):
         for d in draws:
             assert sorted(l for l, _ in _heads(d["heads"])) == sorted(list(range(L)) * n)
         np.testing.assert_allclose(rows["random"]["loss_repeat"], np.mean([d["loss_repeat"] for d in draws]))
-        np.testing.assert_allclose(rows["random"]["loss_std"], np.std([d["loss_repeat"] for d in draws]), atol=1e-9)
+        np.testing.assert_allclose(rows["random"]["loss_std"], np.std([d["loss_repeat"] for d in draws], ddof=1), atol=1e-9)
         for l in range(L):
             for h in range(H):
                 single = rows[f"L{l}H{h}"]

@@ -25,6 +25,8 @@ def test_flat_curve_is_no_phase_change():
     r = phase.detect(STEPS, y, direction="increase", threshold=0.4, min_amplitude=0.2)
     assert not r["detected"] and "no phase change" in r["reason"]
     assert r["threshold_step"] is None
+    # the smoothed curve moves by less than the minimum change: no fit is attempted
+    assert "moves by" in r["reason"] and r["midpoint"] is None and r["r2"] is None
 
 
 def test_noisy_sigmoid_rise():

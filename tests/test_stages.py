@@ -65,3 +65,16 @@ def test_many_curves_and_bad_direction():
     assert [r["n_stages"] for r in rs] == [3, 1]
     with pytest.raises(ValueError, match="direction"):
         detect_stages(STEPS, two_step_curve(), direction="down", min_change=0.1)
+
+
+def test_split_at_valleys_by_hand():
+    from lab.analysis.stages import _split_at_valleys, _steep_runs
+    # segment slopes: steep, slow, slow, steep, steep; all >= 0.05 count as steep, so one run 0..4 that
+    # slows down twice in a row between two falls: split once, after segment 0 (edge pairs are
+    # (first segment, last segment + 1))
+    slopes = [1.0, 0.1, 0.1, 1.0, 1.0]
+    runs = _steep_runs(slopes, 0.05)
+    assert runs == [[0, 4]]
+    assert _split_at_valleys(runs, slopes, 0.6) == [(0, 1), (2, 5)]
+    assert _split_at_valleys([[0, 2]], [1.0, 0.8, 0.9], 0.6) == [(0, 3)]      # one transition, no valley
+    assert _steep_runs([0.0, 1.0, 0.0, 1.0], 0.5) == [[1, 1], [3, 3]]

@@ -100,7 +100,7 @@ def random_masks(n_layers: int, n_heads: int, n: int, draws: int, rng: np.random
 
 
 def _std(x) -> float:
-    return float(np.std(x, ddof=1)) if len(x) > 1 else 0.0   # sample std over seeds
+    return float(np.std(x, ddof=1)) if len(x) > 1 else 0.0   # sample std (ddof 1) over seeds or draws
 
 
 # ----------------------------------------------------------------------------- the analysis

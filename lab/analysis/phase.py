@@ -104,6 +104,12 @@ def detect(steps, values, *, direction: str = "decrease", threshold: Optional[fl
     if threshold is not None:
         result["threshold_step"] = threshold_crossing(x, ys, threshold, direction)
     result["steepest_step"] = steepest_change(x, ys, direction)
+    moved = float(np.ptp(ys))
+    if min_amplitude > 0 and moved < min_amplitude:
+        # most heads' curves stay flat: skip the ten-start fit (most of a summary's cost) when the
+        # smoothed curve cannot show a change of min_amplitude
+        result["reason"] = f"no phase change: the smoothed curve moves by {moved:.3g} in all, < {min_amplitude:.3g}"
+        return result
     fit = fit_sigmoid(x, y)
     if fit is None:
         result["reason"] = "sigmoid fit did not converge"

@@ -68,7 +68,7 @@ def _split_at_valleys(runs: list, slopes: list, valley: float) -> list[tuple[int
     for first, last in runs:
         start = first
         for k in range(first + 1, last):
-            if slopes[k] < valley * min(max(slopes[start:k]), max(slopes[k + 1:last + 1])):
+            if k > start and slopes[k] < valley * min(max(slopes[start:k]), max(slopes[k + 1:last + 1])):
                 out.append((start, k))
                 start = k + 1
         out.append((start, last + 1))

@@ -95,6 +95,17 @@ def _composition(metrics: dict, induction: dict, L: int, H: int, n_seeds: int) -
     return out
 
 
+def _outcome(formed: bool, loss_transition: bool, falls_from_start: bool) -> str:
+    """One seed's outcome in words: whether its loss has a phase change (a transition after a
+    plateau) and whether an attention induction head formed."""
+    if loss_transition:
+        return "induction head" if formed else "loss transition without an attention induction head"
+    if falls_from_start:
+        return ("induction head; the loss falls from the first step, with no plateau before it" if formed
+                else "no induction head; the loss falls from the first step, with no plateau before it")
+    return "induction head without a loss transition" if formed else "no transition"
+
+
 def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "completed") -> dict:
     steps = metrics["step"]
     chance_loss, main = task.chance_loss, task.main_metric
@@ -151,13 +162,11 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
                    and _formed(entry, s)] for s in range(n)]
         summary["induction_heads_per_seed"] = formed
         summary["induction_head_formed"] = [bool(h) for h in formed]
-        summary["outcome_per_seed"] = [
-            ("induction head" if formed[s] else "loss transition without an attention induction head")
-            if loss_events[s] else ("induction head without a loss transition" if formed[s] else "no transition")
-            for s in range(n)]
+        early = [bool(st["transitions"]) for st in main_entry["stages"]]   # only a fall from the first step
+        summary["outcome_per_seed"] = [_outcome(bool(formed[s]), loss_events[s] is not None, early[s]) for s in range(n)]
         summary["verdict"] += f"; induction head formed in {sum(summary['induction_head_formed'])}/{n} seeds"
         odd = [f"seed {seeds[s]}: {o}" for s, o in enumerate(summary["outcome_per_seed"])
-               if o not in ("induction head", "no transition")]
+               if o not in ("induction head", "no transition") and not o.startswith("no induction head")]
         if odd:
             summary["verdict"] += " (" + "; ".join(odd) + ")"
         if "k_composition" in metrics and L >= 2:
