@@ -72,20 +72,27 @@ def main(argv=None):
     from lab.tasks.regression import X_MOMENTS
     target_var = task_cfg.dim * X_MOMENTS[task_cfg.x_dist][0] + task_cfg.noise ** 2
     gd = one.final("gd_loss")
-    rel = (one.final("loss_query") - gd) / gd
-    pred = one.final("pred_distance") / target_var
-    cos = one.final("sensitivity_cosine")
+    ok1 = trained(one.final("loss_query"), one.summary["chance_loss"])
+    only = lambda xs: [float(x) if t else None for x, t in zip(xs, ok1)]   # noqa: E731  (seeds that trained)
+    rel = only((one.final("loss_query") - gd) / gd)
+    pred = only(one.final("pred_distance") / target_var)
+    cos = only(one.final("sensitivity_cosine"))
+    why = "" if any(ok1) else "no seed of the 1-layer model trained (final query loss not 5 % below chance)"
+    note1 = (f"{sum(ok1)} of {len(ok1)} seeds trained (final query loss 5 % below chance "
+             f"{one.summary['chance_loss']:.3g}); per seed: " + ", ".join(f"{x:.3g}" for x in one.final("loss_query")))
     claims = [
         claim("loss_matches_gd", "A trained one-layer linear self-attention model reaches the loss of one gradient-descent step.",
-              "(model query loss − GD loss) / GD loss on the probe", rel, f"|·| <= {LOSS_TOL} in every seed",
-              bool(np.all(np.abs(rel) <= LOSS_TOL)),
-              paper="the trained LSA's loss equals that of one GD step with a tuned learning rate"),
+              "(model query loss − GD loss) / GD loss on the probe, seeds that trained", rel,
+              f"|·| <= {LOSS_TOL} in every seed that trained", all_measured(rel, lambda x: abs(x) <= LOSS_TOL),
+              paper="the trained LSA's loss equals that of one GD step with a tuned learning rate",
+              not_measured=why, note=note1),
         claim("predictions_match_gd", "Its predictions are those of one gradient-descent step.",
-              "mean (ŷ − ŷ_GD)² / Var(y_q)", pred, f"<= {PRED_TOL} in every seed", bool(np.all(pred <= PRED_TOL)),
-              paper="preds diff ≈ 0 after training"),
+              "mean (ŷ − ŷ_GD)² / Var(y_q), seeds that trained", pred, f"<= {PRED_TOL} in every seed that trained",
+              all_measured(pred, lambda x: x <= PRED_TOL), paper="preds diff ≈ 0 after training", not_measured=why),
         claim("sensitivity_matches_gd", "Its prediction responds to the query like one gradient-descent step's.",
-              "cos(∂ŷ/∂x_q, ∂ŷ_GD/∂x_q), mean over the probe", cos, f">= {COS_MIN} in every seed",
-              bool(np.all(cos >= COS_MIN)), paper="model cosine ≈ 1 after training"),
+              "cos(∂ŷ/∂x_q, ∂ŷ_GD/∂x_q), mean over the probe, seeds that trained", cos,
+              f">= {COS_MIN} in every seed that trained", all_measured(cos, lambda x: x >= COS_MIN),
+              paper="model cosine ≈ 1 after training", not_measured=why),
     ]
     two = runs[2]
     chance = two.summary["chance_loss"]

@@ -145,3 +145,21 @@ def test_second_signal_inside_a_chunk_leaves_a_consistent_checkpoint(tmp_path, t
 
     lab.run(lab.load_config(args), run, plots=False)   # the same command again continues it
     assert records(run) == records(ref)
+
+
+def test_rerun_after_a_crash_while_summarising_completes_the_run(tmp_path, tiny_overrides):
+    """Training finished and wrote its final checkpoint, then the process died before summary.json
+    said "completed" (a crash in the analysis): the same command again resumes at the final step,
+    has no step left to train, and must not fail on saving the checkpoint that already exists."""
+    run = tmp_path / "run"
+    args = LAB_TRAIN + tiny_overrides + ["train.steps=40", f"hydra.run.dir={run}"]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    summary["status"] = "interrupted at step 40"          # as if the process died before finishing
+    (run / "summary.json").write_text(json.dumps(summary))
+    before = records(run)
+    p = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert records(run) == before                            # nothing retrained, nothing logged twice

@@ -21,6 +21,11 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: dict) -> None:
+        if step in self.manager.all_steps():
+            # a checkpoint labelled `step` holds the state after that step: a run resumed from its
+            # final checkpoint (killed while summarising) has nothing newer to write
+            log.info("checkpoint %d already saved in %s", step, self.directory)
+            return
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self.manager.wait_until_finished()
 
