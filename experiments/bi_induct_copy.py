@@ -282,17 +282,20 @@ def main(argv=None):
                     f"{fmt(abl[mix]['random'])}; unablated loss_copy {fmt(abl[mix]['none'])}; strongest induction "
                     f"score per seed {fmt(ind)}")
             weak = [s for s, x in enumerate(ind) if x < INDUCTION_THR]
-            if weak:
-                note += (f". Seed(s) {weak} have no induction head (< {INDUCTION_THR}), so their 'top induction' "
-                         "heads are picked by near-noise scores")
+            if weak:   # nothing to ablate there: the claim is about induction heads
+                note += (f". Seed(s) {weak} have no induction head (< {INDUCTION_THR}); their 'top induction' "
+                         "heads would be picked by near-noise scores, so they are left out")
+                diff = [None if s in weak else d for s, d in enumerate(diff)]
         else:
             diff, note = [None], "mix not run in this mode"
+        no_heads = "" if any(d is not None for d in diff) else "no seed formed an induction head to ablate"
         claims.append(claim(
             f"ablation_top_vs_random_{mix}",
             f"In the model trained on the {mix} mix, ablating the top {TOP_PERCENT:g} % induction heads per layer "
             f"raises the copy loss more than ablating as many random heads per layer.",
             f"Δ loss_copy(top) − mean Δ loss_copy(random), {n_layer} head(s)/layer, mean ablation, per seed",
-            diff, "95 % CI of the mean paired difference above 0", ci_beyond(diff, 0.0, "above"),
+            diff, "95 % CI of the mean paired difference above 0 (seeds with an induction head)",
+            ci_beyond(diff, 0.0, "above"), not_measured=no_heads,
             paper="removing the top 2% induction heads per layer harms ICL more than matched random ablations",
             note=note))
 
