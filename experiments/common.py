@@ -53,8 +53,8 @@ def claim(id: str, claim: str, quantity: str, values, threshold: str, held: Opti
     """One checked claim. `values` are one measurement per seed (unit=SEED) or per condition
     (unit=CONDITION, where each value is already a statistic over that condition's seeds and the
     values are not a sample: no spread or interval is computed across them). Per seed, the value is
-    the mean with its sample std (ddof 1) and bootstrap 95 % interval; 0/1 values (yes/no per seed)
-    carry k of n with an exact binomial interval. `held` is None when nothing could be measured;
+    the mean with its sample std (ddof 1) and bootstrap 95 % interval; yes/no values (booleans per
+    seed) carry k of n with an exact binomial interval. `held` is None when nothing could be measured;
     `not_measured` says why (e.g. the training it needs did not train), and forces held to None.
     kind=CONTROL marks a claim that cannot fail (shown, not counted)."""
     from lab.analysis import stats
@@ -67,8 +67,10 @@ def claim(id: str, claim: str, quantity: str, values, threshold: str, held: Opti
            "n": int(v.size), "values": [float(x) if math.isfinite(x) else None for x in a],
            "threshold": threshold, "held": None if held is None or not_measured else bool(held),
            "not_measured": not_measured, "paper": paper, "note": note}
+    raw = [x for x in np.ravel(np.asarray(values, dtype=object)) if x is not None]
+    yes_no = bool(raw) and all(isinstance(x, (bool, np.bool_)) for x in raw)   # not numbers that happen to be 0/1
     if unit == SEED and v.size:
-        if set(v.tolist()) <= {0.0, 1.0}:
+        if yes_no:
             out["k"] = int(v.sum())
             out["ci95"] = stats.binomial_ci(out["k"], int(v.size))
         else:

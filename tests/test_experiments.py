@@ -3,6 +3,7 @@ its figures (smoke verdicts mean nothing; this keeps the scripts from rotting)."
 import importlib
 import json
 
+import numpy as np
 import pytest
 
 from experiments.report import experiment_modules
@@ -53,6 +54,8 @@ def test_claim_statistics_over_seeds():
     lo, hi = frac["ci95"]                                     # Clopper-Pearson for 3 of 4
     assert lo == pytest.approx(0.1941, abs=1e-3) and hi == pytest.approx(0.9937, abs=1e-3)
     assert value_text(frac).startswith("3 of 4 seeds [0.194, 0.994]")
+    zeros = claim("w", "D.", "crossing step", [0, 0, 1], "<= 10", True)        # numbers, not yes/no
+    assert zeros["k"] is None and zeros["spread"] == pytest.approx(np.std([0, 0, 1], ddof=1))
     none = claim("z", "C.", "q", [None, None], "> 0", None)
     assert none["value"] is None and none["spread"] is None and none["held"] is None
 
