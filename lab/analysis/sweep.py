@@ -457,15 +457,24 @@ def condition_text(row: dict, name: str, digits: str = ".4g") -> str:
     return text + f" (n={row[f'{name}_n']})"
 
 
+def condition_cells(row: dict) -> list[str]:
+    """A condition row's cells, in the order of condition_header."""
+    lo, hi = row["with_transition_ci95"]
+    return [row["condition"], f"{row['with_transition']}/{row['seeds']} [{lo:.2f}, {hi:.2f}]",
+            condition_text(row, "onset", ".0f"), condition_text(row, "final")]
+
+
+def condition_header(sweep: Sweep) -> list[str]:
+    return ["condition", "seeds with a transition [95 % CI]", "onset (steps)", f"final {sweep.phase_metric}"]
+
+
 def condition_table(sweep: Sweep) -> str:
     """The per-condition statistics as plain text (lab-sweep prints it under the per-seed table)."""
     rows = condition_rows(sweep)
     if not rows:
         return ""
-    header = ["condition", "seeds with a transition [95 % CI]", "onset (steps)", f"final {sweep.phase_metric}"]
-    cells = [[r["condition"],
-              f"{r['with_transition']}/{r['seeds']} [{r['with_transition_ci95'][0]:.2f}, {r['with_transition_ci95'][1]:.2f}]",
-              condition_text(r, "onset", ".0f"), condition_text(r, "final")] for r in rows]
+    header = condition_header(sweep)
+    cells = [condition_cells(r) for r in rows]
     widths = [max(len(c[i]) for c in [header] + cells) for i in range(len(header))]
     line = lambda cs: "  ".join(c.ljust(w) for c, w in zip(cs, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(c) for c in cells])

@@ -10,8 +10,8 @@ import json
 import math
 from pathlib import Path
 
-from lab.analysis.sweep import (COMPLETED, FAILED, INCOMPLETE, Sweep, condition_rows, condition_text, fmt_value,
-                                is_number, multirun_command, rerun_command, scan)
+from lab.analysis.sweep import (COMPLETED, FAILED, INCOMPLETE, Sweep, condition_cells, condition_header, condition_rows,
+                                fmt_value, is_number, multirun_command, rerun_command, scan)
 from lab.plots.sweep import SWEEP_FIGURES, plot_sweep
 
 
@@ -178,13 +178,9 @@ def _html_conditions(sweep: Sweep) -> str:
     rows = condition_rows(sweep)
     if not rows:
         return ""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("condition", "seeds with a transition [95 % CI]",
-                                                          "onset (steps)", f"final {sweep.phase_metric}"))
-    body = "".join(
-        "<tr>" + "".join(f'<td class="text">{html.escape(c)}</td>' for c in (
-            r["condition"],
-            f"{r['with_transition']}/{r['seeds']} [{r['with_transition_ci95'][0]:.2f}, {r['with_transition_ci95'][1]:.2f}]",
-            condition_text(r, "onset", ".0f"), condition_text(r, "final"))) + "</tr>" for r in rows)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in condition_header(sweep))
+    body = "".join("<tr>" + "".join(f'<td class="text">{html.escape(c)}</td>' for c in condition_cells(r)) + "</tr>"
+                   for r in rows)
     return (f"<h2>Per condition</h2><p class=\"note\">Over each condition's completed seeds: mean ± sample std "
             f"(ddof 1) [bootstrap 95 % interval] (n seeds); counts of seeds with their exact binomial 95 % interval."
             f"</p><div class=\"tablewrap\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
