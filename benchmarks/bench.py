@@ -9,7 +9,8 @@ Reports, for the default config with measures on: compile time, steps/s and seed
 seeds = 1 and 8, model-FLOP utilisation (FLOPs of one training step -- forward, backward and update,
 without measures -- from XLA's compiled cost analysis, times seed-steps/s, over a float32 matmul peak
 measured in this process with the same threading), peak memory, the wall time from start to the
-detected phase change, and the 1-layer control's verdict. The seeds values and the matmul peak are
+detected phase change, the 1-layer control's verdict, and the cost of the post-run analysis
+(summary.json: sigmoid fits, change-point stages, statistics). The seeds values and the matmul peak are
 timed in alternating rounds (MFU per round, then the median), because a VM's speed drifts.
 """
 from __future__ import annotations
@@ -165,6 +166,17 @@ def throughputs(seeds_list: list[int], rounds: int = 4) -> None:
     print(f"(medians over {rounds} alternating rounds of {chunks_per_round} chunks each)")
 
 
+def analysis_seconds(res, repeats: int = 3) -> float:
+    """Median wall time of recomputing a finished run's summary.json from its metrics."""
+    from lab.analysis.summary import summarize
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        summarize(res.metrics, res.cfg, res.trainer.task, res.summary["seeds"])
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def main() -> None:
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
           f"XLA threading: {args.threads}, cores: {os.cpu_count()}")
@@ -189,6 +201,8 @@ def main() -> None:
         fin = res.summary["final"]
         line += f"; final max induction score {max(fin['induction_per_head'].values()):.2f}"
         print(line)
+        print(f"  post-run analysis (summary.json: sigmoid fits, change-point stages, statistics): "
+              f"{analysis_seconds(res):.2f} s for {len(m['step'])} log steps")
 
 
 if __name__ == "__main__":
