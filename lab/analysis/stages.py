@@ -1,18 +1,18 @@
 """Stages of a metric curve: every transition, by change-point detection (ruptures), beside the
 one-sigmoid fit of `phase.py`.
 
-A curve is smoothed (centred moving average), scaled to unit range, and split by PELT with a
-continuous piecewise-linear cost (ruptures' "clinear": each segment is the line between its end
-points) and a penalty of `penalty` x (noise variance) x log n per change point, the noise being the
-scatter of the raw curve about the smoothed one. Each segment whose slope would cross the whole
+The raw curve, scaled to unit range, is split by PELT with a continuous piecewise-linear cost
+(ruptures' "clinear": each segment is the line between its end points) and a penalty of `penalty`
+x (noise variance) x log n per change point; the smoothed curve (centred moving average) only sets
+the range and the noise, the scatter of the raw curve about it. Each segment whose slope would cross the whole
 range of the curve within `max_width_frac` of the run is *steep*; a maximal run of adjacent steep
 segments moving in the expected direction by at least `min_change` (the curve's own units) is a
 *transition*, and the plateaus between transitions are the curve's *stages*. So a curve falling
 chance -> unigram -> bigram has two transitions and three stages.
 
 Each transition reports, in steps: `onset` (first step of its first steep segment: where the fall
-leaves the plateau), `end` (last step of its last steep segment), `midpoint` (where the smoothed
-curve has covered half the transition's change, interpolated), `width` (end - onset), the values
+leaves the plateau), `end` (last step of its last steep segment), `midpoint` (where the
+piecewise-linear fit has covered half the transition's change), `width` (end - onset), the values
 `before` and `after` it and its `change`. A transition that is already under way at the first
 logged step has `censored_start` (its onset is the run's start, an upper bound on the truth).
 `levels` holds each stage's level (the median of the raw curve on the plateau between transitions).

@@ -49,15 +49,16 @@ def _stages_aggregate(entry: dict) -> dict:
 
 
 def _curve_entry(steps, curves: np.ndarray, *, direction: str, threshold, min_change: float, kw: dict,
-                 stage_kw: dict, stage_curves: Optional[np.ndarray] = None) -> dict:
-    """Both detectors on every seed's curve (curves: (n_steps, n_seeds)); the stages read
-    `stage_curves` instead when given."""
+                 stage_kw: dict, stage_frac: float, stage_curves: Optional[np.ndarray] = None) -> dict:
+    """Both detectors on every seed's curve (curves: (n_steps, n_seeds)): the sigmoid needs a change
+    of min_change, a stage's transition stage_frac of it; the stages read `stage_curves` instead
+    when given."""
     per_seed = [phase.detect(steps, curves[:, s], direction=direction, threshold=threshold,
                              min_amplitude=min_change, **kw) for s in range(curves.shape[1])]
     stage_curves = curves if stage_curves is None else stage_curves
-    stage_kw = {**stage_kw, "min_change": min_change * stage_kw["min_change"]}
     entry = {"per_seed": per_seed, "aggregate": phase.aggregate(per_seed),
-             "stages": stages.detect_stages_many(steps, stage_curves.T, direction=direction, **stage_kw)}
+             "stages": stages.detect_stages_many(steps, stage_curves.T, direction=direction,
+                                                 min_change=stage_frac * min_change, **stage_kw)}
     entry["stages_aggregate"] = _stages_aggregate(entry)
     return entry
 
@@ -67,7 +68,7 @@ def _formed(entry: dict, seed: int) -> bool:
     return transition(entry, seed) is not None and entry["per_seed"][seed]["threshold_step"] is not None
 
 
-def _composition(metrics: dict, induction: dict, L: int, H: int, n_seeds: int) -> dict:
+def _composition(metrics: dict, induction: dict, L: int, H: int, n_seeds: int, stage_kw: dict) -> dict:
     """For each head of layer >= 1: the layer-0 head it K-composes with most at the end, per seed,
     with the score at the end and at step 0 (random weights score about 1/sqrt(d_model)); for each
     seed's induction heads, when that link formed: the onset of the largest rise of that K-composition
@@ -86,7 +87,7 @@ def _composition(metrics: dict, induction: dict, L: int, H: int, n_seeds: int) -
                 onsets = []
                 for s, p in enumerate(partner):
                     st = stages.detect_stages(metrics["step"], K[:, s, l - 1, h, p], direction="increase",
-                                              min_change=0.05)
+                                              min_change=0.05, **stage_kw)
                     rises = [t for t in st["transitions"] if not t["censored_start"]]
                     onsets.append(max(rises, key=lambda t: t["change"])["onset"] if _formed(entry, s) and rises
                                   else None)
@@ -113,8 +114,8 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
     head_scores = {g: k for g, k in task.head_scores.items() if k in metrics}
     pc = cfg.measures.phase
     kw = dict(min_r2=pc.min_r2, max_width_frac=pc.max_width_frac, smooth_window=pc.smooth)
-    stage_kw = dict(max_width_frac=pc.max_width_frac, smooth_window=pc.smooth, penalty=pc.stage_penalty,
-                    min_change=pc.stage_min_change_frac)     # a fraction of each curve's min_change
+    stage_kw = dict(max_width_frac=pc.max_width_frac, smooth_window=pc.smooth, penalty=pc.stage_penalty)
+    frac = pc.stage_min_change_frac
     n = len(seeds)
     summary = {"status": status, "seeds": seeds, "steps": int(steps[-1]) if len(steps) else 0,
                "n_layers": cfg.model.n_layers, "n_heads": cfg.model.n_heads,
@@ -129,14 +130,14 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
     # the sigmoid fits the task's phase curve (which may cut an early stage off); stages see the whole curve
     main_entry = _curve_entry(steps, np.stack([task.phase_curve(metrics[main][:, s]) for s in range(n)], 1),
                               direction="decrease", threshold=threshold, min_change=min_drop, kw=kw, stage_kw=stage_kw,
-                              stage_curves=metrics[main])
+                              stage_frac=frac, stage_curves=metrics[main])
     summary["phase"][main] = main_entry
     L, H = cfg.model.n_layers, cfg.model.n_heads
     for group, key in head_scores.items():
         summary["phase"][group] = {
             head_name(l, h): _curve_entry(steps, metrics[key][:, :, l, h], direction="increase",
                                           threshold=pc.score_threshold, min_change=pc.score_min_rise, kw=kw,
-                                          stage_kw=stage_kw)
+                                          stage_kw=stage_kw, stage_frac=frac)
             for l in range(L) for h in range(H)}
     for k, v in metrics.items():
         if k in ("step", "time", "lr") or v.ndim != 2:
@@ -158,8 +159,8 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
         summary["verdict"] += f"; stages per seed: {', '.join(str(c + 1) for c in stage_counts)}"
     if "induction" in head_scores:
         ind = summary["phase"]["induction"]
-        formed = [[name for name, entry in ind.items() if int(name[1:name.index("H")]) >= min(1, L - 1)
-                   and _formed(entry, s)] for s in range(n)]
+        later = [head_name(l, h) for l in range(min(1, L - 1), L) for h in range(H)]   # layer 0 only if L = 1
+        formed = [[name for name in later if _formed(ind[name], s)] for s in range(n)]
         summary["induction_heads_per_seed"] = formed
         summary["induction_head_formed"] = [bool(h) for h in formed]
         early = [bool(st["transitions"]) for st in main_entry["stages"]]   # only a fall from the first step
@@ -170,5 +171,5 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
         if odd:
             summary["verdict"] += " (" + "; ".join(odd) + ")"
         if "k_composition" in metrics and L >= 2:
-            summary["composition"] = _composition(metrics, ind, L, H, n)
+            summary["composition"] = _composition(metrics, ind, L, H, n, stage_kw)
     return summary

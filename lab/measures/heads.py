@@ -38,6 +38,12 @@ def earlier_occurrence_keys(tokens: jax.Array) -> jax.Array:
     return (prev[..., None, :] == tokens[..., :, None]) & (j <= i)
 
 
+def _repeat_query_mean(per_query: jax.Array, batch) -> jax.Array:
+    """(B, H, T) -> (H,): the mean over the repeat queries (batch.repeat_target)."""
+    mask = batch.repeat_target[:, None, :]
+    return jnp.sum(jnp.where(mask, per_query, 0.0), axis=(0, 2)) / jnp.maximum(jnp.sum(mask), 1)
+
+
 def induction_score(pattern: jax.Array, batch) -> jax.Array:
     """Per head: mean over repeat queries i (batch.repeat_target: the next token is predictable by
     copying) of sum_{j in S_i} A[i, j], the attention mass on the tokens that followed any earlier
@@ -46,9 +52,7 @@ def induction_score(pattern: jax.Array, batch) -> jax.Array:
     several times, an induction head spreads its attention over every earlier copy, and all of it
     counts. A perfect induction head scores 1. Returns (H,)."""
     keys = earlier_occurrence_keys(batch.tokens)                                   # (B, T, T)
-    mass = jnp.sum(jnp.where(keys[:, None], pattern, 0.0), -1)                    # (B, H, T)
-    mask = batch.repeat_target[:, None, :]
-    return jnp.sum(jnp.where(mask, mass, 0.0), axis=(0, 2)) / jnp.maximum(jnp.sum(mask), 1)
+    return _repeat_query_mean(jnp.sum(jnp.where(keys[:, None], pattern, 0.0), -1), batch)
 
 
 def induction_recent_score(pattern: jax.Array, batch) -> jax.Array:
@@ -57,9 +61,7 @@ def induction_recent_score(pattern: jax.Array, batch) -> jax.Array:
     induction_score. Equals induction_score when the segment occurs twice; with more copies it
     undercounts a head that spreads over all of them. Returns (H,)."""
     target = jnp.clip(batch.induction_target, 0)                       # (B, T)
-    att = jnp.take_along_axis(pattern, target[:, None, :, None], axis=-1)[..., 0]  # (B, H, T)
-    mask = batch.repeat_target[:, None, :]
-    return jnp.sum(jnp.where(mask, att, 0.0), axis=(0, 2)) / jnp.maximum(jnp.sum(mask), 1)
+    return _repeat_query_mean(jnp.take_along_axis(pattern, target[:, None, :, None], axis=-1)[..., 0], batch)
 
 
 def prev_token_scores(pattern: jax.Array) -> tuple[jax.Array, jax.Array]:
