@@ -26,12 +26,15 @@ parser.add_argument("--threads", choices=["single", "multi"], default="single")
 parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
 parser.add_argument("--chunks", type=int, default=8, help="timed chunks of train.log_every steps per seeds value, spread over the rounds "
                          "(--compare times chunks/2 in each of its 8 rounds)")
-parser.add_argument("--no-phase", action="store_true", help="skip the full runs (time to phase change, 1-layer control)")
+parser.add_argument("--no-phase", action="store_true", help="skip the full runs (time to phase change, 1-layer control, LLC cost)")
 parser.add_argument("--compare", nargs="+", metavar="OVERRIDE",
                     help="only compare these settings (one override each, seeds=1), timed in alternating rounds "
                          "in one process so that a VM's drifting speed does not favour one of them")
 parser.add_argument("--compare-microbatch", type=int, nargs="+", metavar="MB",
                     help="short for --compare train.microbatch=MB ...")
+parser.add_argument("--no-llc", action="store_true", help="skip the LLC cost (default run with and without measures.llc.every=75)")
+parser.add_argument("--devinterp", metavar="PYTHON", default=None,
+                    help="a Python with torch and devinterp: also compare the LLC with devinterp's (benchmarks/llc_devinterp.py)")
 parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
 args = parser.parse_args()
 if args.threads == "single":   # the XLA flags lab-train sets (one single-threaded device per core)
@@ -177,6 +180,31 @@ def analysis_seconds(res, repeats: int = 3) -> float:
     return float(np.median(times))
 
 
+def llc_cost(every: int = 75) -> None:
+    """Wall time of the default run without and with the online LLC (measures.llc.every), the
+    seconds per estimate that adds, and the cost of the stage report."""
+    from lab.analysis.development import stage_report
+    walls, results = {}, {}
+    for name, extra in (("without", []), ("with", [f"measures.llc.every={every}"]), ("without ", []),
+                        ("with ", [f"measures.llc.every={every}"])):
+        t0 = time.perf_counter()
+        results[name.strip()] = lab.run(lab.load_config(list(args.overrides) + extra + ["train.progress=false"]))
+        walls.setdefault(name.strip(), []).append(time.perf_counter() - t0)
+    base, with_llc = min(walls["without"]), min(walls["with"])
+    res = results["with"]
+    n = int(np.isfinite(res.metrics["llc"][:, 0]).sum())
+    s = res.trainer.llc
+    print(f"online LLC every {every} steps ({n} estimates; {s.chains} chains x ({s.burn_in} + {s.draws}) SGLD steps "
+          f"of {s.batch_size} sequences, paired baseline): run wall {base:.1f} s without, {with_llc:.1f} s with "
+          f"(best of 2): ratio {with_llc / base:.2f} (target <= 2); {(with_llc - base) / n:.2f} s per estimate")
+    llc = {"steps": res.metrics["step"][np.isfinite(res.metrics["llc"][:, 0])],
+           "llc": res.metrics["llc"][np.isfinite(res.metrics["llc"][:, 0])], "source": "online", "nbeta": s.nbeta_value,
+           "burn_in": s.burn_in}
+    t0 = time.perf_counter()
+    stage_report(res.summary, llc, None)
+    print(f"  stage report (loss change points, LLC critical points, head onsets): {time.perf_counter() - t0:.3f} s")
+
+
 def main() -> None:
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
           f"XLA threading: {args.threads}, cores: {os.cpu_count()}")
@@ -187,6 +215,12 @@ def main() -> None:
     print(peak_memory())
     if args.no_phase:
         return
+    if not args.no_llc:
+        llc_cost()
+    if args.devinterp:
+        import subprocess
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "llc_devinterp.py"),
+                        "--peer-python", args.devinterp], check=False)
     for name, extra in (("default (2-layer)", []), ("1-layer control", ["model=attn_only_1l"])):
         t0 = time.perf_counter()
         res = lab.run(lab.load_config(list(args.overrides) + extra + ["train.progress=false"]))

@@ -288,8 +288,13 @@ class Experiment:
         """A reused run's summary recomputed from its metrics with the current analysis (detectors
         and statistics change more often than trainings need to), written back to summary.json."""
         from lab.analysis.summary import summarize
+        from lab.app.run import stages_of_run
         from lab.train.state import build
         fresh = summarize(metrics, cfg, build(cfg)[0], summary["seeds"], summary.get("status", "completed"))
+        for key in ("clamps", "skipped_updates"):   # written by lab.run beside the summary proper
+            if key in summary:
+                fresh[key] = summary[key]
+        fresh["stages"] = stages_of_run(fresh, path.parent)
         stat = path.stat()
         path.write_text(json.dumps(fresh, indent=1, default=float))
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))   # a graft source stays as old as its run

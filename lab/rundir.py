@@ -9,6 +9,17 @@ callback_state/<step>.npz. Plots, the sweep table, the resume logic and the CLIs
 | config.yaml | `lab.app.run` | `load_run_config` (a dict), `lab.config.compose.saved_config` (typed) |
 | attention.npz | `lab.train.callbacks.AttentionSnapshots` | `load_attention` |
 | checkpoints/ | `lab.train.checkpoint` (orbax) | `checkpoint_steps`, `run_dir_problem` |
+| llc.npz | `lab.train.callbacks.LLCFile` (online), `lab-llc` (offline) | `load_llc` |
+| outputs.npz | `lab.train.callbacks.OutputTrajectory` | `load_outputs` |
+
+llc.npz (local learning coefficient estimates, `lab.measures.llc`): `steps` (N,), `llc` (N, S) mean
+over chains, `llc_std` (N, S) sample std over chains, `chains` (N, S, C) per-chain estimates,
+`loss_trace` (N, S, C, M) L(w_t) - L(w*) on the same batch at every SGLD step (burn-in included),
+`distance` (N, S, C, M) |w_t - w*|, `init_loss` (N, S, C) L(w*) on each chain's first batch, `nonfinite` (N, S, C) chains that blew up,
+`not_settled` (N, S), `burn_in` (), `nbeta` (), `source` () "online" or "offline", `settings` ()
+the estimator's settings as JSON.
+outputs.npz (essential dynamics): `steps` (N,), `outputs` (N, S, D) the task's outputs on a fixed
+slice of the probe at every log step (`Task.trajectory_outputs`), `kind` () what they are.
 """
 from __future__ import annotations
 
@@ -198,3 +209,51 @@ def load_attention(run_dir) -> dict | None:
         for k in ("repeat_start", "repeat_len", "n_repeats"):
             att[k] = int(z[k].item()) if k in z else None
     return att
+
+
+LLC_KEYS = ("steps", "llc", "llc_std", "chains", "loss_trace", "distance", "init_loss", "nonfinite", "not_settled")
+
+
+def _load_npz(path: Path, needed: tuple) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        warnings.warn(f"{path}: unreadable ({e}); skipping it")
+        return None
+    missing = [k for k in needed if k not in out]
+    if missing:
+        warnings.warn(f"{path}: lacks {', '.join(missing)}; skipping it")
+        return None
+    for k, v in list(out.items()):
+        if v.ndim == 0 and v.dtype.kind in "US":
+            out[k] = str(v)
+    return out
+
+
+def load_llc(run_dir) -> dict | None:
+    """llc.npz (format above) as a dict of arrays; None when absent or malformed."""
+    return _load_npz(Path(run_dir) / "llc.npz", LLC_KEYS)
+
+
+def save_llc(run_dir, llc: dict) -> Path:
+    """Write llc.npz atomically (a kill mid-write leaves the previous file)."""
+    return _save_npz(Path(run_dir) / "llc.npz", llc)
+
+
+def load_outputs(run_dir) -> dict | None:
+    """outputs.npz (format above); None when absent or malformed."""
+    return _load_npz(Path(run_dir) / "outputs.npz", ("steps", "outputs"))
+
+
+def save_outputs(run_dir, outputs: dict) -> Path:
+    return _save_npz(Path(run_dir) / "outputs.npz", outputs)
+
+
+def _save_npz(path: Path, arrays: dict) -> Path:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+    tmp.replace(path)
+    return path

@@ -90,9 +90,47 @@ def _attention(sig_ind, sig_prev, L, H, T, ind_head, prev_head):
     return pats
 
 
+LLC_CHAINS, LLC_DRAWS, LLC_BURN_IN, OUTPUT_DIM = 4, 40, 10, 24
+
+
+def _development(step_values, mids, width, amp, S, rng) -> tuple[dict, dict]:
+    """(llc.npz, outputs.npz) contents as the trainer writes them: the LLC grows in log-time with a
+    bump over the phase change; the outputs drift along one direction, then turn a corner onto
+    another as the phase change happens. One chain of one estimate blew up and one estimate did not
+    settle, as the diagnostics figure has to show."""
+    N, C, M = len(step_values), LLC_CHAINS, LLC_DRAWS
+    u = np.log(step_values + LOG_EVERY)[:, None]                                     # (N, 1) log-time
+    sig = amp * _sigmoid((step_values[:, None] - mids[None]) / width)               # (N, S)
+    bump = amp * np.exp(-((step_values[:, None] - mids[None]) / (5 * width)) ** 2)
+    true_llc = 2.0 + 1.0 * (u - u[0]) + 6.0 * bump + 2.0 * sig                      # (N, S)
+    chains = true_llc[:, :, None] * (1 + 0.06 * rng.standard_normal((N, S, C)))
+    nonfinite = np.zeros((N, S, C), bool)
+    nonfinite[N // 3, 0, C - 1] = True
+    chains[nonfinite] = np.nan
+    nbeta = 20.0
+    t = np.arange(M)
+    level = (np.where(nonfinite, true_llc[:, :, None], chains) / nbeta)[..., None]   # L(w_t) - L(w*) settles here
+    loss_trace = level * (1 - np.exp(-t / 4.0)) + 0.15 * np.abs(level) * rng.standard_normal((N, S, C, M))
+    distance = np.sqrt(t + 1.0) * (0.05 + 0.01 * rng.random((N, S, C, 1)))
+    loss_trace[nonfinite] = np.where(t < M // 2, loss_trace[nonfinite], np.nan)
+    not_settled = np.zeros((N, S), bool)
+    not_settled[N - 2, S - 1] = True
+    with np.errstate(invalid="ignore"):
+        llc = {"steps": step_values, "llc": np.nanmean(chains, 2), "llc_std": np.nanstd(chains, 2, ddof=1),
+               "chains": chains, "loss_trace": loss_trace, "distance": distance,
+               "init_loss": 3.0 - sig + 0.01 * rng.standard_normal((N, S)), "nonfinite": nonfinite,
+               "not_settled": not_settled, "burn_in": np.array(LLC_BURN_IN), "nbeta": np.array(nbeta),
+               "source": np.array("online"), "settings": np.array(json.dumps({"num_chains": C, "num_draws": M}))}
+    q, _ = np.linalg.qr(rng.standard_normal((OUTPUT_DIM, OUTPUT_DIM)))
+    drift = (u - u[0]) / (u[-1] - u[0])                                             # (N, 1)
+    path = (drift[..., None] * q[:, 0] + 2.0 * sig[..., None] * q[:, 1] + 0.5 * bump[..., None] * q[:, 2])
+    outputs = path + 0.02 * rng.standard_normal((N, S, OUTPUT_DIM))
+    return llc, {"steps": step_values, "outputs": outputs.astype(np.float32), "kind": np.array("logits on the probe")}
+
+
 def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=True, with_attention=True,
                   detected=True, clamps=None, config=None, with_config=True, mid_frac=0.5, summary_clamps=None,
-                  status=None, first_seed=0):
+                  status=None, first_seed=0, with_development=False, stages_in_summary=True):
     """Write config.yaml, metrics.jsonl, summary.json and (optionally) attention.npz under `path`.
 
     `steps` is the number of log records (one every LOG_EVERY training steps).
@@ -102,6 +140,9 @@ def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=T
     overrides other config keys; `with_config=False` writes no config.yaml (an old run).
     `mid_frac` places the phase change (fraction of the run); `summary_clamps` is written to
     summary.json as "clamps" (heads chosen for `heads: auto`).
+    `with_development=True` also writes llc.npz and outputs.npz (`_development`, with save_llc /
+    save_outputs) and, unless `stages_in_summary=False` or `with_phase=False`, summary.json's
+    "stages" (lab.analysis.development.stage_report), as lab-train would.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -181,6 +222,15 @@ def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=T
         summary["phase"] = {"loss_repeat": {"per_seed": per_seed, "aggregate": _aggregate(per_seed)},
                             "induction": induction_phase}
         summary["thresholds"] = {"loss_repeat": threshold, "induction": 0.4}
+    if with_development:
+        from lab.analysis.development import stage_report
+        from lab.rundir import load_llc, load_outputs, save_llc, save_outputs
+        llc, outputs = _development(step_values, mids, width, amp, S, rng)
+        save_llc(path, llc)
+        save_outputs(path, outputs)
+        if with_phase and stages_in_summary:
+            summary["main_metric"] = "loss_repeat"
+            summary["stages"] = stage_report(summary, load_llc(path), load_outputs(path))
     if summary_clamps is not None:
         summary["clamps"] = summary_clamps
     if status is not None:

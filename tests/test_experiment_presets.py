@@ -15,7 +15,8 @@ from lab.config.compose import CONFIG_DIR, load_config, register_configs, valida
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 # The task each experiment script trains on.
 SCRIPT_TASK = {"olsson_layers": "induction", "singh_subcircuits": "singh", "reddy_data": "reddy",
-               "bi_induct_copy": "copy", "von_oswald_gd": "regression", "edelman_markov": "markov"}
+               "bi_induct_copy": "copy", "von_oswald_gd": "regression", "edelman_markov": "markov",
+               "hoogland_stages": "regression"}
 # The override strings the scripts repeated before the presets existed (their condition overrides
 # aside): a preset composes exactly the config they did.
 RECIPES = {
@@ -27,6 +28,9 @@ RECIPES = {
     "von_oswald": ["task=regression", "model=linear_attn", "optim.lr=1e-2", "optim.schedule=warmup_cosine",
                    "optim.warmup_steps=100", "train.batch_size=128", "train.steps=2000"],
     "edelman": ["task=markov", "train.steps=2000"],
+    "hoogland_lm": ["task=induction", "model=attn_only_2l", "measures.llc.every=75"],
+    "hoogland_regression": ["task=regression", "model=transformer_2l", "task.dim=4", "task.n_context=15",
+                            "task.seq_len=16", "train.steps=2000", "measures.llc.every=100"],
 }
 
 

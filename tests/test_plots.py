@@ -32,7 +32,7 @@ def _check_written(paths, out_dir, expected):
 
 
 def test_full_run_draws_every_figure(tmp_path):
-    run = make_fake_run(tmp_path / "run", **SMALL)
+    run = make_fake_run(tmp_path / "run", with_development=True, **SMALL)   # llc.npz, outputs.npz too
     _check_written(plot_run(run), run / "plots", FIGURES)
 
 

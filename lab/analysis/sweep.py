@@ -6,8 +6,9 @@ A multirun directory holds one job directory per job (`0/`, `1/`, ...), each wit
 `.hydra/overrides.yaml`, `train.log` and, if training started, the run's files (metrics.jsonl,
 summary.json, config.yaml). `collect` makes one row per (job, seed): the swept parameters (the
 override keys whose values differ between jobs), the seed, the job's status (and error line), the
-repeated-part loss phase change of that seed, the earliest per-head phase changes, and the seed's
-last logged metrics. Failed and killed jobs get the command that reruns (or resumes) just them.
+repeated-part loss phase change of that seed, the earliest per-head phase changes, its stage
+boundaries where summary.json has "stages" (lab.analysis.development), and the seed's last logged
+metrics. Failed and killed jobs get the command that reruns (or resumes) just them.
 `fmt_value`, `is_number`, `sort_values` and `condition_label` format and order its values for the
 printed table, the report and the figures.
 
@@ -264,6 +265,35 @@ def _seed_phase(summary: dict, i: int, scalar_groups, head_groups, metric: str) 
     return out
 
 
+STAGE_COLUMNS = ("llc_first_step", "llc_first_kind", "ed_first_step", "llc_in_window", "ed_in_window",
+                 "llc_steepest_step", "llc_steepest_in_window", "ed_fastest_step", "ed_fastest_in_window")
+
+
+def _seed_stages(summary: dict, i: int) -> dict:
+    """One seed's stage boundaries from summary.json's "stages" (lab.analysis.development.stage_report):
+    the first LLC critical point (step, and its kind: max, min, steepest or plateau) and the first ED
+    turning point (steps), whether an LLC / ED boundary falls in a loss transition's window, the
+    LLC's steepest change and the ED's fastest step and whether each falls in such a window (None:
+    not measured, e.g. no timed loss transition, or a stage report written before these existed)."""
+    stages = summary.get("stages")
+    per_seed = stages.get("per_seed") if isinstance(stages, dict) else None
+    seed = per_seed[i] if isinstance(per_seed, list) and i < len(per_seed) and isinstance(per_seed[i], dict) else {}
+    bounds = seed.get("boundaries") or {}
+    in_window = seed.get("in_loss_window") or {}
+    llc = [c for c in bounds.get("llc") or [] if isinstance(c, dict) and c.get("step") is not None]
+    first = min(llc, key=lambda c: c["step"]) if llc else None
+    ed = [b for b in bounds.get("essential_dynamics") or [] if b is not None]
+    steepest, fastest = seed.get("llc_steepest"), seed.get("ed_fastest")
+    return {"llc_first_step": float(first["step"]) if first else None,
+            "llc_first_kind": first.get("kind") if first else None,
+            "ed_first_step": float(min(ed)) if ed else None,
+            "llc_in_window": in_window.get("llc"), "ed_in_window": in_window.get("essential_dynamics"),
+            "llc_steepest_step": float(steepest) if steepest is not None else None,
+            "llc_steepest_in_window": seed.get("llc_steepest_in_loss_window"),
+            "ed_fastest_step": float(fastest) if fastest is not None else None,
+            "ed_fastest_in_window": seed.get("ed_fastest_in_loss_window")}
+
+
 def _final_keys(jobs: list[_Job]) -> list[str]:
     keys = {}
     for j in jobs:
@@ -295,6 +325,7 @@ class Sweep:
     command: list[str] | None           # the sweep's task overrides from multirun.yaml
     rows: list[dict] = field(default_factory=list)    # with private "_job", "_category" keys
     phase_metric: str = PHASE_METRIC    # the jobs' main metric (their task's), e.g. loss_repeat
+    has_stages: bool = False            # some job's summary.json has "stages" (LLC / ED boundaries): STAGE_COLUMNS
 
     @property
     def public_rows(self) -> list[dict]:
@@ -333,7 +364,8 @@ def scan(sweep_dir) -> Sweep:
         command = None
     mains = [main_metric(j.summary) for j in jobs if j.summary]
     metric = max(set(mains), key=mains.count) if mains else PHASE_METRIC   # one task per sweep, as a rule
-    sweep = Sweep(dir=sweep_dir, jobs=jobs, swept=swept, common=common, command=command, phase_metric=metric)
+    sweep = Sweep(dir=sweep_dir, jobs=jobs, swept=swept, common=common, command=command, phase_metric=metric,
+                  has_stages=any(isinstance(j.summary.get("stages"), dict) for j in jobs))
 
     scalar_groups, head_groups = _phase_groups(jobs)
     finals = _final_keys(jobs)
@@ -344,6 +376,8 @@ def scan(sweep_dir) -> Sweep:
             row.update({k: j.params.get(k) for k in swept})
             row["status"] = j.status
             row.update(_seed_phase(j.summary, i, scalar_groups, head_groups, metric))
+            if sweep.has_stages:
+                row.update(_seed_stages(j.summary, i))
             reason = row.pop(f"{metric}_reason")
             row["last_step"] = None if last is None else int(last)
             for k in finals:
@@ -363,7 +397,10 @@ def collect(sweep_dir) -> list[dict]:
     """One row per (job, seed) of the multirun in `sweep_dir`: job, seed, the swept parameters,
     status, the main metric's phase change (e.g. loss_repeat_detected, _midpoint, _onset, _threshold_step), the earliest
     detected midpoint of each per-head measure group (e.g. induction_midpoint, induction_head),
-    last_step and final_<metric> for every per-seed metric, error, overrides and run_dir.
+    when some run's summary.json has "stages" the seed's STAGE_COLUMNS (first LLC critical point of any
+    kind and its kind, first ED turning point, LLC / ED boundary in a loss window, the LLC's steepest
+    change and the ED's fastest step and each in a loss window), last_step and final_<metric> for
+    every per-seed metric, error, overrides and run_dir.
     Missing values are None. Raises SweepError when the directory holds no jobs."""
     return scan(sweep_dir).public_rows
 
@@ -426,7 +463,13 @@ def condition_rows(sweep: Sweep) -> list[dict]:
     seeds with a transition in the main metric (either detector) as k of n with an exact binomial
     95 % interval, and for the change-point onset of that transition, its midpoint and the final
     main metric: mean, sample std (ddof 1) and bootstrap 95 % interval over seeds. A condition's
-    value is a statistic over its own seeds; conditions are never pooled as if they were seeds."""
+    value is a statistic over its own seeds; conditions are never pooled as if they were seeds.
+    When runs carry stage reports (`Sweep.has_stages`), also the first LLC critical point (any kind),
+    first ED turning point, the LLC's steepest change and the ED's fastest step (llc_first_*,
+    ed_first_*, llc_steepest_*, ed_fastest_*: n, mean, std, ci95) and the seeds whose LLC / ED
+    boundary, LLC steepest change or ED fastest step falls in a loss transition's window
+    (llc_in_window: k, llc_in_window_n: seeds measured, llc_in_window_ci95: exact binomial;
+    ed_in_window, llc_steepest_in_window, ed_fastest_in_window likewise)."""
     metric = sweep.phase_metric
     groups: dict[str, list[dict]] = {}
     for r in sweep.rows:
@@ -442,6 +485,14 @@ def condition_rows(sweep: Sweep) -> list[dict]:
         for name, values in (("onset", onset), ("final", [r.get(f"final_{metric}") for r in rows])):
             d = stats.describe(values)
             row.update({f"{name}_{k}": d[k] for k in ("n", "mean", "std", "ci95")})
+        if sweep.has_stages:
+            for name in ("llc_first", "ed_first", "llc_steepest", "ed_fastest"):
+                d = stats.describe(r.get(f"{name}_step") for r in rows)
+                row.update({f"{name}_{k}": d[k] for k in ("n", "mean", "std", "ci95")})
+            for name in ("llc_in_window", "ed_in_window", "llc_steepest_in_window", "ed_fastest_in_window"):
+                measured = [r.get(name) for r in rows if r.get(name) is not None]
+                row.update({name: sum(map(bool, measured)), f"{name}_n": len(measured),
+                            f"{name}_ci95": stats.binomial_ci(sum(map(bool, measured)), len(measured))})
         out.append(row)
     return out
 
@@ -457,15 +508,33 @@ def condition_text(row: dict, name: str, digits: str = ".4g") -> str:
     return text + f" (n={row[f'{name}_n']})"
 
 
+def _count_text(k: int, n: int, ci) -> str:
+    """'k/n [lo, hi]', or '—' when no seed was measured."""
+    return f"{k}/{n} [{ci[0]:.2f}, {ci[1]:.2f}]" if n and ci else "—"
+
+
 def condition_cells(row: dict) -> list[str]:
     """A condition row's cells, in the order of condition_header."""
-    lo, hi = row["with_transition_ci95"]
-    return [row["condition"], f"{row['with_transition']}/{row['seeds']} [{lo:.2f}, {hi:.2f}]",
-            condition_text(row, "onset", ".0f"), condition_text(row, "final")]
+    cells = [row["condition"], _count_text(row["with_transition"], row["seeds"], row["with_transition_ci95"]),
+             condition_text(row, "onset", ".0f"), condition_text(row, "final")]
+    if "llc_first_mean" in row:          # the sweep's runs carry stage reports
+        cells += [condition_text(row, "llc_first", ".0f"), condition_text(row, "ed_first", ".0f")]
+        cells += [_count_text(row[name], row[f"{name}_n"], row[f"{name}_ci95"])
+                  for name in ("llc_in_window", "ed_in_window")]
+        if "llc_steepest_mean" in row:
+            cells += [condition_text(row, "llc_steepest", ".0f"),
+                      _count_text(row["llc_steepest_in_window"], row["llc_steepest_in_window_n"],
+                                  row["llc_steepest_in_window_ci95"])]
+    return cells
 
 
 def condition_header(sweep: Sweep) -> list[str]:
-    return ["condition", "seeds with a transition [95 % CI]", "onset (steps)", f"final {sweep.phase_metric}"]
+    header = ["condition", "seeds with a transition [95 % CI]", "onset (steps)", f"final {sweep.phase_metric}"]
+    if sweep.has_stages:
+        header += ["first LLC critical point (steps)", "first ED turning point (steps)",
+                   "LLC boundary in the loss window [95 % CI]", "ED boundary in the loss window [95 % CI]",
+                   "LLC steepest change (steps)", "LLC steepest change in the loss window [95 % CI]"]
+    return header
 
 
 def condition_table(sweep: Sweep) -> str:

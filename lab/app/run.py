@@ -10,11 +10,13 @@ from typing import Optional, Sequence
 import jax
 from omegaconf import OmegaConf
 
+from lab.analysis.development import stage_report
 from lab.analysis.summary import summarize
 from lab.core import ConfigError
 from lab.plots.run import plot_run
-from lab.rundir import records_to_arrays, records_up_to
-from lab.train.callbacks import AttentionSnapshots, Checkpointer, MetricsFile, ProgressBar, TensorBoard
+from lab.rundir import load_llc, load_outputs, records_to_arrays, records_up_to
+from lab.train.callbacks import (AttentionSnapshots, Checkpointer, LLCFile, MetricsFile, OutputTrajectory,
+                                 ProgressBar, TensorBoard)
 from lab.train.checkpoint import Checkpoints
 from lab.train.runtime import configure_compile_cache
 from lab.train.trainer import RunResult, Trainer
@@ -67,6 +69,16 @@ def _continues_unfinished_run(run_dir: Path, checkpoints, cfg) -> bool:
     return True
 
 
+def stages_of_run(summary: dict, run_dir: Path) -> dict:
+    """The stage-boundary report (lab/analysis/development.py) from the summary and the run's
+    llc.npz and outputs.npz; a failure here is logged and noted, never losing the summary."""
+    try:
+        return stage_report(summary, load_llc(run_dir), load_outputs(run_dir))
+    except Exception as e:   # an analysis bug must not cost the run its summary.json
+        log.warning("stage report failed (%s: %s); summary.json is written without it", type(e).__name__, e)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_callbacks: Sequence = ()) -> RunResult:
     """Train `cfg`. With `run_dir`, write every output there (and resume from it if train.resume).
     `extra_callbacks` (lab.train.callbacks.Callback) run between compiled chunks after the built-in ones."""
@@ -101,7 +113,13 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
             log.warning("%s holds an unfinished run without a checkpoint; starting it again", run_dir)
             metrics_path.write_text("")
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        callbacks += [MetricsFile(metrics_path), Checkpointer(checkpoints, cfg.train.checkpoint_every)]
+        callbacks.append(MetricsFile(metrics_path))
+        # before the Checkpointer, so the callback state saved at a step holds that step's record
+        if cfg.measures.enabled and cfg.measures.outputs:
+            callbacks.append(OutputTrajectory(run_dir / "outputs.npz", trainer.task.trajectory_kind))
+        if trainer.llc is not None:
+            callbacks.append(LLCFile(run_dir, trainer.llc))
+        callbacks.append(Checkpointer(checkpoints, cfg.train.checkpoint_every))
         if cfg.train.tensorboard:
             callbacks.append(TensorBoard(run_dir / "tensorboard"))
     if cfg.train.progress:
@@ -120,6 +138,8 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
             summary["skipped_updates"] = [int(sum(r["skipped_updates"][i] for r in trainer.records
                                                   if "skipped_updates" in r)) for i in range(len(trainer.seeds))]
         if run_dir is not None:
+            if trainer.records:
+                summary["stages"] = stages_of_run(summary, run_dir)
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             snapshots.save(run_dir / "attention.npz", summary, jax.device_get(trainer.task.snapshot_info(trainer.probe)))
             if plots and trainer.records:

@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lab.config.schema import ClampConfig, Config, MeasuresConfig, ModelConfig, OptimConfig, TrainConfig
 from lab.core import ConfigError, choice, positive
+from lab.measures import llc
 from lab.tasks import registry
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
@@ -165,6 +166,16 @@ def validate(cfg) -> None:
             raise ConfigError(f"train.microbatch={tr.microbatch} does not divide train.batch_size={tr.batch_size}; "
                               f"use a divisor, or null to choose automatically")
     choice("train.on_nonfinite", tr.on_nonfinite, ("stop", "skip"))
+    lc = cfg.measures.llc
+    if lc.every < 0 or cfg.measures.outputs < 0:
+        raise ConfigError("measures.llc.every and measures.outputs must be >= 0 (0 turns them off)")
+    problem = llc.check_settings(llc.Settings.from_config(lc))
+    if problem:
+        raise ConfigError(f"measures.llc: {problem}")
+    if lc.every and cfg.get("clamps") and lc.batch_size > tr.batch_size:
+        raise ConfigError(f"measures.llc.batch_size={lc.batch_size} exceeds train.batch_size={tr.batch_size}: the "
+                          f"online LLC uses the run's clamps, whose masks are sized for its training batch; "
+                          f"set measures.llc.batch_size<={tr.batch_size}")
     positive("task.seq_len", t.seq_len)
     positive("task.probe_size", t.probe_size)
     module = registry().get(t.name)

@@ -83,11 +83,31 @@ class PhaseConfig:
 
 
 @dataclass
+class LLCConfig:
+    """The local learning coefficient (lab/measures/llc.py): online every `every` steps, or offline with lab-llc."""
+    every: int = 0                    # 0: off; else estimated at step 0 and at the first log step at or after each multiple
+    chains: int = 4                   # SGLD chains per estimate (a batch axis of one program)
+    draws: int = 30                   # SGLD steps per chain kept for the estimate
+    burn_in: int = 15                 # SGLD steps first dropped
+    step_size: float = 1e-3           # ε
+    localization: float = 100.0       # γ: pull towards the estimate's centre w*
+    nbeta: Optional[float] = None     # nβ; null: batch_size / log(batch_size)
+    batch_size: int = 16              # sequences per SGLD step (a fresh batch each step)
+    precondition: str = "none"        # none | rmsprop (pSGLD)
+    alpha: float = 0.999              # rmsprop: decay of the squared-drift average
+    eps: float = 0.1                  # rmsprop: floor added to its square root
+    baseline: str = "paired"          # paired: L(w*) on each draw's own batch | init: on the first batch (devinterp)
+    settle_tol: float = 0.2           # "not settled": the chains' loss drifts more than this x the estimate late in the draws
+
+
+@dataclass
 class MeasuresConfig:
     enabled: bool = True
     icl_early: Optional[int] = None   # defaults scale Olsson's tokens 50 and 500 of 512 to seq_len
     icl_late: Optional[int] = None
     attention_snapshots: bool = True  # keep probe-0 attention per log step to plot before/after
+    outputs: int = 16                 # essential dynamics: the task's outputs on this many probe sequences per log step (outputs.npz); 0: off
+    llc: LLCConfig = field(default_factory=LLCConfig)
     phase: PhaseConfig = field(default_factory=PhaseConfig)
 
 

@@ -29,14 +29,17 @@ from lab.plots.style import (CLAMPED_INFIX, LABELS, SCORE_CMAP, STEP_LABEL, STYL
 from lab.plots.clamp_windows import CLAMP_COLOURS, ClampWindow, clamp_legend, clamp_note, clamp_windows, shade_clamps
 from lab.plots.registry import Figure, figure_decorator
 from lab.plots.transition import Transition, phase_transition
-from lab.rundir import load_attention, load_metrics, load_run_config, load_summary
+from lab.analysis.development import VERSION as STAGES_VERSION
+from lab.analysis.development import essential_dynamics, smoothed_curve, stage_report
+from lab.rundir import load_attention, load_llc, load_metrics, load_outputs, load_run_config, load_summary
 from lab.rundir import n_seeds as count_seeds
 
 import matplotlib.pyplot as plt  # noqa: E402  (after lab.plots.style: the Agg backend)
-from matplotlib.colors import PowerNorm, TwoSlopeNorm  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.colors import LogNorm, PowerNorm, TwoSlopeNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 MARK_COLOUR = "tab:red"       # transition marks; visible on both ends of viridis
 STAGE_COLOUR = "0.2"           # change-point transitions (stages)
@@ -76,6 +79,25 @@ class _Run:
     baselines: dict = field(default_factory=dict)   # summary.json: reference-predictor loss key -> label
     main_heads: list[str] = field(default_factory=list)   # of induction, prev_token: the ones logged
     attention: dict | None = None    # attention.npz; read only when the attention figure is wanted
+    summary: dict = field(default_factory=dict)    # summary.json as read
+    llc: dict | None = None          # llc.npz and outputs.npz; read only when a development figure is wanted
+    outputs: dict | None = None
+    _stages: dict | None = None
+
+    def stages(self) -> dict:
+        """summary.json's "stages" (lab.analysis.development.stage_report), computed here when the
+        summary predates it, or predates its current layout (then with the report's own settings)."""
+        if self._stages is None:
+            stages = self.summary.get("stages")
+            current = isinstance(stages, dict) and "per_seed" in stages
+            if current and stages.get("version", 1) >= STAGES_VERSION:
+                self._stages = stages
+            else:
+                settings = (stages.get("settings") or {}) if isinstance(stages, dict) else {}
+                kept = {k: settings[k] for k in ("sigma", "min_prominence_frac", "flat_frac", "window_tolerance",
+                                                 "n_components") if isinstance(settings.get(k), (int, float))}
+                self._stages = stage_report(self.summary, self.llc, self.outputs, **kept)
+        return self._stages
 
     @property
     def x_range(self) -> tuple[float, float]:
@@ -158,6 +180,7 @@ def _gather(run_dir: Path) -> _Run:
         main_label=summary.get("main_metric_label", metric_label(main)),
         baselines=summary.get("baselines") or {},
         main_heads=[k for k in ("induction", "prev_token") if k in heads],
+        summary=summary,
     )
 
 
@@ -600,6 +623,520 @@ def _plot_heads_all_measures(run: _Run, path: Path) -> Path | None:
     return _heatmaps(run, list(run.heads), path, "every per-head measure", shared_unit=False)
 
 
+# ----------------------------------------------------------------------------- stages of development
+
+
+DEVELOPMENT_FIGURES = ("development", "essential_dynamics", "llc_chains")   # read llc.npz / outputs.npz
+DETECTOR_COLOURS = {"loss": MARK_COLOUR, "llc": "tab:purple", "essential_dynamics": "tab:green", "heads": "tab:brown"}
+DETECTOR_LINES = {"llc": "--", "essential_dynamics": ":", "heads": "-."}
+DETECTOR_NAMES = {"loss": "loss transition", "llc": "LLC critical point", "essential_dynamics": "ED turning point",
+                  "heads": "head onset"}
+SINGLE_NAMES = {"llc_steepest": "LLC steepest change", "ed_fastest": "ED fastest motion"}   # one step per seed
+SEED_COLOURS = ["tab:blue", "tab:orange", "tab:cyan", "tab:pink", "tab:olive", "tab:gray", "navy", "goldenrod"]
+LLC_MARKERS = {"max": "^", "min": "v", "steepest": "*", "plateau": "o"}     # critical_points' kinds
+LLC_KIND_NAMES = {"max": "LLC maximum", "min": "LLC minimum", "steepest": "LLC steepest point (|slope| peak)",
+                  "plateau": "LLC plateau point (slope near 0)"}
+
+
+def _llc_marker(ax, step, value, kind: str, ms: float, chosen: bool = False, **kw) -> None:
+    """One LLC critical point in its kind's marker (stars drawn larger; plateau points hollow); the
+    run's steepest change (`chosen`) edged in black."""
+    colour = DETECTOR_COLOURS["llc"]
+    style = {"mec": "white", "mew": 0.5, **kw}
+    if kind == "steepest":
+        ms *= 1.45
+    if kind == "plateau":
+        style.update(mfc="white", mec=colour, mew=1.4)
+    if chosen:
+        style.update(mec="black", mew=1.0)
+    ax.plot(step, value, LLC_MARKERS.get(kind, "x"), color=colour, ms=ms, ls="", **style)
+
+
+def _seed_colour(s: int) -> str:
+    """Seeds' colours leave out red, purple, green and brown: those mark the detectors."""
+    return SEED_COLOURS[s % len(SEED_COLOURS)]
+
+
+def _seed_ids(run: _Run, n: int) -> list:
+    seeds = run.summary.get("seeds")
+    return list(seeds) if isinstance(seeds, list) and len(seeds) == n else list(range(n))
+
+
+def _plain_log_ticks(axis) -> None:
+    """Ticks of a log-scaled step axis at 1, 2, 5 x 10^k, written as plain steps (200, not 2 x 10^2)."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}" if v >= 1 else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _log_x(ax, *step_arrays) -> None:
+    """Log-scaled steps from the first positive logged step to the last (step 0 cannot be drawn)."""
+    steps = np.concatenate([np.asarray(a, float).ravel() for a in step_arrays if a is not None and len(a)])
+    positive = steps[steps > 0]
+    if not len(positive):
+        return
+    ax.set_xscale("log")
+    lo, hi = float(positive.min()), float(positive.max())
+    ax.set_xlim(lo / 1.08, hi * 1.08)
+    _plain_log_ticks(ax.xaxis)
+
+
+def _where_positive(steps, values) -> tuple[np.ndarray, np.ndarray]:
+    steps = np.asarray(steps, float)
+    keep = steps > 0
+    return steps[keep], np.asarray(values, float)[keep]
+
+
+def _value_at(steps, values, step) -> float:
+    """The curve's value at the logged step nearest `step`."""
+    return float(np.asarray(values, float)[int(np.argmin(np.abs(np.asarray(steps, float) - float(step))))])
+
+
+def _outputs_kind(outputs: dict) -> str:
+    """What outputs.npz holds, as a short noun phrase for titles ("outputs" when its `kind` is not one)."""
+    kind = " ".join(str(outputs.get("kind") or "").split())
+    return kind if kind and len(kind) <= 40 and not kind.endswith((":", ".")) else "outputs"
+
+
+def _in_window_text(stages: dict) -> str:
+    """How often the LLC and ED boundaries fall inside a loss transition, in words; on a second line
+    how often the LLC's steepest change and the ED's fastest motion do."""
+    if not (stages.get("measured") or {}).get("loss"):
+        return "no loss transitions to compare with (summary.json has no phase information)"
+    parts = []
+    for det in ("llc", "essential_dynamics"):
+        f = (stages.get("in_loss_window") or {}).get(det) or {}
+        if f.get("n"):
+            parts.append(f"{DETECTOR_NAMES[det]} inside a loss transition in {f['k']}/{f['n']} seeds")
+        elif (stages.get("measured") or {}).get(det) and not any(p["boundaries"].get(det) for p in stages["per_seed"]):
+            parts.append(f"no {DETECTOR_NAMES[det]} in any seed")
+    single = []
+    for name, words in SINGLE_NAMES.items():
+        f = (stages.get("in_loss_window") or {}).get(name) or {}
+        if f.get("n"):
+            single.append(f"{words} inside a loss transition in {f['k']}/{f['n']} seeds")
+    text = "; ".join(parts) or "no seed has both a timed loss transition and an LLC or ED boundary to compare"
+    return text + ("\n" + "; ".join(single) if single else "")
+
+
+def _boundary_lines(ax, per_seed: list[dict]) -> None:
+    """Every seed's LLC, ED and head boundaries as thin vertical lines, one style per detector."""
+    for p in per_seed:
+        b = p["boundaries"]
+        for det in ("llc", "essential_dynamics", "heads"):
+            for point in b.get(det) or []:
+                step = point["step"] if isinstance(point, dict) else point
+                if step and step > 0:
+                    ax.axvline(step, color=DETECTOR_COLOURS[det], ls=DETECTOR_LINES[det], lw=0.9, alpha=0.55, zorder=1)
+
+
+def _loss_bands(ax, per_seed: list[dict]) -> None:
+    for p in per_seed:
+        for t in p["loss_transitions"]:
+            if not t["censored_start"]:
+                ax.axvspan(t["onset"], t["end"], color=DETECTOR_COLOURS["loss"], alpha=0.07, lw=0, zorder=0)
+
+
+RASTER_ROWS = {"llc": -0.28, "essential_dynamics": -0.07, "induction": 0.14, "prev_token": 0.33}
+
+
+def _raster(ax, per_seed: list[dict], seeds: list, x_lo: float) -> None:
+    """One row per seed: its loss transitions as bands, and its LLC, ED, induction-head and
+    previous-token-head boundaries as markers, each on its own line within the row (top to bottom).
+    Head names are written beside the formed induction heads (all heads when a seed has few)."""
+    for r, p in enumerate(per_seed):
+        for t in p["loss_transitions"]:
+            lo = max(float(t["onset"]), x_lo)
+            censored = t["censored_start"]
+            ax.fill_between([lo, max(float(t["end"]), lo)], r - 0.42, r + 0.42, color=DETECTOR_COLOURS["loss"],
+                            alpha=0.1 if censored else 0.25, lw=0, hatch="///" if censored else None)
+        for c in p["boundaries"].get("llc") or []:
+            _llc_marker(ax, c["step"], r + RASTER_ROWS["llc"], c["kind"], 7,
+                        chosen=c["kind"] == "steepest" and c["step"] == p.get("llc_steepest"))
+        steepest = p.get("llc_steepest")
+        if steepest and not any(c["kind"] == "steepest" and c["step"] == steepest
+                                            for c in p["boundaries"].get("llc") or []):
+            _llc_marker(ax, steepest, r + RASTER_ROWS["llc"], "steepest", 7, chosen=True)   # at an end of the curve
+        for step in p["boundaries"].get("essential_dynamics") or []:
+            ax.plot(step, r + RASTER_ROWS["essential_dynamics"], "D", color=DETECTOR_COLOURS["essential_dynamics"],
+                    ms=6, mec="white", mew=0.5)
+        if p.get("ed_fastest"):
+            ax.plot(p["ed_fastest"], r + RASTER_ROWS["essential_dynamics"], "D", mfc="none", ms=10, mew=1.3,
+                    mec=DETECTOR_COLOURS["essential_dynamics"], zorder=3)
+        heads = p["boundaries"].get("heads") or []
+        clusters: dict[tuple[str, float], list[dict]] = {}      # heads of a group with the same onset: one marker
+        for h in heads:
+            clusters.setdefault((h["group"], h["step"]), []).append(h)
+        for (group, step), members in clusters.items():
+            y = r + RASTER_ROWS.get(group, RASTER_ROWS["prev_token"])
+            ax.plot(step, y, "s", ms=5.5, mec=DETECTOR_COLOURS["heads"], mew=1.2,
+                    mfc=DETECTOR_COLOURS["heads"] if group == "induction" else "white")
+            names = [h["head"] for h in members if h.get("formed") or len(heads) <= 3]
+            if names:
+                label = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+                ax.annotate(label, (step, y), xytext=(5, 0), textcoords="offset points", va="center", fontsize=7,
+                            color=DETECTOR_COLOURS["heads"])
+        if r:
+            ax.axhline(r - 0.5, color="0.85", lw=0.8)
+    ax.set_yticks(range(len(per_seed)), [f"seed {s}" for s in seeds])
+    ax.set_ylim(len(per_seed) - 0.5, -0.5)
+    ax.tick_params(axis="y", length=0)
+
+
+def _development_legend(fig, per_seed: list[dict]) -> None:
+    """Only what the figure shows: each detector's markers that occur, and the lines of the detectors drawn."""
+    transitions = [t for p in per_seed for t in p["loss_transitions"]]
+    llc_kinds = {c["kind"] for p in per_seed for c in p["boundaries"].get("llc") or []}
+    groups = {h["group"] for p in per_seed for h in p["boundaries"].get("heads") or []}
+    handles = []
+    if any(not t["censored_start"] for t in transitions):
+        handles.append(Patch(color=DETECTOR_COLOURS["loss"], alpha=0.25, label="loss transition (onset–end)"))
+    if any(t["censored_start"] for t in transitions):
+        handles.append(Patch(facecolor=DETECTOR_COLOURS["loss"], alpha=0.1, hatch="///",
+                             label="loss falling from the first step"))
+    for k in LLC_MARKERS:
+        if k in llc_kinds:
+            style = {"mfc": "white", "mew": 1.4} if k == "plateau" else {}
+            handles.append(Line2D([], [], ls="", marker=LLC_MARKERS[k], color=DETECTOR_COLOURS["llc"],
+                                  ms=9 if k == "steepest" else 6, label=LLC_KIND_NAMES[k], **style))
+    if any(p.get("llc_steepest") is not None for p in per_seed):
+        handles.append(Line2D([], [], ls="", marker="*", ms=9, color=DETECTOR_COLOURS["llc"], mec="black", mew=1.0,
+                              label="LLC steepest change (largest |slope|)"))
+    if any(p["boundaries"].get("essential_dynamics") for p in per_seed):
+        handles.append(Line2D([], [], ls="", marker="D", color=DETECTOR_COLOURS["essential_dynamics"],
+                              label="ED turning point"))
+    if any(p.get("ed_fastest") is not None for p in per_seed):
+        handles.append(Line2D([], [], ls="", marker="D", mfc="none", ms=8, mew=1.3,
+                              mec=DETECTOR_COLOURS["essential_dynamics"], label="ED fastest motion"))
+    if "induction" in groups:
+        handles.append(Line2D([], [], ls="", marker="s", color=DETECTOR_COLOURS["heads"], label="induction-head onset"))
+    if "prev_token" in groups:
+        handles.append(Line2D([], [], ls="", marker="s", mfc="white", mec=DETECTOR_COLOURS["heads"], mew=1.2,
+                              label="previous-token-head onset"))
+    shown = [d for d in ("llc", "essential_dynamics", "heads") if any(p["boundaries"].get(d) for p in per_seed)]
+    handles += [Line2D([], [], color=DETECTOR_COLOURS[d], ls=DETECTOR_LINES[d], lw=1.2, label=f"{DETECTOR_NAMES[d]}s")
+                for d in shown]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), frameon=False, fontsize=9)
+
+
+@run_figure("development", caption="Stages of development on one log-scaled time axis: the main loss, the local "
+                                  "learning coefficient (± its spread over SGLD chains; dashed: smoothed in "
+                                  "log-time), the leading essential-dynamics PCs, and per seed the boundaries each "
+                                  "detector finds (loss transitions; LLC maxima, minima, steepest and plateau "
+                                  "points, the steepest change edged in black; ED turning points, the fastest "
+                                  "motion as an open diamond; head onsets); one colour per seed, one per detector.")
+def _plot_development(run: _Run, path: Path) -> Path | None:
+    if run.llc is None and run.outputs is None:
+        return None      # neither llc.npz nor outputs.npz: the loss figure already shows the loss
+    stages = run.stages()
+    per_seed = stages["per_seed"]
+    settings = stages.get("settings") or {}
+    sigma = float(settings.get("sigma", 2.0))
+    ed = None
+    if run.outputs is not None and len(run.outputs["steps"]) >= 2:
+        ed = essential_dynamics(run.outputs["steps"], run.outputs["outputs"],
+                                n_components=int(settings.get("n_components", 3)), sigma=sigma,
+                                min_prominence_frac=float(settings.get("min_prominence_frac", 0.1)))
+    n_pcs = min(3, ed["n_components"]) if ed else 0
+    panels = ([("loss", 1.5)] if run.main in run.scalars else []) + ([("llc", 1.7)] if run.llc is not None else [])
+    panels += [(f"pc{i}", 0.95) for i in range(n_pcs)]
+    n_rows = max(len(per_seed), 1)
+    panels.append(("raster", 0.45 + 0.42 * n_rows))
+    all_steps = [run.steps, None if run.llc is None else run.llc["steps"],
+                 None if run.outputs is None else run.outputs["steps"]]
+    positive = [float(a[a > 0].min()) for a in map(np.asarray, filter(lambda a: a is not None, all_steps))
+                if (a > 0).any()]
+    if not positive:   # e.g. a run that stopped before its first chunk: nothing to put on a log axis
+        return None
+    x_lo = min(positive)
+    heights = [h for _, h in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10.5, 1.9 * sum(heights) + 1.6), sharex=True,
+                             height_ratios=heights, layout="constrained", squeeze=False)
+    axes = dict(zip((name for name, _ in panels), axes[:, 0]))
+    seeds = _seed_ids(run, len(per_seed))
+
+    if "loss" in axes:
+        ax = axes["loss"]
+        values = run.scalars[run.main]
+        for s in range(values.shape[1]):
+            ax.plot(*_where_positive(run.steps, values[:, s]), color=_seed_colour(s), lw=1.5,
+                    label=f"seed {_seed_ids(run, values.shape[1])[s]}")
+        ax.set_ylabel("loss")
+        ax.set_title(run.main_label, loc="left", fontsize=11)
+        if values.shape[1] <= 8:
+            ax.legend(loc="lower left", fontsize=8.5, ncols=min(values.shape[1], 4), framealpha=0.85)
+    if "llc" in axes:
+        ax = axes["llc"]
+        llc = run.llc
+        x = np.asarray(llc["steps"], float)
+        mean, std = np.asarray(llc["llc"], float), np.asarray(llc["llc_std"], float)
+        unsettled = np.asarray(llc["not_settled"], bool)
+        for s in range(mean.shape[1]):
+            colour = _seed_colour(s)
+            keep = x > 0
+            ax.fill_between(x[keep], (mean - std)[keep, s], (mean + std)[keep, s], color=colour, alpha=0.15, lw=0)
+            ax.plot(x[keep], mean[keep, s], color=colour, lw=1.5)
+            gx, gy = smoothed_curve(x, mean[:, s], sigma)
+            if len(gx):
+                ax.plot(*_where_positive(gx, gy), color=colour, lw=1.0, ls="--", alpha=0.9)
+            flagged = unsettled[:, s] & keep
+            ax.plot(x[flagged], mean[flagged, s], "o", ms=6, mfc="none", mec="0.35", mew=1.1)
+            if s < len(per_seed):
+                steepest = per_seed[s].get("llc_steepest")
+                for c in per_seed[s]["boundaries"].get("llc") or []:
+                    if c["step"] > 0:
+                        _llc_marker(ax, c["step"], c["value"], c["kind"], 8, zorder=4, mew=0.6,
+                                    chosen=c["kind"] == "steepest" and c["step"] == steepest)
+                if steepest and not any(c["kind"] == "steepest" and c["step"] == steepest
+                                        for c in per_seed[s]["boundaries"].get("llc") or []) and len(gx):
+                    _llc_marker(ax, steepest, _value_at(gx, gy, steepest), "steepest", 8, chosen=True, zorder=4)
+        ax.set_ylabel("LLC")
+        note = "; circled: did not settle" if unsettled.any() else ""
+        ax.set_title(f"local learning coefficient (± sd over chains; dashed: smoothed in log-time{note})",
+                     loc="left", fontsize=11)
+    if ed is not None:
+        out_steps = np.asarray(run.outputs["steps"], float)
+        for i in range(n_pcs):
+            ax = axes[f"pc{i}"]
+            for s, seed in enumerate(ed["per_seed"]):
+                pc = np.array([np.nan if v is None else v for v in np.asarray(seed["pcs"], object)[:, i]], float)
+                ax.plot(*_where_positive(out_steps, pc), color=_seed_colour(s), lw=1.4)
+                for tp in seed["turning_points"]:
+                    if tp["pc"] == i and tp["step"] > 0:
+                        ax.plot(tp["step"], _value_at(out_steps, pc, tp["step"]), "D",
+                                color=DETECTOR_COLOURS["essential_dynamics"], ms=6.5, mec="white", mew=0.6, zorder=4)
+            ax.set_ylabel(f"PC{i + 1}\n({100 * ed['explained_variance_ratio'][i]:.0f} %)")
+            ax.yaxis.set_major_locator(MaxNLocator(4))
+            if i == 0:
+                ax.set_title(f"essential dynamics: principal components of the {_outputs_kind(run.outputs)} "
+                             "(all seeds, shared axes)", loc="left", fontsize=11)
+    for name, ax in axes.items():
+        if name != "raster":
+            _loss_bands(ax, per_seed)
+            _boundary_lines(ax, per_seed)
+            ax.grid(alpha=0.25)
+    ax = axes["raster"]
+    _raster(ax, per_seed, seeds, x_lo)
+    ax.set_title("boundaries per seed (in each row, top to bottom: LLC, ED, induction heads, previous-token heads)",
+                 loc="left", fontsize=11)
+    ax.grid(alpha=0.25, axis="x")
+    _log_x(ax, *[a for a in all_steps if a is not None])
+    ax.set_xlabel(f"{STEP_LABEL} (log scale)")
+    _development_legend(fig, per_seed)
+    fig.suptitle(f"{run.name}: stages of development\n{_in_window_text(stages)}", fontsize=12)
+    return save_figure(fig, path)
+
+
+@run_figure("essential_dynamics", caption="Essential dynamics: each seed's outputs on the probe projected onto the "
+                                         "first two principal components shared by all seeds, coloured by training "
+                                         "step (log scale), with turning points marked and the variance each "
+                                         "component explains.")
+def _plot_essential_dynamics(run: _Run, path: Path) -> Path | None:
+    if run.outputs is None:
+        return None
+    steps = np.asarray(run.outputs["steps"], float)
+    settings = run.stages().get("settings") or {}
+    if len(steps) < 2:
+        return None
+    ed = essential_dynamics(steps, run.outputs["outputs"], n_components=int(settings.get("n_components", 3)),
+                            sigma=float(settings.get("sigma", 2.0)),
+                            min_prominence_frac=float(settings.get("min_prominence_frac", 0.1)))
+    if ed["n_components"] < 2:
+        return None
+    per_seed = ed["per_seed"]
+    S = len(per_seed)
+    seeds = _seed_ids(run, S)
+    ncols = min(3, S)
+    nrows = math.ceil(S / ncols)
+    fig = plt.figure(figsize=(max(3.9 * ncols + 3.4, 9.5), 3.7 * nrows + 1.4), layout="constrained")
+    grid = fig.add_gridspec(nrows, ncols + 1, width_ratios=[1] * ncols + [0.8])
+    positive = steps[steps > 0]
+    norm = LogNorm(vmin=float(positive.min()) if len(positive) else 1.0, vmax=max(float(steps.max()), 1.0))
+    cmap = plt.get_cmap("plasma")        # no green in it: the turning points are green
+    xy = [np.array([[np.nan if v is None else v for v in row[:2]] for row in p["pcs"]], float) for p in per_seed]
+    everything = np.concatenate(xy)
+    lo, hi = np.nanmin(everything, 0), np.nanmax(everything, 0)
+    pad = 0.08 * np.maximum(hi - lo, 1e-12)
+    first_ax, line = None, None
+    for s, p in enumerate(per_seed):
+        ax = fig.add_subplot(grid[s // ncols, s % ncols], sharex=first_ax, sharey=first_ax)
+        first_ax = first_ax or ax
+        for other in range(S):
+            if other != s:
+                ax.plot(xy[other][:, 0], xy[other][:, 1], color="0.8", lw=0.9, zorder=1)
+        pts = xy[s]
+        segs = np.stack([pts[:-1], pts[1:]], axis=1)
+        line = LineCollection(segs, cmap=cmap, norm=norm, lw=2.4, zorder=2)
+        line.set_array(np.maximum(steps[1:], norm.vmin))
+        ax.add_collection(line)
+        ax.plot(*pts[0], "o", ms=7, mfc="white", mec="0.2", zorder=3)
+        ax.plot(*pts[-1], "s", ms=7, color="0.2", zorder=3)
+        turns: dict[int, list[str]] = {}
+        for tp in p["turning_points"]:
+            turns.setdefault(tp["step"], []).append(f"PC{tp['pc'] + 1}")
+        for step, pcs in turns.items():
+            k = int(np.argmin(np.abs(steps - step)))
+            ax.plot(*pts[k], "D", ms=8, color=DETECTOR_COLOURS["essential_dynamics"], mec="black", mew=0.7, zorder=4)
+            ax.annotate(f"{step} ({', '.join(pcs)})", pts[k], xytext=(6, 4), textcoords="offset points", fontsize=8,
+                        color="0.15", zorder=5)
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_title(f"seed {seeds[s]}: {len(p['turning_points'])} turning point"
+                     f"{'s' if len(p['turning_points']) != 1 else ''}", fontsize=11)
+        ax.grid(alpha=0.25)
+        if s % ncols == 0:
+            ax.set_ylabel(f"PC2 ({100 * ed['explained_variance_ratio'][1]:.1f} %)")
+        if s // ncols == nrows - 1 or s + ncols >= S:
+            ax.set_xlabel(f"PC1 ({100 * ed['explained_variance_ratio'][0]:.1f} %)")
+    ax = fig.add_subplot(grid[:, ncols])
+    ratio = ed["explained_variance_ratio"]
+    labels = [f"PC{i + 1}" for i in range(len(ratio))] + ["rest"]
+    values = [100 * r for r in ratio] + [max(0.0, 100 * (1 - sum(ratio)))]
+    bars = ax.bar(labels, values, color=[DETECTOR_COLOURS["essential_dynamics"]] * len(ratio) + ["0.7"])
+    ax.bar_label(bars, fmt="%.1f", fontsize=8.5, padding=2)
+    ax.set_ylim(0, 108)
+    ax.set_ylabel("variance explained (%)")
+    ax.set_title("explained variance", fontsize=11)
+    ax.grid(alpha=0.25, axis="y")
+    bar = fig.colorbar(line, ax=fig.axes[:S], label=f"{STEP_LABEL} (log scale)", shrink=0.85, pad=0.01,
+                       location="bottom", aspect=40)
+    _plain_log_ticks(bar.ax.xaxis)
+    kind = _outputs_kind(run.outputs)
+    key = "circle: first step, square: last step, diamonds: turning points (step, PCs that turn)"
+    fig.suptitle(f"{run.name}: essential dynamics of the {kind}\n{key}" + ("; grey: the other seeds" if S > 1 else ""),
+                 fontsize=12)
+    return save_figure(fig, path)
+
+
+def _llc_picks(llc: dict) -> list[tuple[int, str]]:
+    """Estimates to show: first, middle and last, and the first flagged one (non-finite chain or
+    not settled) if none of those is."""
+    n = len(llc["steps"])
+    picks = {0: "first", n // 2: "middle", n - 1: "last"}
+    flagged = np.flatnonzero(np.asarray(llc["nonfinite"], bool).any(axis=2).any(axis=1)
+                             | np.asarray(llc["not_settled"], bool).any(axis=1))
+    if len(flagged) and not set(flagged.tolist()) & set(picks):
+        picks[int(flagged[0])] = "flagged"
+    return sorted(picks.items())
+
+
+def _flag_note(llc: dict, seeds: list) -> str:
+    steps = np.asarray(llc["steps"])
+    nonfinite = np.asarray(llc["nonfinite"], bool)
+    unsettled = np.asarray(llc["not_settled"], bool)
+    parts = []
+    if nonfinite.any():
+        where = [f"seed {seeds[s]} step {int(steps[i])}" for i, s in zip(*np.nonzero(nonfinite.any(axis=2)))]
+        parts.append(f"{int(nonfinite.sum())} non-finite chain{'s' if nonfinite.sum() > 1 else ''} "
+                     f"({', '.join(where[:3])}{', …' if len(where) > 3 else ''})")
+    if unsettled.any():
+        where = [f"seed {seeds[s]} step {int(steps[i])}" for i, s in zip(*np.nonzero(unsettled))]
+        parts.append(f"{int(unsettled.sum())} estimate{'s' if unsettled.sum() > 1 else ''} not settled "
+                     f"({', '.join(where[:3])}{', …' if len(where) > 3 else ''})")
+    return "flagged: " + "; ".join(parts) if parts else "no non-finite chains, every estimate settled"
+
+
+def _robust_ylim(ax, values: np.ndarray) -> None:
+    """Limits from the 0.5-99.5 % range of the finite values, so one blown-up chain does not flatten the rest."""
+    v = values[np.isfinite(values)]
+    if len(v):
+        lo, hi = np.percentile(v, [0.5, 99.5])
+        pad = 0.08 * ((hi - lo) or abs(hi) or 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+
+
+@run_figure("llc_chains", caption="Diagnostics of the LLC estimates: the LLC over training with each chain's "
+                                 "estimate, and for the first, middle and last estimate (and the first flagged one) "
+                                 "every SGLD chain's loss above the centre, L(w_t) − L(w*), and distance from it, "
+                                 "burn-in shaded; non-finite chains and unsettled estimates are named in the title.")
+def _plot_llc_chains(run: _Run, path: Path) -> Path | None:
+    llc = run.llc
+    if llc is None or not len(llc["steps"]):
+        return None
+    steps = np.asarray(llc["steps"], float)
+    mean, std = np.asarray(llc["llc"], float), np.asarray(llc["llc_std"], float)
+    chains, trace, dist = (np.asarray(llc[k], float) for k in ("chains", "loss_trace", "distance"))
+    nonfinite = np.asarray(llc["nonfinite"], bool)
+    unsettled = np.asarray(llc["not_settled"], bool)
+    N, S, C, M = trace.shape
+    seeds = _seed_ids(run, S)
+    burn_in = int(np.asarray(llc.get("burn_in", 0)).item())
+    nbeta = float(np.asarray(llc.get("nbeta", np.nan)).item())
+    picks = _llc_picks(llc)
+    ncols = len(picks)
+    fig = plt.figure(figsize=(max(3.5 * ncols, 9.0) + 0.5, 9.6), layout="constrained")
+    grid = fig.add_gridspec(3, ncols, height_ratios=[1.15, 1, 1])
+
+    top = fig.add_subplot(grid[0, :])
+    keep = steps > 0 if (steps > 0).sum() >= 2 else np.ones(N, bool)
+    for s in range(S):
+        colour = _seed_colour(s)
+        top.fill_between(steps[keep], (mean - std)[keep, s], (mean + std)[keep, s], color=colour, alpha=0.15, lw=0)
+        top.plot(steps[keep], mean[keep, s], color=colour, lw=1.6, label=f"seed {seeds[s]}")
+        for c in range(C):
+            top.plot(steps[keep], chains[keep, s, c], ".", ms=2.5, color=colour, alpha=0.5)
+        bad = keep & nonfinite[:, s].any(axis=1)
+        top.plot(steps[bad], mean[bad, s], "x", ms=8, mew=2, color="tab:red", zorder=4)
+        late = keep & unsettled[:, s]
+        top.plot(steps[late], mean[late, s], "o", ms=8, mfc="none", mec="tab:red", mew=1.4, zorder=4)
+    for i, label in picks:
+        if keep[i]:
+            top.axvline(steps[i], color="0.4", lw=1, ls=":")
+            top.annotate(label, (steps[i], 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                         textcoords="offset points", va="top", fontsize=8.5, color="0.3")
+    if (steps > 0).sum() >= 2:
+        _log_x(top, steps)
+    top.set_xlabel(f"{STEP_LABEL} (log scale)" if (steps > 0).sum() >= 2 else STEP_LABEL)
+    top.set_ylabel("LLC")
+    top.grid(alpha=0.25)
+    handles, _ = top.get_legend_handles_labels()
+    handles.append(Line2D([], [], ls="", marker=".", color="0.4", label="one chain's estimate"))
+    if nonfinite.any():
+        handles.append(Line2D([], [], ls="", marker="x", mew=2, color="tab:red", label="a chain went non-finite"))
+    if unsettled.any():
+        handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="tab:red", label="estimate did not settle"))
+    top.legend(handles=handles, loc="upper left", fontsize=8.5, ncols=2, framealpha=0.85)
+    top.set_title("LLC estimates over training (mean ± sd over chains)", loc="left", fontsize=11)
+
+    t = np.arange(M)
+    first_trace = first_dist = None
+    for col, (i, label) in enumerate(picks):
+        ax_l = fig.add_subplot(grid[1, col], sharey=first_trace)
+        ax_d = fig.add_subplot(grid[2, col], sharex=ax_l, sharey=first_dist)
+        first_trace, first_dist = first_trace or ax_l, first_dist or ax_d
+        for ax in (ax_l, ax_d):
+            ax.axvspan(-0.5, burn_in - 0.5, color="0.6", alpha=0.18, lw=0)
+            ax.grid(alpha=0.25)
+        for s in range(S):
+            colour = _seed_colour(s)
+            for c in range(C):
+                ax_l.plot(t, trace[i, s, c], color=colour, lw=0.9, alpha=0.75)
+                ax_d.plot(t, dist[i, s, c], color=colour, lw=0.9, alpha=0.75)
+                if nonfinite[i, s, c]:
+                    ok = np.flatnonzero(np.isfinite(trace[i, s, c]))
+                    if len(ok):
+                        ax_l.plot(t[ok[-1]], trace[i, s, c, ok[-1]], "x", ms=8, mew=2, color="tab:red", zorder=4)
+            if math.isfinite(nbeta) and nbeta > 0 and math.isfinite(mean[i, s]):
+                ax_l.axhline(mean[i, s] / nbeta, color=colour, ls="--", lw=1.1)   # LLC = nβ x mean after burn-in
+        values = ", ".join(f"{mean[i, s]:.3g}" + (f" ± {std[i, s]:.2g}" if math.isfinite(std[i, s]) else "")
+                           for s in range(min(S, 3))) + (", …" if S > 3 else "")
+        ax_l.set_title(f"step {int(steps[i])} ({label})\nLLC{' per seed' if S > 1 else ''} {values}", fontsize=10)
+        ax_d.set_xlabel("SGLD step")
+        if col == 0:
+            ax_l.set_ylabel("L(w_t) − L(w*)")
+            ax_d.set_ylabel("|w_t − w*|")
+    _robust_ylim(first_trace, trace[[i for i, _ in picks]])
+    info = [f"source {llc.get('source') or '?'}", f"nβ = {nbeta:.3g}" if math.isfinite(nbeta) else "",
+            f"{C} chains × {M} draws", f"burn-in {burn_in} (shaded)"]
+    handles = [Patch(color="0.6", alpha=0.3, label="burn-in"),
+               Line2D([], [], color="0.3", ls="--", lw=1.1, label="LLC / nβ (the mean after burn-in it comes from)")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False, fontsize=9)
+    fig.suptitle(f"{run.name}: LLC estimator diagnostics ({', '.join(x for x in info if x)})\n"
+                 f"{_flag_note(llc, seeds)}", fontsize=12)
+    return save_figure(fig, path)
+
+
 # ----------------------------------------------------------------------------- drawing a run
 
 
@@ -623,6 +1160,8 @@ def plot_run(run_dir, out_dir=None, figures=None) -> list[Path]:
     run = _gather(run_dir)
     if "attention" in wanted:
         run.attention = load_attention(run_dir)
+    if wanted & set(DEVELOPMENT_FIGURES):
+        run.llc, run.outputs = load_llc(run_dir), load_outputs(run_dir)
     if not run.main_heads and wanted & {"heads_heatmap", "heads_lines"}:
         warnings.warn("no induction/prev_token measures logged; skipping per-head figures")
 

@@ -18,7 +18,8 @@ import numpy as np
 # lab.plots.style first: it selects the headless Agg backend before pyplot loads
 from lab.plots.style import SCORE_CMAP, STEP_LABEL, STYLE, metric_label, save_figure, seed_mean
 from lab.plots.registry import Figure, figure_decorator
-from lab.analysis.sweep import COMPLETED, Sweep, condition_label, fmt_value, is_number, sort_values
+from lab.analysis import stats
+from lab.analysis.sweep import COMPLETED, Sweep, condition_label, condition_rows, fmt_value, is_number, sort_values
 
 import matplotlib.pyplot as plt  # noqa: E402  (after lab.plots.style: the Agg backend)
 from matplotlib.lines import Line2D  # noqa: E402
@@ -357,6 +358,84 @@ def _plot_grid(sweep: Sweep, path: Path) -> Path | None:
         fig.colorbar(im, ax=axes, shrink=0.9, label="mean phase-change step")
     fig.suptitle(f"mean phase-change step of the {metric_label(sweep.phase_metric)}\n"
                  "cells: mean step, seeds with a phase change / completed seeds", fontsize=12)
+    return save_figure(fig, path)
+
+
+STAGE_SERIES = (("loss transition onset", "tab:red", "o"), ("first LLC critical point (any kind)", "tab:purple", "^"),
+                ("first ED turning point", "tab:green", "D"), ("LLC steepest change", "indigo", "*"))
+
+
+@sweep_figure("stage_boundaries",
+              caption="Stage boundaries per condition (runs with LLC / essential-dynamics stage reports): each "
+                      "seed's loss-transition onset (change points), first LLC critical point (of any kind: "
+                      "maximum, minimum, steepest or plateau point), first ED turning point and the LLC's steepest "
+                      "change as small markers, their mean over the condition's seeds with a bootstrap 95 % interval "
+                      "as large markers and bars; at the right, the seeds whose LLC / ED boundary, and whose LLC "
+                      "steepest change, falls inside a loss transition's window.")
+def _plot_stage_boundaries(sweep: Sweep, path: Path) -> Path | None:
+    if not sweep.has_stages:
+        return None
+    metric = sweep.phase_metric
+    table = condition_rows(sweep)
+    if not table:
+        return None
+    groups: dict[str, list[dict]] = {}
+    for r in sweep.rows:
+        if r["_category"] == COMPLETED:
+            groups.setdefault(condition_label(r, sweep.swept), []).append(r)
+
+    def onset(r):
+        stage = r.get(f"{metric}_stage_onset")
+        return stage if stage is not None else r.get(f"{metric}_onset")
+
+    getters = (onset, lambda r: r.get("llc_first_step"), lambda r: r.get("ed_first_step"),
+               lambda r: r.get("llc_steepest_step"))
+    values = [v for rows in groups.values() for r in rows for get in getters if is_number(v := get(r))]
+    if not values:
+        return None
+    n = len(table)
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.75 * n + 0.9), layout="constrained")
+    for y, cond in enumerate(table):
+        rows = groups.get(cond["condition"], [])
+        for k, ((label, colour, marker), get) in enumerate(zip(STAGE_SERIES, getters)):
+            dy = (k - 1.5) * 0.2
+            xs = [float(v) for r in rows if is_number(v := get(r))]
+            if not xs:
+                continue
+            jitter = np.linspace(-0.05, 0.05, len(xs)) if len(xs) > 1 else [0.0]
+            ax.plot(xs, [y + dy + j for j in jitter], marker, ls="", ms=4.5, color=colour, alpha=0.55, mec="none")
+            d = stats.describe(xs)
+            err = None
+            if d["ci95"] is not None:
+                err = [[d["mean"] - d["ci95"][0]], [d["ci95"][1] - d["mean"]]]
+            ax.errorbar([d["mean"]], [y + dy], xerr=err, fmt=marker, ms=8.5, color=colour, mec="white", mew=0.8,
+                        capsize=3.5, elinewidth=1.6, zorder=3)
+        notes = []
+        for name, short in (("llc_in_window", "LLC"), ("ed_in_window", "ED"),
+                            ("llc_steepest_in_window", "LLC steepest")):
+            if cond.get(f"{name}_n"):
+                notes.append(f"{short} in window {cond[name]}/{cond[f'{name}_n']}")
+        if notes:
+            ax.annotate(" · ".join(notes), (1.0, y), xycoords=("axes fraction", "data"), xytext=(6, 0),
+                        textcoords="offset points", va="center", fontsize=8.5, color="0.3", annotation_clip=False)
+    positive = [v for v in values if v > 0]
+    if positive and len(positive) == len(values) and max(positive) / min(positive) >= 10:
+        ax.set_xscale("log")
+    ax.set_yticks(range(n), [c["condition"] for c in table])
+    ax.set_ylim(n - 0.5, -0.5)
+    for y in range(1, n):
+        ax.axhline(y - 0.5, color="0.88", lw=0.8)
+    ax.tick_params(axis="y", length=0)
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_xlabel(STEP_LABEL)
+    shown = {k for k, get in enumerate(getters) for rows in groups.values() for r in rows if is_number(get(r))}
+    handles = [Line2D([], [], ls="", marker=m, color=c, ms=7, label=label)
+               for k, (label, c, m) in enumerate(STAGE_SERIES) if k in shown]
+    handles.append(Line2D([], [], color="0.35", marker="D", ms=7, mec="white", lw=1.6,
+                          label="mean ± bootstrap 95 % CI over seeds (small: single seeds)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False, fontsize=9)
+    ax.set_title(f"stage boundaries per condition: {metric_label(metric)}, local learning coefficient and "
+                 "essential dynamics", fontsize=12)
     return save_figure(fig, path)
 
 

@@ -40,6 +40,7 @@ class Task:
     feature_dim: int = 0          # > 0: batches carry `features` (B, T, feature_dim)
     # Reference predictors' losses logged as scalars, drawn dotted next to the main loss: key -> label
     baselines: dict = {}
+    trajectory_kind: str = "log-probability of the next token at every position"   # what trajectory_outputs holds
 
     @classmethod
     def from_config(cls, cfg) -> "Task":
@@ -95,6 +96,12 @@ class Task:
         """Every progress measure of one seed on the probe: scalars, (T-1,) curves, (L, H) per-head
         arrays, and with `snapshot` the probe-0 attention (L, H, T, T) under "attention"."""
         raise NotImplementedError
+
+    def trajectory_outputs(self, logits: jax.Array, batch) -> jax.Array:
+        """The model's outputs whose path over training essential dynamics follows (a flat vector):
+        by default the log-probability of the correct next token at every position (a per-token
+        loss, as in Olsson et al.'s per-token loss PCA; full logits would be V times larger)."""
+        return -token_losses(logits, batch.tokens).reshape(-1)
 
     def induction_attention(self, batch) -> tuple[jax.Array, jax.Array]:
         """Where an ideal induction head attends: (B, T, T) weights over keys and (B, T) rows that

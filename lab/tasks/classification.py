@@ -174,6 +174,12 @@ class ClassificationTask(Task):
     def main_scores(self, logits, batch: ClassBatch):
         return query_loss_and_accuracy(logits, batch)
 
+    trajectory_kind = "query's log-probabilities over the outputs"
+
+    def trajectory_outputs(self, logits, batch: ClassBatch):
+        """The query's log-probabilities over every output (only the query is predicted)."""
+        return jax.nn.log_softmax(logits[:, -1]).reshape(-1)
+
     def eval_sets(self) -> dict:
         return {}
 

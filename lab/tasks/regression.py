@@ -235,6 +235,12 @@ class RegressionTask(BaseTask):
     def loss(self, logits: jax.Array, batch: RegressionBatch) -> jax.Array:
         return half_squared_error(self.prediction(logits), batch.target)
 
+    trajectory_kind = "predictions of y"
+
+    def trajectory_outputs(self, logits, batch: RegressionBatch):
+        """The predictions of y (what the loss reads)."""
+        return self.prediction(logits).reshape(-1)
+
     def main_scores(self, logits, batch: RegressionBatch):
         pred = self.prediction(logits)
         return half_squared_error(pred, batch.target), r2_vs_zero(pred, batch.target)

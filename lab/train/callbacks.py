@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from lab.core import ConfigError
+from lab.rundir import save_llc, save_outputs
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class TensorBoard(Callback):
 
 class ProgressBar(Callback):
     def __init__(self):
-        self.bar = None
+        self.bar, self.llc = None, None
 
     def on_start(self, trainer):
         from tqdm.auto import tqdm
@@ -96,6 +97,10 @@ class ProgressBar(Callback):
             post["main_loss" if main != "loss_repeat" else "rep_loss"] = np.mean(record[main])
         if "induction" in record:
             post["induction"] = np.max(np.mean(record["induction"], 0))
+        if "llc" in record:
+            self.llc = np.mean(record["llc"])
+        if self.llc is not None:   # the latest estimate, shown until the next
+            post["llc"] = self.llc
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in post.items()}, refresh=False)
 
     def on_end(self, trainer):
@@ -184,6 +189,77 @@ class AttentionSnapshots(Callback):
         np.savez_compressed(path, steps=np.asarray(self.steps)[idx],
                             patterns=np.stack([self.patterns[i] for i in idx]).astype(np.float32),
                             labels=np.asarray(labels), **{k: np.asarray(v) for k, v in info.items()})
+
+
+class OutputTrajectory(Callback):
+    """Keeps the task's outputs on a fixed slice of the probe (`Task.trajectory_outputs`, every
+    seed) at every log step, for essential dynamics; written to outputs.npz at the end, carried
+    across a resume in the checkpoints' callback state. Past `max_kept` steps, every other one is
+    dropped (the first always kept)."""
+
+    def __init__(self, path: Path, kind: str, max_kept: int = 1000):
+        self.path, self.kind, self.max_kept = Path(path), kind, max_kept
+        self.steps, self.outputs = [], []
+
+    def on_log(self, trainer, record, outputs):
+        if "trajectory_outputs" not in outputs:
+            return
+        self.steps.append(record["step"])
+        self.outputs.append(np.asarray(outputs["trajectory_outputs"], np.float32))
+        if len(self.steps) > self.max_kept:
+            self.steps, self.outputs = self.steps[::2], self.outputs[::2]
+
+    def state_dict(self):
+        return {"steps": np.asarray(self.steps), "outputs": np.asarray(self.outputs)} if self.steps else None
+
+    def load_state_dict(self, state):
+        self.steps, self.outputs = list(state["steps"].tolist()), list(state["outputs"])
+
+    def on_end(self, trainer):
+        if self.steps:
+            save_outputs(self.path.parent, {"steps": np.asarray(self.steps), "outputs": np.stack(self.outputs),
+                                            "kind": self.kind})
+
+
+class LLCFile(Callback):
+    """llc.npz (format in lab/rundir.py): every online LLC estimate with its chains' traces,
+    rewritten after each estimate (they are few), carried across a resume in the callback state."""
+
+    KEYS = ("llc", "llc_std", "chains", "delta", "distance", "init_loss", "finite", "not_settled")
+
+    def __init__(self, run_dir: Path, settings):
+        self.run_dir, self.settings = Path(run_dir), settings
+        self.steps, self.rows = [], []
+
+    def on_log(self, trainer, record, outputs):
+        if "llc_samples" not in outputs:
+            return
+        self.steps.append(record["step"])
+        self.rows.append({k: np.asarray(outputs["llc_samples"][k]) for k in self.KEYS})
+        self.write()
+
+    def write(self):
+        stack = {k: np.stack([r[k] for r in self.rows]) for k in self.KEYS}
+        save_llc(self.run_dir, llc_arrays(self.steps, stack, self.settings, "online"))
+
+    def state_dict(self):
+        if not self.steps:
+            return None
+        return {"steps": np.asarray(self.steps), **{k: np.stack([r[k] for r in self.rows]) for k in self.KEYS}}
+
+    def load_state_dict(self, state):
+        self.steps = list(state["steps"].tolist())
+        self.rows = [{k: state[k][i] for k in self.KEYS} for i in range(len(self.steps))]
+
+
+def llc_arrays(steps, stack: dict, settings, source: str) -> dict:
+    """llc.npz's arrays from stacked estimates (`lab.measures.llc.sample` + `estimates` outputs,
+    leading axes (steps, seeds))."""
+    return {"steps": np.asarray(steps), "llc": stack["llc"], "llc_std": stack["llc_std"], "chains": stack["chains"],
+            "loss_trace": stack["delta"], "distance": stack["distance"], "init_loss": stack["init_loss"],
+            "nonfinite": ~np.asarray(stack["finite"], bool), "not_settled": stack["not_settled"],
+            "burn_in": settings.burn_in, "nbeta": settings.nbeta_value, "source": source,
+            "settings": settings.to_json()}
 
 
 class AutoHeads(Callback):

@@ -5,6 +5,7 @@ host-side callbacks between chunks. Read top to bottom: build -> init_state -> f
 """
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -22,15 +23,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lab.clamps.clamp_set import Clamps
 from lab.core import TrainingDiverged
+from lab.measures import llc
 from lab.measures.composition import composition_scores
 from lab.model import Model
 from lab.rundir import records_to_arrays
+from lab.train import llc_chains
 from lab.train.callbacks import AutoHeads
 from lab.train.restore import load_run
 from lab.train.state import build, init_state, seed_range
 
 
+log = logging.getLogger(__name__)
+
 PER_STEP = ("train_loss", "grad_norm")   # returned by the scan per step, logged as chunk means
+NOT_RECORDED = ("attention", "trajectory_outputs", "llc_samples")   # arrays for callbacks, not metrics.jsonl
 
 
 def largest_divisor(n: int, limit: int) -> int:
@@ -68,6 +74,9 @@ class Trainer:
         # replace them between chunks (e.g. heads chosen mid-run) without recompiling
         self.clamp_args = jax.tree.map(jnp.asarray, self.clamps.init_args(len(self.seeds)))
         self._own_callbacks = [AutoHeads()] if self.clamps.auto else []
+        # the local learning coefficient, estimated online every measures.llc.every steps (0: never)
+        self.llc = llc.Settings.from_config(cfg.measures.llc) if cfg.measures.enabled and cfg.measures.llc.every else None
+        self._llc_fn = None
         self.step = 0
         self.state = None
         # False from a chunk's dispatch until its record is logged: the chunk donated the old state's
@@ -147,6 +156,9 @@ class Trainer:
         forward = lambda batch, names: clamped(batch, names, 0, "eval")
         out = self.probe_scores(self.model, params, snapshot=self.cfg.measures.attention_snapshots, forward=forward)
         task = self.task
+        if self.cfg.measures.outputs:   # essential dynamics: the outputs on a fixed slice of the probe
+            part = jax.tree.map(lambda x: x[:self.cfg.measures.outputs], self.probe)
+            out["trajectory_outputs"] = task.trajectory_outputs(whole(part, (), 0, "eval")[0], part)
         for name in dict.fromkeys(s.name for s in self.clamps.active("measure")):
             logits, _ = clamped(self.probe, (), 0, "measure", name)
             loss, acc = task.main_scores(logits, self.probe)
@@ -168,15 +180,47 @@ class Trainer:
         return state, {"train_loss": losses, "grad_norm": gnorms,
                        **self.measures(state["params"], clamp_args, step0 + n_steps, self.batch_devices > 1)}
 
+    # ---- the local learning coefficient ----
+    def llc_due(self, before: int, after: int) -> bool:
+        """Whether the log step `after` (the previous one: `before`) gets an LLC estimate: step 0,
+        the first log step at or after each multiple of `every`, and the last step."""
+        if self.llc is None:
+            return False
+        every = self.cfg.measures.llc.every
+        return after == 0 or after // every > before // every or after == self.cfg.train.steps
+
+    def estimate_llc(self) -> dict:
+        """The LLC of every seed's current parameters under its training loss (clamps of this step
+        included), all seeds' chains in one program (lab/train/llc_chains.py)."""
+        s = self.llc
+        if self._llc_fn is None:
+            def loss(p, batch, clamp_args, shared):
+                interventions, t = shared
+                return self.task.loss(self.clamps.forward(p, batch, clamp_args, t, "train", extra=interventions)[0], batch)
+            draw = lambda k: self.task.sample(k, s.batch_size)
+            self._llc_fn = llc_chains.program(loss, draw, s, len(self.seeds) * s.chains,
+                                              llc_chains.parts_for(self.task, self.model, s.batch_size),
+                                              self.seed_axis_mode())
+        args = jax.device_get(self.clamp_args)
+        out = llc_chains.run(self._llc_fn, self.state["params"], args, self.seeds, self.step, s,
+                             (self.interventions, jnp.int32(self.step)))
+        for i, seed in enumerate(self.seeds):
+            d = {k: out[k][i] for k in ("llc", "not_settled")}
+            for w in llc.warnings_for(d, int((~out["finite"][i]).sum()), s.chains):
+                log.warning("LLC at step %d, seed %d: %s", self.step, seed, w)
+        return {"llc": out["llc"], "llc_std": out["llc_std"], "llc_samples": out}
+
+    def seed_axis_mode(self) -> str:
+        """vmap or map (train.seed_axis; auto: map on CPU, vmap on accelerators)."""
+        mode = self.cfg.train.seed_axis
+        return ("map" if jax.default_backend() == "cpu" else "vmap") if mode == "auto" else mode
+
     # ---- compiled programs ----
     def over_seeds(self, fn):
         """Lift a one-seed function of (per-seed x, shared y) to the leading seed axis. vmap batches
         the seeds' matmuls (best on accelerators); on CPU, where batched small matmuls run slower
         than the same matmuls one after another, `lax.map` loops over seeds inside the program."""
-        mode = self.cfg.train.seed_axis
-        if mode == "auto":
-            mode = "map" if jax.default_backend() == "cpu" else "vmap"
-        if mode == "vmap":
+        if self.seed_axis_mode() == "vmap":
             return jax.vmap(fn, in_axes=(0, None))
         return lambda xs, shared: jax.lax.map(lambda x: fn(x, shared), xs)
 
@@ -256,7 +300,10 @@ class Trainer:
             cb.on_start(self)
         if self.step == 0 and self.cfg.measures.enabled:
             measure = self.over_seeds(lambda xs, t: self.measures(*xs, t))
-            self._log(0, jax.device_get(jax.jit(measure)((self.state["params"], self.clamp_args), jnp.int32(0))))
+            out = jax.device_get(jax.jit(measure)((self.state["params"], self.clamp_args), jnp.int32(0)))
+            if self.llc_due(0, 0):
+                out.update(self.estimate_llc())
+            self._log(0, out)
         try:
             while self.step < self.cfg.train.steps:
                 n = min(self.cfg.train.log_every, self.cfg.train.steps - self.step)
@@ -266,6 +313,8 @@ class Trainer:
                 out = self.fetch(out)
                 self._check_finite(out, n)
                 self.step += n
+                if self.llc_due(logged, self.step):
+                    out.update(self.estimate_llc())
                 self._log(self.step, out)
                 self.state_logged = True
                 if self._stop_signal is not None:
@@ -314,7 +363,7 @@ class Trainer:
         record = {"step": step, "time": round(time.perf_counter() - self._t0, 3),
                   "lr": float(self.schedule(max(step - 1, 0)))}
         for k, v in out.items():
-            if k == "attention":
+            if k in NOT_RECORDED:
                 continue
             v = np.asarray(v)
             if k in PER_STEP:   # chunk means over the finite steps (skipped updates are counted apart)
