@@ -33,8 +33,9 @@ parser.add_argument("--compare", nargs="+", metavar="OVERRIDE",
 parser.add_argument("--compare-microbatch", type=int, nargs="+", metavar="MB",
                     help="short for --compare train.microbatch=MB ...")
 parser.add_argument("--no-llc", action="store_true", help="skip the LLC cost (default run with and without measures.llc.every=75)")
-parser.add_argument("--devinterp", metavar="PYTHON", default=None,
-                    help="a Python with torch and devinterp: also compare the LLC with devinterp's (benchmarks/llc_devinterp.py)")
+parser.add_argument("--devinterp", metavar="PYTHON", default="/tmp/divenv/bin/python",
+                    help="a Python with torch and devinterp, for the LLC comparison (benchmarks/llc_devinterp.py; "
+                         "default /tmp/divenv/bin/python, skipped with a note where it does not exist)")
 parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
 args = parser.parse_args()
 if args.threads == "single":   # the XLA flags lab-train sets (one single-threaded device per core)
@@ -217,10 +218,15 @@ def main() -> None:
         return
     if not args.no_llc:
         llc_cost()
-    if args.devinterp:
+    if args.no_llc:
+        pass
+    elif os.path.exists(args.devinterp):
         import subprocess
         subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "llc_devinterp.py"),
                         "--peer-python", args.devinterp], check=False)
+    else:
+        print(f"LLC vs devinterp: skipped ({args.devinterp} does not exist; benchmarks/llc_devinterp.py says how "
+              "to create that environment)")
     for name, extra in (("default (2-layer)", []), ("1-layer control", ["model=attn_only_1l"])):
         t0 = time.perf_counter()
         res = lab.run(lab.load_config(list(args.overrides) + extra + ["train.progress=false"]))

@@ -25,3 +25,13 @@ def test_bench_compares_settings_in_one_process():
     lines = [line for line in p.stdout.splitlines() if "steps/s median" in line]
     assert [line.split(":")[0].strip() for line in lines] == [
         "model.fused_attention=true", "model.fused_attention=false", "train.microbatch=2"]
+
+
+def test_llc_comparison_runs_without_its_peer():
+    """benchmarks/llc_devinterp.py prints the lab's side and exits 0 where devinterp is not installed."""
+    tiny = [a for a in TINY if not a.startswith("train=")]
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "llc_devinterp.py"), "--peer-python", "/nonexistent",
+                        "--train-steps", "20", "--rounds", "1", *tiny],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "lab (JAX)" in p.stdout and "s/estimate" in p.stdout
