@@ -96,3 +96,13 @@ def test_llc_batch_larger_than_a_clamped_runs_batch_is_refused():
     from tests.conftest import TINY
     with pytest.raises(ConfigError, match="measures.llc.batch_size=16 exceeds train.batch_size"):
         lab.run(lab.load_config(TINY + ["measures.llc.every=10", "clamp=perfect_prev_token", "train.batch_size=8"]))
+
+
+def test_vmapped_chains_equal_looped_ones():
+    """seed_axis=vmap (accelerators) batches the chains; map (CPU) loops over them: same estimates."""
+    from tests.conftest import TINY
+    short = [a for a in LLC if not a.startswith("train.steps")] + ["train.steps=20"]
+    got = {axis: lab.run(lab.load_config(TINY + short + [f"train.seed_axis={axis}"])).metrics["llc"]
+           for axis in ("map", "vmap")}
+    assert got["map"].shape == (3, 2) and np.isfinite(got["map"]).sum() == 4   # log steps 0, 10, 20; LLC at 0, 20
+    np.testing.assert_allclose(got["vmap"], got["map"], rtol=1e-4)             # NaN (step 10) matches NaN

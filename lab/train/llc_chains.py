@@ -16,18 +16,14 @@ from lab.core import RunLoadError
 from lab.measures import llc
 from lab.rundir import checkpoint_steps
 from lab.train.restore import load_run
+from lab.train.runtime import cache_sized_microbatch, largest_divisor
 
 SALT = 0x11C   # folded into a seed's key so the LLC's batches and noise differ from training's
 
 
 def parts_for(task, model, batch_size: int) -> int:
-    """Microbatches per SGLD batch: on CPU, sized so the attention arrays fit in 256 KiB (as
-    `lab.train.trainer.auto_microbatch`); on accelerators, one."""
-    if jax.default_backend() != "cpu":
-        return 1
-    per_sequence = model.n_heads * task.seq_len ** 2 * 4
-    fit = max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= max(2 ** 18 // per_sequence, 1))
-    return batch_size // fit
+    """Microbatches per SGLD batch, sized as training's."""
+    return batch_size // cache_sized_microbatch(batch_size, task, model)
 
 
 def chain_keys(seeds, step: int, chains: int) -> jax.Array:
@@ -51,7 +47,7 @@ def program(loss: Callable, draw: Callable, s: llc.Settings, n_chains: int, part
         return jax.lax.map(lambda ik: one(*ik), (index, keys))
 
     devices = jax.devices()
-    n_dev = max(d for d in range(1, len(devices) + 1) if n_chains % d == 0)
+    n_dev = largest_divisor(n_chains, len(devices))
     if n_dev > 1:
         mesh = Mesh(np.array(devices[:n_dev]), ("chains",))
         chains = jax.shard_map(chains, mesh=mesh, in_specs=(P(), P(), P("chains"), P("chains"), P()),

@@ -70,3 +70,17 @@ def configure_compile_cache(train_cfg) -> None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     _cache_dir = path
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of n that is at most limit (1 if limit < 1)."""
+    return max(d for d in range(1, max(limit, 1) + 1) if n % d == 0)
+
+
+def cache_sized_microbatch(batch_size: int, task, model) -> int:
+    """On CPU, the largest divisor of the batch whose attention arrays (sequences x heads x T^2
+    floats) fit in 256 KiB (why: `lab.train.trainer.auto_microbatch`); elsewhere the whole batch."""
+    import jax   # as configure_compile_cache: this module is read before XLA's flags are set
+    if jax.default_backend() != "cpu":
+        return batch_size
+    return largest_divisor(batch_size, 2 ** 18 // (model.n_heads * task.seq_len ** 2 * 4))

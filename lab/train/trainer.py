@@ -30,6 +30,7 @@ from lab.rundir import records_to_arrays
 from lab.train import llc_chains
 from lab.train.callbacks import AutoHeads
 from lab.train.restore import load_run
+from lab.train.runtime import cache_sized_microbatch, largest_divisor
 from lab.train.state import build, init_state, seed_range
 
 
@@ -39,22 +40,13 @@ PER_STEP = ("train_loss", "grad_norm")   # returned by the scan per step, logged
 NOT_RECORDED = ("attention", "trajectory_outputs", "llc_samples")   # arrays for callbacks, not metrics.jsonl
 
 
-def largest_divisor(n: int, limit: int) -> int:
-    """The largest divisor of n that is at most limit (1 if limit < 1)."""
-    return max(d for d in range(1, max(limit, 1) + 1) if n % d == 0)
-
-
 def auto_microbatch(cfg, task, model) -> int:
     """On CPU, the largest divisor of the batch whose attention arrays (sequences x heads x T^2
     floats) fit in 256 KiB, a quarter of one core's L2 cache here: past that, the passes over them
     run from slower memory shared by the cores. Measured for batch 64 x 64 tokens, 4 heads, on 2 cores
     with one device per core (benchmarks/bench.py --compare-microbatch 2 4 8 16): microbatches of 16, 54-55
     steps/s; of 8, 60; of 4, 63-64; of 2, 64 (one pass of 64: 43). On accelerators, the whole batch."""
-    B = cfg.train.batch_size
-    if jax.default_backend() != "cpu":
-        return B
-    per_sequence = model.n_heads * task.seq_len ** 2 * 4
-    return largest_divisor(B, 2 ** 18 // per_sequence)
+    return cache_sized_microbatch(cfg.train.batch_size, task, model)
 
 
 class Trainer:
