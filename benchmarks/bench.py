@@ -36,6 +36,8 @@ parser.add_argument("--no-llc", action="store_true", help="skip the LLC cost (de
 parser.add_argument("--devinterp", metavar="PYTHON", default="/tmp/divenv/bin/python",
                     help="a Python with torch and devinterp, for the LLC comparison (benchmarks/llc_devinterp.py; "
                          "default /tmp/divenv/bin/python, skipped with a note where it does not exist)")
+parser.add_argument("--no-launch", action="store_true", help="skip timing whole lab-train processes (launch to first chunk, "
+                                                          "after training; cold and warm compile cache)")
 parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
 args = parser.parse_args()
 if args.threads == "single":   # the XLA flags lab-train sets (one single-threaded device per core)
@@ -206,6 +208,44 @@ def llc_cost(every: int = 75) -> None:
     print(f"  stage report (loss change points, LLC critical points, head onsets): {time.perf_counter() - t0:.3f} s")
 
 
+def launch_timings() -> None:
+    """Whole `lab-train` processes of the default run, timed from outside: launch to the first
+    training chunk's record in metrics.jsonl (log_every steps, so it includes that chunk's training),
+    the training in between, and the time from the last step's record to the process's exit (summary,
+    fits, plots, final checkpoint, shutdown); first with an empty compile cache (cold), then again
+    with the cache the first run filled (warm). metrics.jsonl is polled every 10 ms."""
+    import json
+    import subprocess
+    import tempfile
+    cache, steps = tempfile.mkdtemp(prefix="lab-bench-cache-"), None
+    for label in ("cold", "warm"):
+        run_dir = tempfile.mkdtemp(prefix=f"lab-bench-{label}-")
+        metrics = os.path.join(run_dir, "metrics.jsonl")
+        cmd = [sys.executable, "-m", "lab", *args.overrides, f"train.compile_cache={cache}", "train.progress=false",
+               f"hydra.run.dir={run_dir}"]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        first = last = None
+        while proc.poll() is None:
+            if os.path.exists(metrics):
+                records = [json.loads(line) for line in open(metrics).read().splitlines() if line.endswith("}")]
+                if steps is None and os.path.exists(os.path.join(run_dir, "config.yaml")):
+                    import yaml
+                    steps = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["train"]["steps"]
+                if first is None and any(r["step"] > 0 for r in records):
+                    first = time.perf_counter() - t0
+                if last is None and steps is not None and any(r["step"] >= steps for r in records):
+                    last = time.perf_counter() - t0
+            time.sleep(0.01)
+        total = time.perf_counter() - t0
+        if proc.returncode or first is None or last is None:
+            print(f"launch timing ({label} cache): the run failed: {proc.stderr.read()[-300:]}")
+            return
+        print(f"whole lab-train process ({label} compile cache): launch -> first chunk logged {first:.1f} s | "
+              f"training to the last step {last - first:.1f} s | last step -> exit (summary, plots, checkpoint) "
+              f"{total - last:.1f} s | total {total:.1f} s")
+
+
 def main() -> None:
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
           f"XLA threading: {args.threads}, cores: {os.cpu_count()}")
@@ -216,6 +256,8 @@ def main() -> None:
     print(peak_memory())
     if args.no_phase:
         return
+    if not args.no_launch:
+        launch_timings()
     if not args.no_llc:
         llc_cost()
     if args.no_llc:
