@@ -136,6 +136,7 @@ def main() -> None:
     import numpy as np
     from lab.measures import llc
     from lab.train import llc_chains
+    from lab.train.runtime import batch_axis_mode
 
     cfg, task, model, params, seed, step, origin = centre(args)
     s = llc.Settings(**{**SETTINGS, "chains": args.chains})
@@ -146,10 +147,10 @@ def main() -> None:
     loss = lambda p, batch, extra, shared: task.loss(model.apply(p, batch)[0], batch)
     draw = lambda k: task.sample(k, s.batch_size)
     parts = llc_chains.parts_for(task, model, s.batch_size)
-    fn = llc_chains.program(loss, draw, s, s.chains, parts, "map" if jax.default_backend() == "cpu" else "vmap")
+    fn = llc_chains.program(loss, draw, s, s.chains, parts, batch_axis_mode())
     extra = jnp.zeros(1)
     t = time.perf_counter()
-    out = llc_chains.run(fn, params, extra, [seed], step, s)
+    out = {k: v[0] for k, v in llc_chains.run(fn, params, extra, [seed], [step], s).items()}   # the one step
     first_s = time.perf_counter() - t
     delta = out["delta"][0]                                  # (chains, steps)
     lab_res = {"llc": float(out["llc"][0]), "llc_std": float(out["llc_std"][0]), "chains": out["chains"][0].tolist(),
@@ -160,9 +161,9 @@ def main() -> None:
 
     def timed_lab() -> float:
         t = time.perf_counter()
-        again = llc_chains.run(fn, params, extra, [seed], step, s)
+        again = llc_chains.run(fn, params, extra, [seed], [step], s)
         seconds = time.perf_counter() - t
-        assert np.array_equal(again["delta"], out["delta"]), "the lab's estimate is not reproducible"
+        assert np.array_equal(again["delta"][0], out["delta"]), "the lab's estimate is not reproducible"
         return seconds
 
     # -- the same batches, drawn outside the program from run_chain's keys, and the export

@@ -16,7 +16,7 @@ from lab.core import RunLoadError
 from lab.measures import llc
 from lab.rundir import checkpoint_steps
 from lab.train.restore import load_run
-from lab.train.runtime import cache_sized_microbatch, largest_divisor
+from lab.train.runtime import batch_axis_mode, cache_sized_microbatch, largest_divisor
 
 SALT = 0x11C   # folded into a seed's key so the LLC's batches and noise differ from training's
 
@@ -55,13 +55,14 @@ def program(loss: Callable, draw: Callable, s: llc.Settings, n_chains: int, part
     return jax.jit(chains)
 
 
-def run(fn: Callable, params, extra, seeds, step: int, s: llc.Settings, shared=()) -> dict:
-    """`fn` (from `program`) on one step's centres (leading axis: seeds); returns NumPy arrays shaped
-    (seeds, chains, ...) with `estimates` merged in."""
-    S = len(seeds)
-    index = jnp.repeat(jnp.arange(S), s.chains)
-    out = jax.device_get(fn(jax.device_get(params), extra, index, chain_keys(seeds, step, s.chains), shared))
-    samples = jax.tree.map(lambda x: np.asarray(x).reshape(S, s.chains, *x.shape[1:]), out)
+def run(fn: Callable, centres, extra, seeds, steps: list[int], s: llc.Settings, shared=()) -> dict:
+    """`fn` (from `program`) on the centres of `steps` x `seeds` (their leading axis, flattened in
+    that order); returns NumPy arrays shaped (steps, seeds, chains, ...) with `estimates` merged in."""
+    K, S = len(steps), len(seeds)
+    index = jnp.repeat(jnp.arange(K * S), s.chains)
+    keys = jnp.concatenate([chain_keys(seeds, t, s.chains) for t in steps])
+    out = jax.device_get(fn(jax.device_get(centres), extra, index, keys, shared))
+    samples = jax.tree.map(lambda x: np.asarray(x).reshape(K, S, s.chains, *x.shape[1:]), out)
     return {**samples, **llc.estimates(samples, s)}
 
 
@@ -79,13 +80,8 @@ def estimate_checkpoints(run_dir, s: llc.Settings, steps=None, mode: str = "auto
     runs = [load_run(run_dir, t) for t in steps]
     task, model, seeds = runs[0].task, runs[0].model, runs[0].seeds
     centres = jax.tree.map(lambda *xs: np.concatenate(xs), *[jax.device_get(r.params) for r in runs])   # (K*S, ...)
-    if mode == "auto":
-        mode = "map" if jax.default_backend() == "cpu" else "vmap"
     n = len(steps) * len(seeds) * s.chains
     loss = lambda p, batch, extra, shared: task.loss(model.apply(p, batch)[0], batch)
-    fn = program(loss, lambda k: task.sample(k, s.batch_size), s, n, parts_for(task, model, s.batch_size), mode)
-    index = jnp.repeat(jnp.arange(len(steps) * len(seeds)), s.chains)
-    keys = jnp.concatenate([chain_keys(seeds, t, s.chains) for t in steps])
-    out = jax.device_get(fn(centres, jnp.zeros(len(steps) * len(seeds)), index, keys, ()))
-    samples = jax.tree.map(lambda x: np.asarray(x).reshape(len(steps), len(seeds), s.chains, *x.shape[1:]), out)
-    return steps, {**samples, **llc.estimates(samples, s)}
+    fn = program(loss, lambda k: task.sample(k, s.batch_size), s, n, parts_for(task, model, s.batch_size),
+                 batch_axis_mode(mode))
+    return steps, run(fn, centres, jnp.zeros(len(steps) * len(seeds)), seeds, steps, s)

@@ -84,3 +84,13 @@ def cache_sized_microbatch(batch_size: int, task, model) -> int:
     if jax.default_backend() != "cpu":
         return batch_size
     return largest_divisor(batch_size, 2 ** 18 // (model.n_heads * task.seq_len ** 2 * 4))
+
+
+def batch_axis_mode(setting: str = "auto") -> str:
+    """How a program runs independent copies of one computation (seeds, LLC chains): "vmap" batches
+    their matmuls (best on accelerators), "map" loops over them inside the program (best on CPU,
+    where batched small matmuls run slower); "auto" picks by backend."""
+    if setting != "auto":
+        return setting
+    import jax   # as configure_compile_cache: this module is read before XLA's flags are set
+    return "map" if jax.default_backend() == "cpu" else "vmap"

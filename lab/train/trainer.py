@@ -30,7 +30,7 @@ from lab.rundir import records_to_arrays
 from lab.train import llc_chains
 from lab.train.callbacks import AutoHeads
 from lab.train.restore import load_run
-from lab.train.runtime import cache_sized_microbatch, largest_divisor
+from lab.train.runtime import batch_axis_mode, cache_sized_microbatch, largest_divisor
 from lab.train.state import build, init_state, seed_range
 
 
@@ -194,8 +194,9 @@ class Trainer:
                                               llc_chains.parts_for(self.task, self.model, s.batch_size),
                                               self.seed_axis_mode())
         args = jax.device_get(self.clamp_args)
-        out = llc_chains.run(self._llc_fn, self.state["params"], args, self.seeds, self.step, s,
+        out = llc_chains.run(self._llc_fn, self.state["params"], args, self.seeds, [self.step], s,
                              (self.interventions, jnp.int32(self.step)))
+        out = {k: v[0] for k, v in out.items()}   # the one step
         for i, seed in enumerate(self.seeds):
             d = {k: out[k][i] for k in ("llc", "not_settled")}
             for w in llc.warnings_for(d, int((~out["finite"][i]).sum()), s.chains):
@@ -204,8 +205,7 @@ class Trainer:
 
     def seed_axis_mode(self) -> str:
         """vmap or map (train.seed_axis; auto: map on CPU, vmap on accelerators)."""
-        mode = self.cfg.train.seed_axis
-        return ("map" if jax.default_backend() == "cpu" else "vmap") if mode == "auto" else mode
+        return batch_axis_mode(self.cfg.train.seed_axis)
 
     # ---- compiled programs ----
     def over_seeds(self, fn):
