@@ -42,3 +42,12 @@ class RunLoadError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal (Ctrl-C, SIGTERM, or a scheduler's pre-emption signal such as
+    SLURM's SIGUSR2 under submitit); `signum` says which, so the caller can hand the signal on."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum

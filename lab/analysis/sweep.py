@@ -97,7 +97,7 @@ def _read_yaml(path: Path):
         return None
 
 
-def _last_error_line(job_dir: Path) -> str | None:
+def last_error_line(job_dir: Path) -> str | None:
     """The message of the last ERROR line of the job's Hydra log (train.log), without the
     ` [<run dir>]` lab-train appends."""
     logs = [job_dir / "train.log"] if (job_dir / "train.log").is_file() else sorted(job_dir.glob("*.log"))
@@ -164,7 +164,7 @@ def _read_job(job_dir: Path) -> _Job:
             metrics = load_metrics(job_dir)
         except ValueError as e:          # empty, or a corrupt line in the middle
             warnings.warn(f"{job_dir.name}: {e}")
-    log_error = _last_error_line(job_dir)
+    log_error = last_error_line(job_dir)
 
     if summary:
         status = str(summary.get("status") or COMPLETED)

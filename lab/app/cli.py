@@ -18,7 +18,7 @@ from hydra.types import RunMode
 
 from lab.app.safety import precheck
 from lab.config.compose import CONFIG_DIR, check_override_keys, register_configs
-from lab.core import ConfigError, TrainingDiverged
+from lab.core import ConfigError, Interrupted, TrainingDiverged
 from lab.plots.compare import plot_compare
 from lab.plots.report import write_report
 from lab.plots.run import plot_run
@@ -28,7 +28,19 @@ log = logging.getLogger("lab")
 
 
 def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Interrupted(signum)
+
+
+def _hand_on_preemption(e: KeyboardInterrupt, run_dir: Path) -> None:
+    """Under submitit on SLURM, SIGUSR2 means "time limit near" or "pre-empted": the trainer has stopped
+    after its chunk and checkpointed; submitit's own handler (restored when training stopped) then
+    requeues the job, which continues from that checkpoint in the same run directory, and exits."""
+    usr2 = getattr(signal, "SIGUSR2", None)
+    handler = signal.getsignal(usr2) if usr2 is not None and getattr(e, "signum", None) == usr2 else None
+    if callable(handler):
+        log.warning("pre-empted (SIGUSR2): checkpoint written in %s; requeueing the job", run_dir)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # SLURM's SIGTERM for the requeue: we are leaving anyway
+        handler(usr2, None)
 
 
 def _train_app(cfg) -> dict | None:
@@ -36,7 +48,8 @@ def _train_app(cfg) -> dict | None:
     configure_xla_threads(cfg.train)
     from lab.app.run import run   # after the XLA flags: see the module docstring
 
-    # SIGTERM (e.g. SLURM's pre-emption, `kill`) stops like Ctrl-C: checkpoint, summary, then exit.
+    # SIGTERM (SLURM's requeue, cancel and pre-emption, `kill`) stops like Ctrl-C: checkpoint, summary, exit;
+    # a requeued job then continues from the checkpoint (lab.app.run continues unfinished runs).
     signal.signal(signal.SIGTERM, _raise_interrupt)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -51,7 +64,8 @@ def _train_app(cfg) -> dict | None:
             return {"status": f"failed: {e}"}
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        _hand_on_preemption(e, run_dir)
         print(f"\ninterrupted; the checkpoint and metrics so far are in {run_dir}. Continue with:\n"
               f"  lab-train {' '.join(hc.overrides.task)} train.resume=true hydra.run.dir={run_dir}",
               file=sys.stderr)

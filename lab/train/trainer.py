@@ -22,7 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lab.clamps.clamp_set import Clamps
-from lab.core import TrainingDiverged
+from lab.core import Interrupted, TrainingDiverged
 from lab.measures import llc
 from lab.measures.composition import composition_scores
 from lab.model import Model
@@ -32,6 +32,10 @@ from lab.train.callbacks import AutoHeads
 from lab.train.restore import load_run
 from lab.train.runtime import batch_axis_mode, cache_sized_microbatch, largest_divisor
 from lab.train.state import build, init_state, seed_range
+
+# Signals that stop a run cleanly (after the chunk, with a checkpoint). SIGUSR2 is what submitit asks SLURM
+# to send before a time limit or on pre-emption; lab.app.cli hands it on to submitit, which requeues the job.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ())
 
 
 log = logging.getLogger(__name__)
@@ -262,7 +266,8 @@ class Trainer:
     # ---- the loop ----
     @contextmanager
     def _deferred_interrupts(self):
-        """Ctrl-C / SIGTERM during a chunk stop the run after the chunk, never inside it: the chunk
+        """Ctrl-C / SIGTERM / SIGUSR2 (submitit's pre-emption and time-limit signal on SLURM) during a
+        chunk stop the run after the chunk, never inside it: the chunk
         donates the old state's buffers, so stopping mid-call would leave nothing to checkpoint.
         A second signal stops at once; the run then continues from its newest checkpoint."""
         if threading.current_thread() is not threading.main_thread():
@@ -271,10 +276,10 @@ class Trainer:
 
         def handler(signum, frame):
             if self._stop_signal is not None:
-                raise KeyboardInterrupt(f"signal {signum}")
+                raise Interrupted(signum)
             self._stop_signal = signum
 
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
         try:
             yield
         finally:
@@ -310,7 +315,7 @@ class Trainer:
                 self._log(self.step, out)
                 self.state_logged = True
                 if self._stop_signal is not None:
-                    raise KeyboardInterrupt(f"signal {self._stop_signal}")
+                    raise Interrupted(self._stop_signal)
             self.status = "completed"
         except KeyboardInterrupt:
             self.status = (f"interrupted at step {self.step}" if self.state_logged else
