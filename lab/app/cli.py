@@ -23,7 +23,7 @@ from lab.plots.compare import plot_compare
 from lab.plots.report import write_report
 from lab.plots.run import plot_run
 from lab.rundir import run_dirs_under
-from lab.train.runtime import configure_xla_threads
+from lab.train.runtime import configure_xla_threads, place_on_gpus
 log = logging.getLogger("lab")
 
 
@@ -46,14 +46,15 @@ def _hand_on_preemption(e: KeyboardInterrupt, run_dir: Path) -> None:
 def _train_app(cfg) -> dict | None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)   # "no TPU" notices on every start
     configure_xla_threads(cfg.train)
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    place_on_gpus(cfg.train, hc.job.num if multirun else None)
     from lab.app.run import run   # after the XLA flags: see the module docstring
 
     # SIGTERM (SLURM's requeue, cancel and pre-emption, `kill`) stops like Ctrl-C: checkpoint, summary, exit;
     # a requeued job then continues from the checkpoint (lab.app.run continues unfinished runs).
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    multirun = hc.mode == RunMode.MULTIRUN
     try:
         result = run(cfg, run_dir)
     except (ConfigError, TrainingDiverged) as e:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Keys that may change when a run is continued (e.g. more steps, another cache location).
 RESUMABLE_CHANGES = ("train.resume", "train.steps", "train.progress", "train.tensorboard", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.compile_cache", "train.xla_cpu_threads", "model.fused_attention",
+                     "train.keep_checkpoints", "train.compile_cache", "train.xla_cpu_threads", "train.gpus_per_job", "model.fused_attention",
                      "out_dir")
 
 

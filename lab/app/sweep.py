@@ -23,7 +23,8 @@ def submit_main(argv: list[str]) -> None:
         print("usage: lab-sweep submit <lab-train overrides ...>\n\n"
               "Start `lab-train -m <overrides>` in the background (its own session: closing this terminal does not\n"
               "stop it), wait until the jobs are queued, write submission.json in the sweep directory and return.\n"
-              "e.g. lab-sweep submit train.seed=0,1,2 hydra/launcher=submitit_slurm hydra.launcher.partition=gpu")
+              "e.g. lab-sweep submit train.seed=0,1,2 hydra/launcher=submitit_slurm hydra.launcher.partition=gpu",
+              file=sys.stdout if argv else sys.stderr)
         sys.exit(0 if argv else 2)
     try:
         sweep, manifest = submit(argv)

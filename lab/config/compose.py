@@ -159,6 +159,8 @@ def validate(cfg) -> None:
         raise ConfigError(f"train.checkpoint_every={tr.checkpoint_every} must be >= 0 (0 disables)")
     positive("train.keep_checkpoints", tr.keep_checkpoints)
     choice("train.xla_cpu_threads", tr.xla_cpu_threads, ("single", "multi"))
+    if tr.gpus_per_job is not None:
+        positive("train.gpus_per_job", tr.gpus_per_job)
     choice("train.seed_axis", tr.seed_axis, ("auto", "vmap", "map"))
     if tr.microbatch is not None:
         positive("train.microbatch", tr.microbatch)

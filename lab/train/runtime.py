@@ -1,10 +1,14 @@
-"""Process-level JAX settings: XLA CPU threading (must be set before JAX's backend starts) and the
-persistent compilation cache (so the jobs of a sweep, and reruns, skip most of the compiling)."""
+"""Process-level JAX settings: XLA CPU threading and GPU placement (both must be set before JAX's
+backend starts) and the persistent compilation cache (so the jobs of a sweep, and reruns, skip most
+of the compiling)."""
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,76 @@ def _backend_started() -> bool:
         return xla_bridge.backends_are_initialized()
     except (ImportError, AttributeError):
         return True
+
+
+# ----------------------------------------------------------------------------- GPU placement
+
+def node_gpus() -> int:
+    """NVIDIA GPUs on this node, counted without starting CUDA (the driver's /proc entries, one per GPU)."""
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+
+
+GPU_LOCK_DIR = Path(os.environ.get("LAB_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / "induction-lab-gpus"))
+_claims: list = []   # open lock files: a claim lasts as long as the process (the OS drops it when it dies)
+
+
+def claim_gpus(n_gpus: int, want: int, start: int = 0, lock_dir: Path = GPU_LOCK_DIR) -> tuple[list[int], bool]:
+    """Claim `want` of the node's `n_gpus` GPUs for this process with one advisory lock file per GPU,
+    trying them from `start` on (a job's number, so that jobs spread evenly). Returns (the GPUs,
+    shared): where fewer are free, the free ones are taken and the rest shared with other jobs."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    got = []
+    for i in [(start + k) % n_gpus for k in range(n_gpus)]:
+        if len(got) == want:
+            break
+        f = open(lock_dir / f"gpu-{i}.lock", "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _claims.append(f)
+        got.append(i)
+    shared = len(got) < want
+    for i in [(start + k) % n_gpus for k in range(n_gpus)]:
+        if len(got) == want:
+            break
+        if i not in got:
+            got.append(i)
+    return sorted(got), shared
+
+
+def release_gpus() -> None:
+    while _claims:
+        _claims.pop().close()
+
+
+def place_on_gpus(train_cfg, job_num: int | None, env=os.environ, n_gpus: int | None = None,
+                  lock_dir: Path = GPU_LOCK_DIR) -> list[int] | None:
+    """Which GPUs this process uses, set through CUDA_VISIBLE_DEVICES before JAX starts. GPUs already
+    chosen for it (CUDA_VISIBLE_DEVICES set by SLURM's allocation, or by the user) are kept. Otherwise,
+    on a node with several GPUs, the jobs of a multirun (`job_num` given) claim `train.gpus_per_job`
+    each (default 1) and a single run claims that many if set, else uses them all. Returns the GPUs
+    chosen here, or None when nothing was changed."""
+    if env.get("CUDA_VISIBLE_DEVICES") is not None:
+        return None
+    n = node_gpus() if n_gpus is None else n_gpus
+    want = train_cfg.gpus_per_job or (1 if job_num is not None else None)
+    if n < 2 or want is None or not 1 <= want < n:   # (want < 1 is refused by the config check)
+        return None
+    if _backend_started():
+        log.warning("JAX's backend has already started; this process keeps seeing all %d GPUs", n)
+        return None
+    gpus, shared = claim_gpus(n, want, start=(job_num or 0) * want, lock_dir=lock_dir)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    if shared:   # jobs share a GPU: one job must not preallocate most of its memory
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        log.warning("fewer than %d of the %d GPUs are free of other lab jobs; sharing GPU(s) %s", want, n, env["CUDA_VISIBLE_DEVICES"])
+    log.info("GPU(s) %s of %d for this job", env["CUDA_VISIBLE_DEVICES"], n)
+    return gpus
 
 
 _cache_dir = None
