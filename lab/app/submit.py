@@ -31,6 +31,8 @@ from pathlib import Path
 import yaml
 
 from lab.analysis.sweep import last_error_line
+from lab.app.safety import precheck
+from lab.config.compose import CONFIG_DIR, check_override_keys
 from lab.core import ConfigError
 
 MANIFEST, LOG = "submission.json", "submit.log"
@@ -82,9 +84,6 @@ def submit(overrides: list[str], python: str = sys.executable) -> tuple[Path, di
     """Start the sweep in the background and return (sweep dir, manifest) once its jobs are queued.
     Raises ConfigError for bad input (nothing is started) and RuntimeError when the sweep process
     fails before queueing (its log's last lines in the message)."""
-    from lab.app.safety import precheck
-    from lab.config.compose import CONFIG_DIR, check_override_keys
-
     overrides = [o for o in overrides if o not in ("-m", "--multirun")]
     if not overrides:
         raise ConfigError("give the sweep's overrides, e.g. lab-sweep submit train.seed=0,1,2 hydra/launcher=joblib")
