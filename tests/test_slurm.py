@@ -101,8 +101,9 @@ def test_submit_returns_with_jobs_queued_and_a_bad_member_fails_alone(slurm, tmp
     p = sweep_cmd(str(sweep))
     assert p.returncode == 0, p.stderr[-3000:]
     assert "3 jobs, 6 seeds; 2 completed, 1 failed" in p.stdout
-    rerun = [line for line in p.stdout.splitlines() if line.strip().startswith("lab-train")]
-    assert len(rerun) == 1 and "model.n_heads=3" in rerun[0]
+    rerun = [line.strip() for line in p.stdout.splitlines() if line.strip().startswith("lab-train")]
+    assert len(rerun) == 2 and all("model.n_heads=3" in r for r in rerun)   # here, and on SLURM again:
+    assert "on the sweep's launcher" in p.stdout and "hydra/launcher=submitit_slurm" in rerun[1]
     from lab.analysis.sweep import collect
     rows = collect(sweep)
     assert sorted((r["model.n_heads"], r["seed"]) for r in rows if r["status"] == "completed") == \

@@ -323,9 +323,17 @@ class Sweep:
     swept: list[str]                    # swept parameters, seed keys left out
     common: list[str]                   # overrides every job shares
     command: list[str] | None           # the sweep's task overrides from multirun.yaml
+    launcher: list[str] = field(default_factory=list)  # its launcher overrides (hydra/launcher=..., hydra.launcher.*)
     rows: list[dict] = field(default_factory=list)    # with private "_job", "_category" keys
     phase_metric: str = PHASE_METRIC    # the jobs' main metric (their task's), e.g. loss_repeat
     has_stages: bool = False            # some job's summary.json has "stages" (LLC / ED boundaries): STAGE_COLUMNS
+
+    @property
+    def cluster_launcher(self) -> list[str]:
+        """The launcher overrides when the sweep ran on a cluster (SLURM, Ray), so reruns go there too."""
+        local = ("hydra/launcher=basic", "hydra/launcher=joblib", "hydra/launcher=submitit_local")
+        chosen = [o for o in self.launcher if o.startswith("hydra/launcher=")]
+        return self.launcher if chosen and chosen[-1] not in local else []
 
     @property
     def public_rows(self) -> list[dict]:
@@ -362,9 +370,15 @@ def scan(sweep_dir) -> Sweep:
         command = [str(o) for o in multirun["hydra"]["overrides"]["task"]]
     except (TypeError, KeyError):
         command = None
+    try:
+        launcher = [str(o) for o in multirun["hydra"]["overrides"]["hydra"]
+                    if str(o).startswith(("hydra/launcher=", "hydra.launcher."))]
+    except (TypeError, KeyError):
+        launcher = []
     mains = [main_metric(j.summary) for j in jobs if j.summary]
     metric = max(set(mains), key=mains.count) if mains else PHASE_METRIC   # one task per sweep, as a rule
-    sweep = Sweep(dir=sweep_dir, jobs=jobs, swept=swept, common=common, command=command, phase_metric=metric,
+    sweep = Sweep(dir=sweep_dir, jobs=jobs, swept=swept, common=common, command=command, launcher=launcher,
+                  phase_metric=metric,
                   has_stages=any(isinstance(j.summary.get("stages"), dict) for j in jobs))
 
     scalar_groups, head_groups = _phase_groups(jobs)
@@ -564,10 +578,12 @@ def rerun_command(job: _Job) -> str:
     return " ".join(["lab-train", *map(shlex.quote, overrides), shlex.quote(f"hydra.run.dir={run_dir}")])
 
 
-def multirun_command(jobs: list[_Job], sweep_dir: Path) -> str | None:
+def multirun_command(jobs: list[_Job], sweep_dir: Path, launcher: list[str] = ()) -> str | None:
     """One `lab-train -m` command for these jobs when their overrides form a full grid (every
-    combination of the values they use), else None."""
-    if len(jobs) < 2:
+    combination of the values they use), else None. With the sweep's `launcher` overrides (a cluster's,
+    e.g. hydra/launcher=submitit_slurm and its partition), the jobs run where the sweep ran, so one job
+    is worth a command too."""
+    if len(jobs) < (1 if launcher else 2):
         return None
     split = [dict(o.split("=", 1) for o in j.overrides if "=" in o) for j in jobs]
     keys = list(split[0])
@@ -579,4 +595,5 @@ def multirun_command(jobs: list[_Job], sweep_dir: Path) -> str | None:
         return None
     args = [shlex.quote(f"{k}={','.join(v)}") for k, v in values.items()]
     out = Path(sweep_dir).resolve()
-    return " ".join(["lab-train", "-m", *args, shlex.quote(f"hydra.sweep.dir={out.with_name(out.name + '-rerun')}")])
+    return " ".join(["lab-train", "-m", *args, *map(shlex.quote, launcher),
+                     shlex.quote(f"hydra.sweep.dir={out.with_name(out.name + '-rerun')}")])

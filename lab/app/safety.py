@@ -26,6 +26,7 @@ ALLOWED_TARGETS = {
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+    "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",   # the optional `ray` extra
 }
 ALLOWED_LOGGING = re.compile(r"^logging\.(StreamHandler|FileHandler|NullHandler|Formatter|"
                              r"handlers\.[A-Za-z]+Handler)$")

@@ -122,9 +122,10 @@ def main(argv=None) -> None:
         print("rerun them with:")
         for j in bad:
             print(f"  {rerun_command(j)}")
-        combined = multirun_command([j for j in bad if j.category == FAILED], sweep.dir)
+        combined = multirun_command([j for j in bad if j.category == FAILED], sweep.dir, sweep.cluster_launcher)
         if combined:
-            print(f"or the failed ones as one multirun:\n  {combined}")
+            where = " on the sweep's launcher" if sweep.cluster_launcher else ""
+            print(f"or the failed ones as one multirun{where}:\n  {combined}")
     print()
     for path in written.values():
         print(path)

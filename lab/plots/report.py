@@ -163,7 +163,7 @@ def _html_problems(sweep: Sweep) -> str:
                  "checkpoint resumes with <code>train.resume=true</code>, one whose directory already holds "
                  "metrics reruns into <code>&lt;job&gt;-rerun</code>):</p>")
     parts.append("<pre>" + html.escape("\n".join(rerun_command(j) for j in bad)) + "</pre>")
-    combined = multirun_command(failed, sweep.dir)
+    combined = multirun_command(failed, sweep.dir, sweep.cluster_launcher)
     if combined:
         parts.append("<p>or the failed ones as one multirun:</p><pre>" + html.escape(combined) + "</pre>")
     if failed:
