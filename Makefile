@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-sweep experiments clean
+.PHONY: setup setup-ray run test test-all bench bench-sweep experiments clean
 
 setup: $(STAMP)
 
@@ -13,6 +13,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
+
+# Ray, the second sweep engine (hydra/launcher=ray), in an environment of its own: hydra-ray-launcher
+# needs cloudpickle<3 and boto3, older than the lab's own pins; tests/test_ray.py runs the lab from it.
+RAY_VENV := .venv-ray
+setup-ray: $(RAY_VENV)/.installed
+
+$(RAY_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RAY_VENV)/bin/python -m pip install --quiet -e ".[ray]"
+	touch $@
 
 # Train the default experiment (token induction, 2-layer attention-only) and write its plots.
 run: $(STAMP)

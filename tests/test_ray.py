@@ -10,7 +10,6 @@ Two things every Ray sweep needs, which the test therefore passes:
 - an absolute hydra.sweep.dir: the jobs resolve it in the Ray worker's working directory (the
   head's), multirun.yaml in the driver's.
 """
-import importlib.util
 import json
 import os
 import shutil
@@ -29,14 +28,18 @@ from conftest import TINY
 pytestmark = pytest.mark.ray
 
 
+# The lab with the `ray` extra: its own environment (`make setup-ray`: the plugin needs cloudpickle<3),
+# or this one where the extra is installed here, or LAB_RAY_PYTHON.
+ROOT = Path(__file__).resolve().parent.parent
+RAY_PYTHON = os.environ.get("LAB_RAY_PYTHON") or next(
+    (str(p) for p in [ROOT / ".venv-ray" / "bin" / "python"] if p.exists()), sys.executable)
+
+
 def _missing() -> str | None:
-    for module, package in (("ray", "ray[default]"), ("hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher")):
-        try:
-            found = importlib.util.find_spec(module)
-        except ModuleNotFoundError:
-            found = None
-        if found is None:
-            return package
+    code = ("import importlib.util as u, sys; "
+            "sys.exit(0 if u.find_spec('ray') and u.find_spec('hydra_plugins.hydra_ray_launcher') else 3)")
+    if subprocess.run([RAY_PYTHON, "-c", code], capture_output=True).returncode:
+        return f"ray[default] or hydra-ray-launcher is not installed for {RAY_PYTHON}"
     return None
 
 
@@ -77,14 +80,14 @@ def _stop(head: subprocess.Popen, temp_dir: str) -> None:
 def ray_head():
     """The address (127.0.0.1:PORT) of a Ray head started for this module, stopped after it."""
     if (package := _missing()) is not None:
-        pytest.skip(f"{package} is not installed (pip install -e '.[ray]')")
+        pytest.skip(f"{package} (make setup-ray, or pip install -e '.[ray]')")
     # a short temp dir: Ray's unix sockets live under it, and their paths must fit in 107 bytes
     temp_dir = tempfile.mkdtemp(prefix="lab-ray-")
     port, client, dashboard, agent = (_free_port() for _ in range(4))
     log = Path(temp_dir) / "ray-start.log"
     with open(log, "w") as out:
         head = subprocess.Popen(
-            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+            [RAY_PYTHON, "-m", "ray.scripts.scripts", "start", "--head", "--block",
              "--node-ip-address=127.0.0.1", f"--port={port}", f"--ray-client-server-port={client}",
              f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
              "--include-dashboard=false", "--disable-usage-stats", "--num-cpus=2",
@@ -106,7 +109,7 @@ def ray_head():
 def test_multirun_on_ray(ray_head, tmp_path):
     from lab.analysis.sweep import collect
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "lab", "-m", *TINY, "optim=sgd", "optim.lr=0.1,0.05", "train.seeds=2",
+    cmd = [RAY_PYTHON, "-m", "lab", "-m", *TINY, "optim=sgd", "optim.lr=0.1,0.05", "train.seeds=2",
            "hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_head}",
            "++hydra.launcher.ray.init.object_store_memory=null", f"hydra.sweep.dir={sweep}"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -28,9 +28,10 @@ HANG = 900   # seconds: only a hung scheduler gets here
 
 
 @pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    """A running one-node SLURM; SLURM_CONF is exported for the commands the tests start."""
-    env = dict(os.environ, SLURM_LOCAL_DIR=os.environ.get("SLURM_LOCAL_DIR", str(tmp_path_factory.mktemp("slurm"))))
+def slurm():
+    """A running one-node SLURM (one per machine, in scripts/slurm-local's folder: a cluster already
+    running is used and left running); SLURM_CONF is exported for the commands the tests start."""
+    env = dict(os.environ)
     ran_before = subprocess.run([str(SCRIPT), "status"], env=env, capture_output=True).returncode == 0
     p = subprocess.run([str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=HANG)
     if p.returncode == 3:

@@ -332,7 +332,7 @@ class Sweep:
     def cluster_launcher(self) -> list[str]:
         """The launcher overrides when the sweep ran on a cluster (SLURM, Ray), so reruns go there too."""
         local = ("hydra/launcher=basic", "hydra/launcher=joblib", "hydra/launcher=submitit_local")
-        chosen = [o for o in self.launcher if o.startswith("hydra/launcher=")]
+        chosen = [o.lstrip("+") for o in self.launcher if o.lstrip("+").startswith("hydra/launcher=")]
         return self.launcher if chosen and chosen[-1] not in local else []
 
     @property
@@ -372,7 +372,7 @@ def scan(sweep_dir) -> Sweep:
         command = None
     try:
         launcher = [str(o) for o in multirun["hydra"]["overrides"]["hydra"]
-                    if str(o).startswith(("hydra/launcher=", "hydra.launcher."))]
+                    if str(o).lstrip("+").startswith(("hydra/launcher=", "hydra.launcher."))]
     except (TypeError, KeyError):
         launcher = []
     mains = [main_metric(j.summary) for j in jobs if j.summary]

@@ -91,11 +91,11 @@ def submit(overrides: list[str], python: str = sys.executable) -> tuple[Path, di
     precheck(str(CONFIG_DIR), overrides)
     jobs = expand_jobs(overrides)
     given = _override_value(overrides, "hydra.sweep.dir")
-    sweep = Path(given) if given else default_sweep_dir()
+    sweep = (Path(given) if given else default_sweep_dir()).absolute()
     if (sweep / "multirun.yaml").exists() or (sweep / MANIFEST).exists():
         raise ConfigError(f"{sweep} already holds a sweep; choose another hydra.sweep.dir")
-    if not given:
-        overrides = overrides + [f"hydra.sweep.dir={sweep}"]
+    # absolute: a Ray worker resolves a relative sweep dir in its own working directory, not here
+    overrides = [o for o in overrides if not o.startswith("hydra.sweep.dir=")] + [f"hydra.sweep.dir={sweep}"]
     sweep.mkdir(parents=True, exist_ok=True)
     launcher = _override_value(overrides, "hydra/launcher") or "basic"
     command = [python, "-m", "lab", "-m", *overrides]
