@@ -20,3 +20,12 @@ TINY = ["task.seq_len=24", "task.vocab_size=12", "task.min_repeat_len=3", "task.
 @pytest.fixture
 def tiny_overrides():
     return list(TINY)
+
+
+def records(run_dir):
+    """A run's metrics.jsonl records without their wall-clock "time" (resume tests compare the rest)."""
+    import json
+    out = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for r in out:
+        r.pop("time")
+    return out

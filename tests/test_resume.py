@@ -9,15 +9,9 @@ import time
 import numpy as np
 
 import lab
+from conftest import records
 
 LAB_TRAIN = [sys.executable, "-m", "lab"]
-
-
-def records(run_dir):
-    out = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for r in out:
-        r.pop("time")
-    return out
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, tiny_overrides):

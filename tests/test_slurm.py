@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, records
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,13 +71,6 @@ def wait_for(predicate, what):
 def squeue_state(job_id):
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout.strip()
     return out or None
-
-
-def records(run_dir):
-    out = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for r in out:
-        r.pop("time")
-    return out
 
 
 def test_submit_returns_with_jobs_queued_and_a_bad_member_fails_alone(slurm, tmp_path):
