@@ -230,23 +230,29 @@ def test_a_refused_run_in_a_default_directory_leaves_no_directory(tmp_path, tiny
     assert not (tmp_path / "outputs").exists()
 
 
-def test_a_crash_after_compiling_is_failed_in_the_summary_and_one_line(tmp_path, tiny_overrides, monkeypatch, capsys):
-    """An out-of-memory error (or any crash) inside training: summary.json says "failed: out of memory ...",
-    never "running", and lab-train prints one line (exit 1) with the traceback kept in train.log."""
-    from lab.app import cli
-    from lab.train.trainer import Trainer
+_OOM_IN_TRAINING = """
+import sys
+from lab.train.trainer import Trainer
+def oom(out):
+    raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12345 bytes.")
+Trainer.fetch = staticmethod(oom)
+from lab.app.cli import train_main
+sys.argv = ["lab-train", *sys.argv[1:]]
+train_main()
+"""
 
-    def oom(out):
-        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12345 bytes.")
-    monkeypatch.setattr(Trainer, "fetch", staticmethod(oom))
+
+def test_a_crash_after_compiling_is_failed_in_the_summary_and_one_line(tmp_path, tiny_overrides):
+    """An out-of-memory error (or any crash) inside training: summary.json says "failed: out of memory ...",
+    never "running", and lab-train prints one line (exit 1) with the traceback kept in train.log.
+    (A subprocess, because Hydra's logging set-up replaces pytest's own handlers.)"""
     run = tmp_path / "run"
-    monkeypatch.setattr(sys, "argv", ["lab-train", *tiny_overrides, f"hydra.run.dir={run}"])
-    with pytest.raises(SystemExit) as exit_:
-        cli.train_main()
-    err = capsys.readouterr().err
-    assert exit_.value.code == 1
-    assert err.strip().splitlines()[-1].startswith("error: training failed: out of memory; lower train.batch_size")
-    assert "Traceback" not in err and "Traceback" in (run / "train.log").read_text()
+    p = subprocess.run([sys.executable, "-c", _OOM_IN_TRAINING, *tiny_overrides, f"hydra.run.dir={run}"],
+                       capture_output=True, text=True, timeout=NET)
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith(
+        "error: training failed: out of memory; lower train.batch_size"), p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and "Traceback" in (run / "train.log").read_text()
     assert _status(run).startswith("failed at step 0: out of memory")
 
 

@@ -107,29 +107,33 @@ def _train_app(cfg) -> dict | None:
         sys.exit(130)
     except OSError as e:
         if e.errno != errno.ENOSPC:
-            raise _Failed(run_dir, e)
+            return _crashed(run_dir, e, multirun)
         steps = checkpoint_steps(run_dir)
         where = f"the last checkpoint, at step {steps[-1]}, is intact" if steps else "no checkpoint was written"
         print(f"error: no space left on {e.filename or run_dir}; {where}; free space and run the same command "
               "again to continue", file=sys.stderr)
         sys.exit(1)
     except Exception as e:   # a bug or an out-of-memory crash: one line here, the traceback in train.log
-        raise _Failed(run_dir, e)
+        return _crashed(run_dir, e, multirun)
     print(f"{result.summary.get('verdict', result.summary['status'])}\nrun directory: {run_dir}")
     return result.summary
 
 
-class _Failed(Exception):
-    """A run that crashed: train_main prints one line and exits 1; the traceback goes to train.log."""
-
-    def __init__(self, run_dir: Path, e: BaseException):
-        super().__init__(f"{type(e).__name__}")
-        self.run_dir, self.line = run_dir, failure_reason(e)
-        try:
-            with open(run_dir / "train.log", "a") as f:
-                f.write("".join(traceback.format_exception(e)))
-        except OSError:
-            pass
+def _crashed(run_dir: Path, e: BaseException, multirun: bool) -> dict:
+    """A run that crashed (a bug, out of memory): its traceback goes to train.log and one line to the
+    terminal. A single run exits 1 here (Hydra would print its own traceback for an exception); a multirun
+    job returns, so that the sweep's other jobs go on, and train_main exits 1 at the end."""
+    try:
+        with open(run_dir / "train.log", "a") as f:
+            f.write("".join(traceback.format_exception(e)))
+    except OSError:
+        pass
+    line = f"training failed: {failure_reason(e)}; the traceback is in {run_dir / 'train.log'}"
+    if multirun:
+        log.error("%s", line)
+        return {"status": f"failed: {failure_reason(e)}"}
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(1)
 
 
 def _claim_output_dir(cfg, multirun: bool) -> list[str]:
@@ -183,11 +187,7 @@ def train_main() -> None:
     if cfg is not None:
         sys.argv += _claim_output_dir(cfg, multirun)
     register_configs()
-    try:
-        hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_train_app)()
-    except _Failed as e:
-        print(f"error: training failed: {e.line}; the traceback is in {e.run_dir / 'train.log'}", file=sys.stderr)
-        sys.exit(1)
+    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_train_app)()
     if multirun and cfg is not None:
         sweep_dir = Path(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("hydra.sweep.dir=")),
                               str(cfg.hydra.sweep.dir)))
