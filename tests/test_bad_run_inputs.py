@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import HANG_S, TINY
 from fake_run import make_fake_run
 from lab.analysis.summary import NOT_MEASURED, summarize
 from lab.app import ablate as ablate_cli
@@ -192,7 +192,7 @@ def test_ablate_out_of_memory(real_run, tmp_path):
     run = copy(real_run, tmp_path)
     n = 10 ** 9      # tokens alone: 10^9 x 24 positions x 4 bytes = 96 GB
     p = subprocess.run([sys.executable, "-c", CAPPED_ABLATE, str(run), "--eval-size", str(n), "--draws", "1"],
-                       capture_output=True, text=True, timeout=1800)
+                       capture_output=True, text=True, timeout=HANG_S)
     assert_one_line_error(p.returncode, p.stderr, 1, f"out of memory evaluating {n} sequences", "lower --eval-size")
     assert not (run / "ablation").exists()       # no empty output directory left behind
 

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import TINY
+from conftest import HANG_S, TINY
 
 # (overrides, exit code, start of the last stderr line)
 CASES = [
@@ -52,7 +52,7 @@ def results(tmp_path_factory):
         if not any(o.startswith("hydra.run.dir") for o in overrides):
             overrides.append(f"hydra.run.dir={tmp}/run{CASES.index(case)}")
         return subprocess.run([sys.executable, "-m", "lab", *TINY, *overrides],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=HANG_S)
     with ThreadPoolExecutor(4) as pool:
         return dict(zip(range(len(CASES)), pool.map(run, CASES))), tmp
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY
+from conftest import HANG_S, TINY
 
-SAFETY_S = 1800
+SAFETY_S = HANG_S
 BASE = [o for o in TINY if not o.startswith("model.n_heads=")]
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 import lab
-from conftest import records
+from conftest import HANG_S, records
 
 LAB_TRAIN = [sys.executable, "-m", "lab"]
-NET = 1800   # a safety net for a hung subprocess, never the thing a test measures
+NET = HANG_S
 
 
 def _steps(run):

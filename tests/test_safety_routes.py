@@ -11,6 +11,7 @@ import pytest
 from lab.app.safety import precheck
 from lab.config.compose import CONFIG_DIR
 from lab.core import ConfigError
+from conftest import HANG_S
 
 CALLBACK = r"hydra\.callbacks\.mk\._target_='tempfile\.mkdtemp' is not allowed"
 MKDTEMP = r"_target_='tempfile\.mkdtemp' is not allowed"     # as written in a file with a package header
@@ -141,7 +142,7 @@ def test_lab_train_refuses_config_path_callback_end_to_end(tmp_path):
     made.mkdir()
     tree = callback_tree(tmp_path / "shared", made)
     p = subprocess.run([sys.executable, "-m", "lab", "-cp", str(tree), f"hydra.run.dir={tmp_path}/run"],
-                       capture_output=True, text=True, timeout=1800)
+                       capture_output=True, text=True, timeout=HANG_S)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2, p.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error:"), p.stderr[-2000:]

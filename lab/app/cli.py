@@ -76,7 +76,9 @@ def _train_app(cfg) -> dict | None:
     configure_xla_threads(cfg.train)
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    place_on_gpus(cfg.train, hc.job.num if multirun else None)
+    # a job of hydra/launcher=lab runs as a single run in its own process; LAB_JOB_NUM says which job
+    job_num = hc.job.num if multirun else (int(os.environ["LAB_JOB_NUM"]) if "LAB_JOB_NUM" in os.environ else None)
+    place_on_gpus(cfg.train, job_num)
     from lab.app.run import run   # after the XLA flags: see the module docstring
 
     run_dir = Path(hc.runtime.output_dir)

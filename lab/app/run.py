@@ -119,13 +119,16 @@ def _restore(run_dir: Path, cfg, trainer, checkpoints, metrics_path: Path) -> No
     except FileNotFoundError as e:
         raise ConfigError(f"cannot continue the run: {e}; start it again in another directory") from None
     if step > intact:
-        older = [s for s in checkpoint_steps(run_dir) if s <= intact]
+        try:   # the newest intact checkpoint the records cover; none: the run starts again
+            older = checkpoints.restore(like, up_to=intact) if intact >= 0 else None
+        except FileNotFoundError:
+            older = None
         log.warning("%s lacks records after step %d (cut or damaged), though a checkpoint is at step %d; "
                     "continuing from %s and rewriting the records from there", metrics_path, max(intact, 0), step,
-                    f"step {older[-1]}" if older else "the start")
-        if not older:
+                    f"step {older[0]}" if older else "the start")
+        if older is None:
             return
-        step, state = checkpoints.restore(like, step=older[-1])
+        step, state = older
     trainer.state, trainer.step = state, step
     trainer.records = [r for r in records if r["step"] <= step]
     log.info("resumed from step %d", step)
