@@ -9,6 +9,9 @@ callback_state/<step>.npz. Plots, the sweep table, the resume logic and the CLIs
 | config.yaml | `lab.app.run` | `load_run_config` (a dict), `lab.config.compose.saved_config` (typed) |
 | attention.npz | `lab.train.callbacks.AttentionSnapshots` | `load_attention` |
 | checkpoints/ | `lab.train.checkpoint` (orbax) | `checkpoint_steps`, `run_dir_problem` |
+| callback_state/<step>.npz | `lab.train.checkpoint.Checkpoints.save_callback_state` | `Checkpoints.load_callback_state` |
+| checkpoint_manifests/<step>.json | `lab.train.checkpoint` (SHA-256 and size of every file of a checkpoint and its callback state) | `Checkpoints.restore`, which skips a damaged checkpoint |
+| run.lock | `lock_run_dir` (the writer's pid and host; the lock is flock(2) on the directory) | `lock_run_dir` of a second writer, for its message |
 | llc.npz | `lab.train.callbacks.LLCFile` (online), `lab-llc` (offline) | `load_llc` |
 | outputs.npz | `lab.train.callbacks.OutputTrajectory` | `load_outputs` |
 

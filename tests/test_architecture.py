@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
 from conftest import HANG_S
 
 ROOT = Path(__file__).resolve().parent.parent

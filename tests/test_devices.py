@@ -9,10 +9,10 @@ import jax
 import numpy as np
 
 import lab
+from conftest import HANG_S
 
 SCRIPT = """
 import json, sys, numpy as np, lab
-from conftest import HANG_S
 KEYS = ("train_loss", "induction", "loss_by_pos")
 out = {}
 for name, extra in json.loads(sys.argv[1]).items():

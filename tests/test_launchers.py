@@ -1,5 +1,6 @@
 """A small multirun through each launcher (basic, joblib, submitit_local): every job runs, a job
-that diverges fails alone, and lab-sweep's table counts the seeds and reports the failure."""
+that diverges fails alone (the multirun exits 1 once all have ended, naming it), and lab-sweep's
+table counts the seeds and reports the failure."""
 import subprocess
 import sys
 
@@ -16,7 +17,9 @@ def test_multirun_on_each_launcher(launcher, tmp_path):
     cmd = [sys.executable, "-m", "lab", "-m", *TINY, "optim=sgd", "optim.lr=0.1,1e30", "train.seeds=2",
            f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert p.stderr.strip().splitlines()[-1].startswith("error: 1 job(s) of the sweep did not complete (1: failed: "
+                                                        "non-finite training loss"), p.stderr[-3000:]
     rows = collect(sweep)
     assert len(rows) == 4                                              # 2 jobs x 2 seeds
     ok = [r for r in rows if r["status"] == "completed"]
