@@ -36,6 +36,16 @@ def first_line(e: Exception) -> str:
 
 
 
+def failure_reason(e: BaseException) -> str:
+    """One line for why a run failed: out of memory is named as such (XLA's RESOURCE_EXHAUSTED or
+    Python's MemoryError) with the keys that shrink it; anything else is its type and first line."""
+    text = str(e)
+    if isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in text or "Out of memory" in text:
+        return ("out of memory; lower train.batch_size, set train.microbatch, or use a smaller model "
+                f"({first_line(e)[:200]})")
+    return first_line(e)[:500]
+
+
 class RunLoadError(ValueError):
     """A run directory cannot be loaded; the message is one line."""
 
@@ -51,3 +61,37 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(f"signal {signum}")
         self.signum = signum
+
+
+# ---- stop requests (Ctrl-C, SIGTERM, SLURM's SIGUSR2) ----
+# Signal handlers only count: raising KeyboardInterrupt from a handler lands wherever Python happens to be,
+# inside an import, an XLA callback (where it is swallowed: "Exception ignored in ...") or a checkpoint
+# write. The trainer looks at the count between chunks, where the step, the state and the records agree.
+_stop_signals: list[int] = []
+HARD_EXIT_AFTER = 3   # the third signal ends the process at once; the newest checkpoint on disk stays intact
+
+
+def request_stop(signum: int, frame=None) -> None:
+    """A signal handler: remember the request; the third ends the process now with exit 130."""
+    import os
+    import sys
+    _stop_signals.append(signum)
+    if len(_stop_signals) == 1:
+        sys.stderr.write("\nstopping after the current chunk, with a checkpoint (again: skip the plots; "
+                         f"{HARD_EXIT_AFTER} times: exit at once)\n")
+    elif len(_stop_signals) == 2:
+        sys.stderr.write("\nstopping after the current chunk; the plots will be skipped\n")
+    else:
+        sys.stderr.write("\nexiting at once; the newest checkpoint on disk is intact and the run continues "
+                         "from it when rerun\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+
+def stop_requests() -> list[int]:
+    """The signals received since the last `clear_stop_requests`, oldest first."""
+    return list(_stop_signals)
+
+
+def clear_stop_requests() -> None:
+    _stop_signals.clear()

@@ -9,6 +9,9 @@ callback_state/<step>.npz. Plots, the sweep table, the resume logic and the CLIs
 | config.yaml | `lab.app.run` | `load_run_config` (a dict), `lab.config.compose.saved_config` (typed) |
 | attention.npz | `lab.train.callbacks.AttentionSnapshots` | `load_attention` |
 | checkpoints/ | `lab.train.checkpoint` (orbax) | `checkpoint_steps`, `run_dir_problem` |
+| callback_state/<step>.npz | `lab.train.checkpoint.Checkpoints.save_callback_state` | `Checkpoints.load_callback_state` |
+| checkpoint_manifests/<step>.json | `lab.train.checkpoint` (SHA-256 and size of every file of a checkpoint and its callback state) | `Checkpoints.restore`, which skips a damaged checkpoint |
+| run.lock | `lock_run_dir` (the writer's pid and host; the lock is flock(2) on the directory) | `lock_run_dir` of a second writer, for its message |
 | llc.npz | `lab.train.callbacks.LLCFile` (online), `lab-llc` (offline) | `load_llc` |
 | outputs.npz | `lab.train.callbacks.OutputTrajectory` | `load_outputs` |
 
@@ -25,11 +28,14 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import yaml
+
+from lab.core import RunLoadError
 
 
 def run_dirs_under(path: Path) -> list[Path]:
@@ -84,22 +90,42 @@ def records_to_arrays(records: list[dict]) -> dict[str, np.ndarray]:
 
 
 def read_records(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl as written: a cut last line is skipped with a warning, a bad
-    line elsewhere is an error."""
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    records = []
-    for i, line in enumerate(lines):
+    """The records of a metrics.jsonl as written, at least one: a cut last line is skipped with a
+    warning, and so is a line that is not a record with an integer 'step'. A file without a complete
+    record, a bad line elsewhere (not JSON, or not text at all) or an unreadable file is a RunLoadError,
+    whose one-line message says what to do."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RunLoadError(f"cannot read {path}: {e.strerror or e}; check that it is a readable file") from None
+    numbered = [(n, ln) for n, ln in enumerate(data.split(b"\n"), start=1) if ln.strip()]
+    records, skipped, cut = [], [], False
+    for i, (n, raw) in enumerate(numbered):
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # a killed run can leave half a line behind
-                warnings.warn(f"{path}: skipping truncated last line")
+            rec = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as e:   # not UTF-8, not JSON, or JSON nested beyond reason
+            if i == len(numbered) - 1:  # a killed run can leave half a line behind
+                cut = True
                 continue
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
-        if not isinstance(rec, dict) or "step" not in rec:
-            warnings.warn(f"{path}: skipping line {i + 1}, not a record with a 'step'")
+            what = "is not text (bytes that are not UTF-8)" if isinstance(e, UnicodeDecodeError) else "is not valid JSON"
+            raise RunLoadError(f"{path}: line {n} {what}, so the file is damaged (only a killed run's last line may be "
+                               "cut); restore it from a copy, or train the run again") from None
+        step = rec.get("step") if isinstance(rec, dict) else None
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not float(step).is_integer():
+            skipped.append(n)
             continue
         records.append(rec)
+    if not records:
+        why = ("it is empty" if not numbered else "its only line is cut or not JSON" if len(numbered) == 1 and cut
+               else "no line of it is a record with an integer 'step'")
+        raise RunLoadError(f"{path} holds no complete record ({why}); wait until the run logs its first step "
+                           "(train.log_every), or train it again if it was killed or the file is damaged")
+    if cut:
+        warnings.warn(f"{path}: skipping truncated last line")
+    if skipped:
+        warnings.warn(f"{path}: skipping line{'s' * (len(skipped) > 1)} {', '.join(map(str, skipped[:5]))}"
+                      f"{' ...' if len(skipped) > 5 else ''}: not a record with an integer 'step'")
     return records
 
 
@@ -111,9 +137,7 @@ def load_metrics(run_dir) -> dict[str, np.ndarray]:
     records, or null, becomes NaN there; non-numeric or ragged keys are skipped.
     """
     path = Path(run_dir) / "metrics.jsonl"
-    records = read_records(path)
-    if not records:
-        raise ValueError(f"{path}: no complete records")
+    records = read_records(path)   # at least one
 
     steps = [int(r["step"]) for r in records]
     if any(b <= a for a, b in zip(steps, steps[1:])):
@@ -164,32 +188,70 @@ def n_seeds(metrics: dict[str, np.ndarray]) -> int:
     return max(set(dims), key=dims.count) if dims else 1
 
 
-def load_summary(run_dir) -> dict:
-    """summary.json, or {} when absent or unreadable (plots then carry no phase marks)."""
+def load_summary(run_dir, strict: bool = False) -> dict:
+    """summary.json, or {} when absent. An unusable one (cut by a kill, not text, not a JSON object)
+    is {} with a warning (plots then carry no phase marks), or with `strict` a RunLoadError saying so."""
     path = Path(run_dir) / "summary.json"
     if not path.exists():
         return {}
+    problem = None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        warnings.warn(f"{path}: not valid JSON; plotting without phase information")
-        return {}
+        summary = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        problem = f"cannot be read ({e.strerror or e})"
+    except UnicodeDecodeError:
+        problem = "is damaged: it is not text (bytes that are not UTF-8)"
+    except json.JSONDecodeError as e:
+        problem = f"is cut or damaged: not valid JSON ({e.msg}: line {e.lineno}, column {e.colno})"
+    except RecursionError:
+        problem = "is damaged: JSON nested too deeply to read"
+    else:
+        if not isinstance(summary, dict):
+            problem = f"is damaged: it holds a JSON {type(summary).__name__}, not an object"
+    if problem is None:
+        return summary
+    if strict:
+        raise RunLoadError(f"{path} {problem}; move it aside to use the run without its summary "
+                           "(plots then carry no phase marks)")
+    warnings.warn(f"{path} {problem}; plotting without phase information")
+    return {}
 
 
-def load_run_config(run_dir) -> dict:
-    """The run's resolved config.yaml as a dict; {} when absent or unreadable."""
-    path = Path(run_dir) / "config.yaml"
+def load_run_config(run_dir, strict: bool = False) -> dict:
+    """The run's resolved config.yaml as a dict; {} when absent. An unusable one (not text, not YAML,
+    not a mapping, or cut: lab-train writes it whole, ending in a newline) is {} with a warning, or with
+    `strict` a RunLoadError saying so; `strict` also wants the task, model and train sections."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
     if not path.exists():
         return {}
+    problem, config = None, None
     try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        warnings.warn(f"{path}: not valid YAML; plotting without config information")
-        return {}
-    if not isinstance(config, dict):
-        warnings.warn(f"{path}: not a mapping; plotting without config information")
-        return {}
-    return config
+        text = path.read_bytes().decode("utf-8")
+        config = yaml.safe_load(text)
+    except OSError as e:
+        problem = f"cannot be read ({e.strerror or e})"
+    except UnicodeDecodeError:
+        problem = "is damaged: it is not text (bytes that are not UTF-8)"
+    except (yaml.YAMLError, RecursionError) as e:
+        problem = f"is cut or damaged: not valid YAML ({str(e).splitlines()[0]})"
+    else:
+        if text and not text.endswith("\n"):
+            problem = "is cut: its last line is incomplete"
+        elif not isinstance(config, dict):
+            problem = "is empty" if config is None else f"is damaged: it holds a YAML {type(config).__name__}, not a mapping"
+        elif strict:
+            missing = [k for k in ("task", "model", "train") if not isinstance(config.get(k), dict)]
+            if missing:
+                problem = f"is cut or damaged: it lacks the {', '.join(missing)} section{'s' * (len(missing) > 1)}"
+    if problem is None:
+        return config
+    if strict:
+        hydra = run_dir / ".hydra" / "config.yaml"
+        source = f" (Hydra's copy of the composed config is {hydra})" if hydra.is_file() else ""
+        raise RunLoadError(f"{path} {problem}; restore it from a copy{source}, or train the run again")
+    warnings.warn(f"{path} {problem}; plotting without config information")
+    return {}
 
 
 def load_attention(run_dir) -> dict | None:
@@ -197,17 +259,22 @@ def load_attention(run_dir) -> dict | None:
     path = Path(run_dir) / "attention.npz"
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as z:
-        att = {k: z[k] for k in ("steps", "patterns") if k in z}
-        if set(att) != {"steps", "patterns"} or att["patterns"].ndim != 5:
-            warnings.warn(f"{path}: needs 'steps' and a 5-d 'patterns'; skipping attention plot")
-            return None
-        try:
-            att["labels"] = [str(s) for s in z["labels"]]
-        except (KeyError, ValueError):  # absent, or saved as an object array
-            att["labels"] = [""] * len(att["steps"])
-        for k in ("repeat_start", "repeat_len", "n_repeats"):
-            att[k] = int(z[k].item()) if k in z else None
+    try:   # our own handle: np.load leaves its own open when the zip is bad
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+            att = {k: z[k] for k in ("steps", "patterns") if k in z}
+            if set(att) != {"steps", "patterns"} or att["patterns"].ndim != 5:
+                warnings.warn(f"{path}: needs 'steps' and a 5-d 'patterns'; skipping attention plot")
+                return None
+            try:
+                att["labels"] = [str(s) for s in z["labels"]]
+            except (KeyError, ValueError):  # absent, or saved as an object array
+                att["labels"] = [""] * len(att["steps"])
+            for k in ("repeat_start", "repeat_len", "n_repeats"):
+                att[k] = int(z[k].item()) if k in z else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:   # cut by a kill, or not an npz at all
+        warnings.warn(f"{path}: unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                      "skipping attention plot")
+        return None
     return att
 
 
@@ -218,10 +285,10 @@ def _load_npz(path: Path, needed: tuple) -> dict | None:
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:   # our handle: closed on a bad zip too
             out = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        warnings.warn(f"{path}: unreadable ({e}); skipping it")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:   # cut by a kill, or not an npz at all
+        warnings.warn(f"{path}: unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__}); skipping it")
         return None
     missing = [k for k in needed if k not in out]
     if missing:
@@ -256,4 +323,82 @@ def _save_npz(path: Path, arrays: dict) -> Path:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
     tmp.replace(path)
+    return path
+
+
+# ---- one writer per run directory ----
+_held: dict[str, list] = {}   # resolved path -> [fd, depth]: re-entrant within a process (lab-train, then run())
+OWNER_FILE = "run.lock"       # who holds the lock: "pid host time"; removed on release
+
+
+class RunDirBusy(RuntimeError):
+    """Another process is writing the run directory; the message is one line."""
+
+
+def lock_run_dir(run_dir) -> None:
+    """Take the advisory lock of `run_dir` (an existing directory) for this process, or raise RunDirBusy
+    naming the owner. The lock is flock(2) on the directory itself, so taking it writes nothing (a refused
+    command leaves no trace) and the kernel releases it when the owner dies: a stale lock cannot block.
+    Re-entrant: each call needs an `unlock_run_dir`."""
+    import fcntl
+    import os
+    import socket
+    import time
+    key = str(Path(run_dir).resolve())
+    if key in _held:
+        _held[key][1] += 1
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        owner = _read_owner(Path(key))
+        raise RunDirBusy(f"{run_dir} is in use by another run ({owner}); wait for it to end, or choose "
+                         "another output directory (hydra.run.dir)") from None
+    except OSError:   # a filesystem without flock on directories: run unlocked rather than not at all
+        warnings.warn(f"{run_dir}: cannot lock it here (no flock); two runs could write it at once")
+    stale = _read_owner(Path(key))
+    _held[key] = [fd, 1]
+    try:
+        (Path(key) / OWNER_FILE).write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
+                                            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    except OSError:
+        pass   # the lock holds without its label
+    if stale != "owner unknown":
+        warnings.warn(f"{run_dir}: took over the lock of a run that ended without releasing it ({stale})")
+
+
+def unlock_run_dir(run_dir) -> None:
+    import os
+    key = str(Path(run_dir).resolve())
+    held = _held.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1]:
+        return
+    del _held[key]
+    (Path(key) / OWNER_FILE).unlink(missing_ok=True)
+    os.close(held[0])   # closing the descriptor releases the flock
+
+
+def _read_owner(run_dir: Path) -> str:
+    try:
+        return (run_dir / OWNER_FILE).read_text().strip() or "owner unknown"
+    except OSError:
+        return "owner unknown"
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write `path` whole or not at all (a temporary file renamed into place): a kill or a full disk
+    mid-write leaves the previous version, never half a summary."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

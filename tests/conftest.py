@@ -12,6 +12,10 @@ import pytest  # noqa: E402
 # (seed values, output dirs) compile once, also across the CLI subprocesses.
 CACHE = os.environ.setdefault("LAB_TEST_COMPILE_CACHE", tempfile.mkdtemp(prefix="lab-test-cache-"))
 
+# The one timeout of the suite's subprocess waits: a safety net for a hung process, never the thing a test
+# measures (a loaded 2-core machine can take minutes for what an idle one does in seconds).
+HANG_S = 1800
+
 TINY = ["task.seq_len=24", "task.vocab_size=12", "task.min_repeat_len=3", "task.max_repeat_len=8",
         "task.probe_size=8", "model.d_model=16", "model.n_heads=2", "train=tiny", f"train.compile_cache={CACHE}",
         "train.tensorboard=false"]

@@ -7,6 +7,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from conftest import HANG_S
+
 ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "lab"
 # the package roots, which hold no code of a layer: lab (lazy public attributes), lab.__main__ and
@@ -82,7 +84,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_import_contract_holds():
     lint = Path(sys.executable).parent / "lint-imports"
-    p = subprocess.run([lint, "--no-cache"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    p = subprocess.run([lint, "--no-cache"], capture_output=True, text=True, cwd=ROOT, timeout=HANG_S)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     assert "1 kept, 0 broken" in p.stdout
 

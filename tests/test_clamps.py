@@ -16,6 +16,7 @@ from lab.clamps.values import copy_logits, prev_token_pattern
 from lab.config.schema import ClampConfig
 from lab.core import ConfigError
 from lab.tasks import TokenBatch
+from conftest import HANG_S
 
 
 def arrays(start=0, stop=2 ** 30, peak=1.0, ramp=0, kind=0):
@@ -259,14 +260,14 @@ def test_bad_clamps_fail_at_startup(tiny_overrides, spec, message):
 
 def test_cli_mistyped_clamp_key_suggests_the_right_one(tiny_overrides):
     p = subprocess.run([sys.executable, "-m", "lab", *tiny_overrides, "clamp=perfect_prev_token",
-                        "clamps.prev_token.haeds=[1]"], capture_output=True, text=True, timeout=60)
+                        "clamps.prev_token.haeds=[1]"], capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 2 and "did you mean 'clamps.prev_token.heads'?" in p.stderr
 
 
 def test_cli_bad_clamp_is_one_line(tmp_path, tiny_overrides):
     cmd = [sys.executable, "-m", "lab", *tiny_overrides, f"hydra.run.dir={tmp_path}",
            "+clamps.c={site: blocks.0.attn.pattern, value: prev_token, heads: [9]}"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("error: config error: clamps.c.heads=[9]: head 9 does not exist")
     assert "Traceback" not in p.stderr

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 import lab
+from conftest import HANG_S
 
 SCRIPT = """
 import json, sys, numpy as np, lab
@@ -35,7 +36,7 @@ def test_two_devices_give_the_one_device_results(tiny_overrides):
                 "+clamps.r={site: blocks.0.resid_post, value: resample, apply: measure}"]}
     env = {**os.environ, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=2"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(runs)], env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout.split("RESULT")[-1])
     assert two["seeds"]["mesh"] == {"seeds": 2, "batch": 1}
@@ -59,6 +60,6 @@ def test_lab_train_makes_one_xla_device_per_core(tmp_path, tiny_overrides):
     from lab.train.runtime import usable_cores
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}   # conftest's single-device flags
     p = subprocess.run([sys.executable, "-m", "lab", *tiny_overrides, "train.steps=10", "train.seeds=2",
-                        f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, env=env, timeout=300)
+                        f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, env=env, timeout=HANG_S)
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"{usable_cores()} XLA cpu device(s)" in (tmp_path / "train.log").read_text()

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import TINY
+from conftest import HANG_S, TINY
 
 # (overrides, exit code, start of the last stderr line)
 CASES = [
@@ -32,6 +32,14 @@ CASES = [
     (["hydra.run.dir=/proc/lab-run"], 2, "error: cannot write the output directory /proc/lab-run"),
     (["hydra.launcher._target_=os.system"], 2, "error: override 'hydra.launcher._target_=os.system' names _target_='os.system', which is not allowed"),
     (["train.on_nonfinite=ignore"], 2, "error: config error: train.on_nonfinite='ignore' is not allowed; choose one of stop, skip"),
+    # values that cannot train (issue 27): refused before anything is compiled
+    (["optim.lr=inf"], 2, "error: config error: optim.lr=inf must be a finite number"),
+    (["optim.lr=-inf"], 2, "error: config error: optim.lr=-inf must be positive"),
+    (["optim.lr=.nan"], 2, "error: Error merging override optim.lr=.nan: Value '.nan' of type 'str' could not be converted to Float"),
+    (["optim.lr=0"], 2, "error: config error: optim.lr=0.0 must be positive"),
+    (["optim.lr=-1e-3"], 2, "error: config error: optim.lr=-0.001 must be positive"),
+    (["task.vocab_size=1"], 2, "error: config error: task.vocab_size=1 gives every random token the same id: there is nothing to predict"),
+    (["task.vocab_size=2"], 2, "error: config error: task.vocab_size=2 is smaller than task.min_repeat_len=3"),
 ]
 
 
@@ -44,7 +52,7 @@ def results(tmp_path_factory):
         if not any(o.startswith("hydra.run.dir") for o in overrides):
             overrides.append(f"hydra.run.dir={tmp}/run{CASES.index(case)}")
         return subprocess.run([sys.executable, "-m", "lab", *TINY, *overrides],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=HANG_S)
     with ThreadPoolExecutor(4) as pool:
         return dict(zip(range(len(CASES)), pool.map(run, CASES))), tmp
 

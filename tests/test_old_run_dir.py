@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import lab
+from conftest import HANG_S
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_v0"
 BIN = Path(sys.executable).parent
@@ -27,7 +28,7 @@ def old_run(tmp_path):
 
 
 def test_old_run_plots(old_run):
-    p = subprocess.run([BIN / "lab-plot", old_run], capture_output=True, text=True, timeout=300)
+    p = subprocess.run([BIN / "lab-plot", old_run], capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0, p.stderr[-2000:]
     for name in ("loss", "heads_heatmap", "heads_lines", "attention", "loss_by_position"):
         assert (old_run / "plots" / f"{name}.png").stat().st_size > 10_000, name
@@ -35,7 +36,7 @@ def test_old_run_plots(old_run):
 
 def test_old_run_ablates(old_run):
     p = subprocess.run([BIN / "lab-ablate", old_run, "--draws", "2", "--eval-size", "8"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0, p.stderr[-2000:]
     result = json.loads((old_run / "ablation" / "ablation.json").read_text())
     assert result["step"] == 30

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
+from conftest import HANG_S, TINY
 
 pytestmark = pytest.mark.ray
 
@@ -95,7 +95,7 @@ def ray_head():
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})   # workers inherit JAX_PLATFORMS etc.
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_S
         while not (Path(temp_dir) / "ray_current_cluster").exists():   # written once the head is up
             if head.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ray start --head did not come up:\n{log.read_text()[-3000:]}")
@@ -112,7 +112,7 @@ def test_multirun_on_ray(ray_head, tmp_path):
     cmd = [RAY_PYTHON, "-m", "lab", "-m", *TINY, "optim=sgd", "optim.lr=0.1,0.05", "train.seeds=2",
            "hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_head}",
            "++hydra.launcher.ray.init.object_store_memory=null", f"hydra.sweep.dir={sweep}"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "(_run_job pid=" in p.stdout + p.stderr                     # the jobs ran in Ray workers
     assert "RayLauncher" in (sweep / "multirun.yaml").read_text()

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 import lab
-from conftest import records
+from conftest import HANG_S, records
 
 LAB_TRAIN = [sys.executable, "-m", "lab"]
 
@@ -20,23 +20,23 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, tiny_overrides):
                              "train.keep_checkpoints=2", "train.seeds=2", "clamp=late_prev_token",
                              "clamps.late_prev_token.start=150", "clamps.late_prev_token.ramp_steps=40"]
     ref = tmp_path / "ref"
-    p = subprocess.run(LAB_TRAIN + args + [f"hydra.run.dir={ref}"], capture_output=True, text=True, timeout=300)
+    p = subprocess.run(LAB_TRAIN + args + [f"hydra.run.dir={ref}"], capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0, p.stderr[-2000:]
 
     run = tmp_path / "killed"
     proc = subprocess.Popen(LAB_TRAIN + args + [f"hydra.run.dir={run}"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
+    deadline = time.time() + HANG_S
     while time.time() < deadline and not (run / "checkpoints" / "200").is_dir():
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc.wait(timeout=HANG_S)
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "summary.json").exists()          # killed before the end: nothing looks finished
     assert len(records(run)) < len(records(ref))
 
     p = subprocess.run(LAB_TRAIN + args + [f"hydra.run.dir={run}", "train.resume=true"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0, p.stderr[-2000:]
     assert records(run) == records(ref)
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
@@ -51,6 +51,9 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, tiny_ove
     overrides = tiny_overrides + ["train.checkpoint_every=10", "train.keep_checkpoints=3"]
     first = lab.run(lab.load_config(overrides), tmp_path, plots=False)
     newest = tmp_path / "checkpoints" / "40"
+    # the run was stopped right after its last checkpoint (a finished run is not resumed: it is extended)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "status": "interrupted at step 40"}))
     for f in newest.rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
@@ -88,20 +91,20 @@ def test_rerunning_into_an_interrupted_run_continues_it(tmp_path, tiny_overrides
     run = tmp_path / "run"
     args = LAB_TRAIN + tiny_overrides + ["train.steps=400", "train.log_every=5", f"hydra.run.dir={run}"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_S
     while time.time() < deadline and (not (run / "metrics.jsonl").exists() or len(records(run)) < 3):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    proc.communicate(timeout=HANG_S)
     assert proc.returncode == 130
     interrupted_at = json.loads((run / "summary.json").read_text())["status"]
     assert interrupted_at.startswith("interrupted")
 
-    p = subprocess.run(args + ["optim.lr=0.01"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(args + ["optim.lr=0.01"], capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 2
     assert "holds a run with another config (optim.lr: 0.001 then, 0.01 now)" in p.stderr.splitlines()[-1]
 
-    p = subprocess.run(args, capture_output=True, text=True, timeout=300)   # the same command again
+    p = subprocess.run(args, capture_output=True, text=True, timeout=HANG_S)   # the same command again
     assert p.returncode == 0, p.stderr[-2000:]
     assert "continuing it from its checkpoint" in p.stderr + p.stdout + (run / "train.log").read_text()
     assert [r["step"] for r in records(run)] == list(range(0, 401, 5))
@@ -147,13 +150,13 @@ def test_rerun_after_a_crash_while_summarising_completes_the_run(tmp_path, tiny_
     has no step left to train, and must not fail on saving the checkpoint that already exists."""
     run = tmp_path / "run"
     args = LAB_TRAIN + tiny_overrides + ["train.steps=40", f"hydra.run.dir={run}"]
-    p = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(args, capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0, p.stderr[-2000:]
     summary = json.loads((run / "summary.json").read_text())
     summary["status"] = "interrupted at step 40"          # as if the process died before finishing
     (run / "summary.json").write_text(json.dumps(summary))
     before = records(run)
-    p = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(args, capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
     assert records(run) == before                            # nothing retrained, nothing logged twice

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import TINY
+from conftest import HANG_S, TINY
 from lab.app import submit
 from lab.core import ConfigError
 
@@ -79,7 +79,7 @@ def test_status_of_a_local_sweep_follows_its_process(tmp_path):
 def test_submit_refuses_bad_input_before_starting_anything(tmp_path):
     for argv, message in ([["task.vocab_sise=3"], "vocab_size"], [[], "usage: lab-sweep submit"]):
         p = subprocess.run([*LAB_SWEEP, "submit", *argv, f"hydra.sweep.dir={tmp_path / 's'}"] if argv else
-                           [*LAB_SWEEP, "submit"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                           [*LAB_SWEEP, "submit"], capture_output=True, text=True, timeout=HANG_S, cwd=tmp_path)
         assert p.returncode == 2 and "Traceback" not in p.stderr
         assert message in p.stderr + p.stdout
     assert not (tmp_path / "s").exists() and not (tmp_path / "multirun").exists()
@@ -89,7 +89,7 @@ def test_submit_on_a_local_launcher_returns_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
     start = time.monotonic()
     p = subprocess.run([*LAB_SWEEP, "submit", *TINY, "train.seed=0,1", "hydra/launcher=joblib", f"hydra.sweep.dir={sweep}"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0, p.stdout + p.stderr[-2000:]
     assert "2 job(s) queued (joblib launcher)" in p.stdout
     manifest = json.loads((sweep / "submission.json").read_text())
@@ -101,8 +101,8 @@ def test_submit_on_a_local_launcher_returns_and_the_sweep_goes_on(tmp_path):
         time.sleep(0.1)
     assert not submit.process_alive(manifest["pid"]), "the background sweep never ended"
     assert [s.state for s in submit.job_statuses(sweep)] == ["completed", "completed"]
-    p = subprocess.run([*LAB_SWEEP, "status", str(sweep)], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([*LAB_SWEEP, "status", str(sweep)], capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0 and "2 jobs; 2 completed" in p.stdout
-    p = subprocess.run([*LAB_SWEEP, str(sweep)], capture_output=True, text=True, timeout=300)
+    p = subprocess.run([*LAB_SWEEP, str(sweep)], capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0 and "2 jobs, 2 seeds; 2 completed" in p.stdout, p.stderr[-2000:]
     assert returned_after < 600   # (not a speed claim: the assertion above on the process is the real one)

@@ -107,6 +107,34 @@ def _outcome(formed: bool, loss_transition: bool, falls_from_start: bool) -> str
     return "induction head without a loss transition" if formed else "no transition"
 
 
+NOT_MEASURED = "not measured: did not train"
+
+
+def _trained(metrics: dict, task, n: int) -> Optional[list[bool]]:
+    """Per seed, whether the run trained at all (`task.trained_check`: its metric ended below the bar);
+    None when that metric was not logged."""
+    check = task.trained_check()
+    values = metrics.get(check.metric)
+    if values is None or values.ndim != 2 or values.shape[1] != n:
+        return None
+    return [bool(np.isfinite(v) and v < check.bar) for v in values[-1]]
+
+
+def _at_chance(metrics: dict, task, seeds: list[int]) -> str:
+    """'final loss_repeat 2.491 is at chance (ln 12 = 2.485)' for the seeds (indices) that did not train."""
+    check = task.trained_check()
+    values = [float(metrics[check.metric][-1, s]) for s in seeds]
+    margin = check.chance - check.bar
+    if all(np.isfinite(v) and v <= check.chance + margin for v in values):
+        where = "at chance"
+    elif all(np.isfinite(v) and v > check.chance + margin for v in values):
+        where = "above chance"
+    else:
+        where = "not below chance"
+    return (f"final {check.metric} {', '.join(f'{v:.4g}' for v in values)} {'is' if len(values) == 1 else 'are'} "
+            f"{where} ({check.chance_text} = {check.chance:.4g})")
+
+
 def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "completed") -> dict:
     steps = metrics["step"]
     chance_loss, main = task.chance_loss, task.main_metric
@@ -147,16 +175,21 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
     for g, scores in final_heads.items():
         summary["final"][f"{g}_per_head"] = {head_name(l, h): float(scores[l, h]) for l in range(L) for h in range(H)}
         summary[f"strongest_{g}_head"] = [int(i) for i in np.unravel_index(np.argmax(scores), (L, H))]
+    # a seed whose loss never left chance did not train: its phase change, stages and heads are not measured
+    trained = _trained(metrics, task, n)
+    if trained is not None:
+        summary["trained"], summary["trained_per_seed"] = all(trained), trained
+    measured = [s for s in range(n) if trained is None or trained[s]]
     loss_events = [transition(main_entry, s) for s in range(n)]
-    n_loss = sum(e is not None for e in loss_events)
-    onsets = stats.describe(e["onset"] for e in loss_events if e)
-    summary["verdict"] = (f"transition in {task.main_metric_label} in {n_loss}/{n} seeds"
-                          + (f", onset step {onsets['mean']:.0f}" + (f" ± {onsets['std']:.0f} (sample std)"
-                                                                      if onsets["std"] is not None else "")
-                             if n_loss else ""))
-    stage_counts = main_entry["stages_aggregate"]["n_transitions"]
+    n_loss = sum(loss_events[s] is not None for s in measured)
+    onsets = stats.describe(loss_events[s]["onset"] for s in measured if loss_events[s])
+    verdict = (f"transition in {task.main_metric_label} in {n_loss}/{len(measured)} seeds"
+               + (f", onset step {onsets['mean']:.0f}" + (f" ± {onsets['std']:.0f} (sample std)"
+                                                           if onsets["std"] is not None else "")
+                  if n_loss else ""))
+    stage_counts = [main_entry["stages_aggregate"]["n_transitions"][s] for s in measured]
     if any(c > 1 for c in stage_counts):
-        summary["verdict"] += f"; stages per seed: {', '.join(str(c + 1) for c in stage_counts)}"
+        verdict += f"; stages per seed: {', '.join(str(c + 1) for c in stage_counts)}"
     if "induction" in head_scores:
         ind = summary["phase"]["induction"]
         later = [head_name(l, h) for l in range(min(1, L - 1), L) for h in range(H)]   # layer 0 only if L = 1
@@ -164,12 +197,25 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
         summary["induction_heads_per_seed"] = formed
         summary["induction_head_formed"] = [bool(h) for h in formed]
         early = [bool(st["transitions"]) for st in main_entry["stages"]]   # only a fall from the first step
-        summary["outcome_per_seed"] = [_outcome(bool(formed[s]), loss_events[s] is not None, early[s]) for s in range(n)]
-        summary["verdict"] += f"; induction head formed in {sum(summary['induction_head_formed'])}/{n} seeds"
-        odd = [f"seed {seeds[s]}: {o}" for s, o in enumerate(summary["outcome_per_seed"])
-               if o not in ("induction head", "no transition") and not o.startswith("no induction head")]
+        summary["outcome_per_seed"] = [_outcome(bool(formed[s]), loss_events[s] is not None, early[s])
+                                       if s in measured else NOT_MEASURED for s in range(n)]
+        verdict += f"; induction head formed in {sum(bool(formed[s]) for s in measured)}/{len(measured)} seeds"
+        odd = [f"seed {seeds[s]}: {summary['outcome_per_seed'][s]}" for s in measured
+               if summary["outcome_per_seed"][s] not in ("induction head", "no transition")
+               and not summary["outcome_per_seed"][s].startswith("no induction head")]
         if odd:
-            summary["verdict"] += " (" + "; ".join(odd) + ")"
+            verdict += " (" + "; ".join(odd) + ")"
         if "k_composition" in metrics and L >= 2:
             summary["composition"] = _composition(metrics, ind, L, H, n, stage_kw)
+    if len(measured) < n:
+        untrained = [s for s in range(n) if s not in measured]
+        claims = "phase change, stages" + (" and induction heads" if "induction" in head_scores else "")
+        if not measured:
+            verdict = f"did not train: {_at_chance(metrics, task, untrained)}; {claims} not measured"
+        else:
+            many = len(untrained) > 1
+            verdict = (f"seed{'s' * many} {', '.join(str(seeds[s]) for s in untrained)} did not train: "
+                       f"{_at_chance(metrics, task, untrained)}, so {'their' if many else 'its'} {claims} are not "
+                       f"measured; in the {len(measured)} that trained: {verdict}")
+    summary["verdict"] = verdict
     return summary

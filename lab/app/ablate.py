@@ -8,12 +8,13 @@ import logging
 import sys
 from pathlib import Path
 
+from jax.errors import JaxRuntimeError
 from omegaconf import OmegaConf
 
 from lab.analysis.ablation import KINDS, ablate, format_table, write_csv
 from lab.core import RunLoadError
 from lab.plots.ablation import plot
-from lab.rundir import run_dir_problem
+from lab.rundir import load_run_config, run_dir_problem
 from lab.train.runtime import configure_xla_threads
 
 
@@ -23,6 +24,18 @@ def save(result: dict, out_dir) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=1))
     return [write_csv(result, out_dir / "ablation.csv"), out_dir / "ablation.json", plot(result, out_dir / "ablation.png")]
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is XLA (or Python) running out of memory: XLA says RESOURCE_EXHAUSTED, or on CPU
+    "INTERNAL: Error dispatching computation: Out of memory allocating N bytes"."""
+    text = str(e)
+    return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def _positive_int(text: str) -> int:
@@ -58,8 +71,21 @@ def main(argv=None) -> None:
 
     problem = run_dir_problem(args.run_dir)   # before JAX starts: a quick, clean refusal
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        _fail(problem, 2)
+    try:
+        load_run_config(args.run_dir, strict=True)   # a cut or damaged config.yaml, named as such
+    except RunLoadError as e:
+        _fail(str(e), 2)
+    out = args.out or args.run_dir / "ablation"
+    created = not out.exists()
+    if out.exists() and not out.is_dir():
+        _fail(f"cannot write the ablation to {out}: it is a file, not a directory; choose another --out", 2)
+    try:   # before the ablation, which takes a while: an unwritable output is refused at once
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".lab-ablate-write-test").touch()
+        (out / ".lab-ablate-write-test").unlink()
+    except OSError as e:
+        _fail(f"cannot write the ablation to {out}: {e.strerror or e}; choose another --out", 2)
     try:   # as lab-train does: XLA's CPU threading from the run's config, before JAX's backend starts
         configure_xla_threads(OmegaConf.load(args.run_dir / "config.yaml").train)
     except Exception:   # an unreadable config is reported by ablate() below
@@ -68,10 +94,18 @@ def main(argv=None) -> None:
     try:
         result = ablate(args.run_dir, kind=args.kind, top_percent=args.top_percent, draws=args.draws,
                         eval_size=args.eval_size, seed=args.seed, eval_seed=args.eval_seed)
-    except RunLoadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    paths = save(result, args.out or args.run_dir / "ablation")
+    except (RunLoadError, JaxRuntimeError, MemoryError) as e:
+        if created and not any(out.iterdir()):
+            out.rmdir()   # leave no empty output directory behind
+        if isinstance(e, RunLoadError):
+            _fail(str(e), 2)
+        if not _out_of_memory(e):
+            raise
+        _fail(f"out of memory evaluating {args.eval_size} sequences; lower --eval-size", 1)
+    try:
+        paths = save(result, out)
+    except OSError as e:   # e.g. the disk filled up while writing
+        _fail(f"cannot write the ablation to {out}: {e.strerror or e}; free some space or choose another --out", 1)
     print(format_table(result))
     for p in paths:
         print(p)

@@ -7,9 +7,14 @@ the lab's own modules (ARCHITECTURE.md). It also keeps `lab-plot` and `--help` f
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import logging
+import os
+import shutil
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -18,17 +23,13 @@ from hydra.types import RunMode
 
 from lab.app.safety import precheck
 from lab.config.compose import CONFIG_DIR, check_override_keys, register_configs
-from lab.core import ConfigError, Interrupted, TrainingDiverged
+from lab.core import ConfigError, RunLoadError, TrainingDiverged, failure_reason, request_stop
 from lab.plots.compare import plot_compare
 from lab.plots.report import write_report
 from lab.plots.run import plot_run
-from lab.rundir import run_dirs_under
+from lab.rundir import checkpoint_steps, load_run_config, load_summary, run_dirs_under, write_text_atomic
 from lab.train.runtime import configure_xla_threads, place_on_gpus
 log = logging.getLogger("lab")
-
-
-def _raise_interrupt(signum, frame):
-    raise Interrupted(signum)
 
 
 def _hand_on_preemption(e: KeyboardInterrupt, run_dir: Path) -> None:
@@ -37,53 +38,166 @@ def _hand_on_preemption(e: KeyboardInterrupt, run_dir: Path) -> None:
     requeues the job, which continues from that checkpoint in the same run directory, and exits."""
     usr2 = getattr(signal, "SIGUSR2", None)
     handler = signal.getsignal(usr2) if usr2 is not None and getattr(e, "signum", None) == usr2 else None
-    if callable(handler):
+    if callable(handler) and handler is not request_stop:
         log.warning("pre-empted (SIGUSR2): checkpoint written in %s; requeueing the job", run_dir)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)   # SLURM's SIGTERM for the requeue: we are leaving anyway
         handler(usr2, None)
 
 
+# The run directory lab-train made for this run (a unique timestamped one), removed again if the run is refused
+_made_dirs: list[Path] = []
+
+
+def _write_hydra_files(cfg, hc, run_dir: Path) -> None:
+    """.hydra/config.yaml, hydra.yaml and overrides.yaml, as Hydra would write them, but only once the
+    run's checks have passed (hydra.output_subdir is null in configs/config.yaml)."""
+    from omegaconf import OmegaConf
+    d = run_dir / ".hydra"
+    d.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, d / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc, resolve=False)}), d / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(hc.overrides.task)), d / "overrides.yaml")
+
+
+def _refused(run_dir: Path) -> None:
+    """A refused single run leaves nothing: the directory lab-train made for it goes again."""
+    for d in _made_dirs:
+        if d == run_dir or run_dir in d.parents or d in run_dir.parents:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _train_app(cfg) -> dict | None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)   # "no TPU" notices on every start
+    # From here on a stop signal is counted, not raised (lab.core.request_stop): the trainer stops at the
+    # first point where its step, state and records agree, or before its first chunk if the signal came
+    # during start-up or compilation. SIGTERM (SLURM's requeue, cancel and pre-emption, `kill`) is Ctrl-C.
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, request_stop)
     configure_xla_threads(cfg.train)
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    place_on_gpus(cfg.train, hc.job.num if multirun else None)
+    # a job of hydra/launcher=lab runs as a single run in its own process; LAB_JOB_NUM says which job
+    job_num = hc.job.num if multirun else (int(os.environ["LAB_JOB_NUM"]) if "LAB_JOB_NUM" in os.environ else None)
+    place_on_gpus(cfg.train, job_num)
     from lab.app.run import run   # after the XLA flags: see the module docstring
 
-    # SIGTERM (SLURM's requeue, cancel and pre-emption, `kill`) stops like Ctrl-C: checkpoint, summary, exit;
-    # a requeued job then continues from the checkpoint (lab.app.run continues unfinished runs).
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     run_dir = Path(hc.runtime.output_dir)
     try:
-        result = run(cfg, run_dir)
+        result = run(cfg, run_dir, before_training=lambda d: _write_hydra_files(cfg, hc, d))
     except (ConfigError, TrainingDiverged) as e:
         kind = "config error" if isinstance(e, ConfigError) else "training failed"
         msg = f"{kind}: {e}"
-        if multirun:   # one bad job must not stop the sweep; its summary.json records the failure
+        if multirun:   # one bad job must not stop the sweep; the job's files record the failure for lab-sweep
+            if isinstance(e, ConfigError) and not (run_dir / "summary.json").exists():
+                _write_hydra_files(cfg, hc, run_dir)
+                write_text_atomic(run_dir / "summary.json", json.dumps({"status": f"failed: {e}"}, indent=1))
             log.error("%s [%s]", msg, run_dir)
             return {"status": f"failed: {e}"}
+        if isinstance(e, ConfigError):
+            _refused(run_dir)
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     except KeyboardInterrupt as e:
         _hand_on_preemption(e, run_dir)
-        print(f"\ninterrupted; the checkpoint and metrics so far are in {run_dir}. Continue with:\n"
-              f"  lab-train {' '.join(hc.overrides.task)} train.resume=true hydra.run.dir={run_dir}",
-              file=sys.stderr)
+        overrides = " ".join(hc.overrides.task)
+        if checkpoint_steps(run_dir):
+            print(f"\ninterrupted; the checkpoint and metrics so far are in {run_dir}. Continue with:\n"
+                  f"  lab-train {overrides} train.resume=true hydra.run.dir={run_dir}", file=sys.stderr)
+        else:
+            print(f"\ninterrupted before the first checkpoint; start it again with:\n"
+                  f"  lab-train {overrides} hydra.run.dir={run_dir}", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            return _crashed(run_dir, e, multirun)
+        steps = checkpoint_steps(run_dir)
+        where = f"the last checkpoint, at step {steps[-1]}, is intact" if steps else "no checkpoint was written"
+        print(f"error: no space left on {e.filename or run_dir}; {where}; free space and run the same command "
+              "again to continue", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:   # a bug or an out-of-memory crash: one line here, the traceback in train.log
+        return _crashed(run_dir, e, multirun)
     print(f"{result.summary.get('verdict', result.summary['status'])}\nrun directory: {run_dir}")
     return result.summary
 
 
-def train_main() -> None:
+def _crashed(run_dir: Path, e: BaseException, multirun: bool) -> dict:
+    """A run that crashed (a bug, out of memory): its traceback goes to train.log and one line to the
+    terminal. A single run exits 1 here (Hydra would print its own traceback for an exception); a multirun
+    job returns, so that the sweep's other jobs go on, and train_main exits 1 at the end."""
     try:
-        check_override_keys([a for a in sys.argv[1:] if not a.startswith("-")])
-        precheck(str(CONFIG_DIR), sys.argv[1:])
+        with open(run_dir / "train.log", "a") as f:
+            f.write("".join(traceback.format_exception(e)))
+    except OSError:
+        pass
+    line = f"training failed: {failure_reason(e)}; the traceback is in {run_dir / 'train.log'}"
+    if multirun:
+        log.error("%s", line)
+        return {"status": f"failed: {failure_reason(e)}"}
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _claim_output_dir(cfg, multirun: bool) -> list[str]:
+    """Hydra's default run (or sweep) directory is named by the second: two runs started in the same
+    second would share it. If the directory is timestamped (${now:...}), make it now, atomically, with a
+    suffix -2, -3, ... when taken, and hand it to Hydra as an override."""
+    from omegaconf import OmegaConf
+    node = "sweep" if multirun else "run"
+    try:
+        raw = OmegaConf.to_container(cfg.hydra[node], resolve=False)["dir"]
+        resolved = Path(str(cfg.hydra[node].dir))
+    except Exception:   # an interpolation only Hydra's job can resolve: leave it to Hydra
+        return []
+    if "${now:" not in str(raw):
+        return []
+    parent = resolved.absolute().parent
+    existing = next(p for p in [parent, *parent.parents] if p.exists())
+    resolved.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = resolved if i == 1 else resolved.with_name(f"{resolved.name}-{i}")
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        made = path.absolute()
+        # the topmost directory this call made (outputs/<date>/<time>, or outputs/<date>): it goes if refused
+        _made_dirs.append(made if existing == made.parent else next(p for p in made.parents if p.parent == existing))
+        return [f"hydra.{node}.dir={path}"]
+    return []
+
+
+def _failed_jobs(sweep_dir: Path) -> list[str]:
+    """The jobs of a finished multirun whose summary.json does not say completed."""
+    failed = []
+    for summary in sorted(sweep_dir.glob("*/summary.json")):
+        status = str(load_summary(summary.parent).get("status", "unreadable"))
+        if status != "completed":
+            failed.append(f"{summary.parent.name}: {status}")
+    return failed
+
+
+def train_main() -> None:
+    argv = sys.argv[1:]
+    try:
+        check_override_keys([a for a in argv if not a.startswith("-")])
+        cfg = precheck(str(CONFIG_DIR), argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if cfg is not None:
+        sys.argv += _claim_output_dir(cfg, multirun)
     register_configs()
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_train_app)()
+    if multirun and cfg is not None:
+        sweep_dir = Path(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("hydra.sweep.dir=")),
+                              str(cfg.hydra.sweep.dir)))
+        failed = _failed_jobs(sweep_dir)
+        if failed:
+            print(f"error: {len(failed)} job(s) of the sweep did not complete ({'; '.join(failed[:3])}); "
+                  f"lab-sweep {sweep_dir} lists them with the commands that rerun them", file=sys.stderr)
+            sys.exit(1)
 
 
 def _compare_main(dirs: list[Path], metric: str, out: Path | None) -> None:
@@ -97,9 +211,16 @@ def _compare_main(dirs: list[Path], metric: str, out: Path | None) -> None:
         print(f"error: not a run directory (no metrics.jsonl in it or in its subdirectories): {', '.join(missing)}",
               file=sys.stderr)
         sys.exit(2)
+    out = out or Path("compare.png")
     try:
-        path = plot_compare(runs, out or Path("compare.png"), metric=metric)
-    except (ValueError, OSError) as e:
+        for run in runs:   # a damaged summary.json or config.yaml is refused, not read as missing
+            load_run_config(run, strict=True)
+            load_summary(run, strict=True)
+        path = plot_compare(runs, out, metric=metric)
+    except OSError as e:   # reading is RunLoadError's; this is the figure or its .json
+        print(f"error: cannot write {e.filename or out}: {e.strerror or e}; choose another --out", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as e:   # RunLoadError (a damaged run), or a metric the runs do not log
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"{path}\n{path.with_suffix('.json')}")
@@ -136,9 +257,33 @@ def plot_main(argv=None) -> None:
             status = 2
         for run in runs:
             out = args.out / run.name if args.out and len(runs) > 1 else args.out
-            for p in plot_run(run, out):
+            target = out if out is not None else run / "plots"
+            created = not target.exists()
+            try:
+                load_run_config(run, strict=True)   # damaged files: one line each, before anything is drawn
+                load_summary(run, strict=True)
+                if target.exists() and not target.is_dir():
+                    raise NotADirectoryError(0, "it is a file, not a directory", str(target))
+                target.mkdir(parents=True, exist_ok=True)
+                paths = plot_run(run, out)
+            except RunLoadError as e:   # metrics.jsonl, summary.json or config.yaml empty, cut or damaged
+                print(f"error: {e}", file=sys.stderr)
+                status = 2
+                if created and target.is_dir() and not any(target.iterdir()):
+                    target.rmdir()
+                continue
+            except OSError as e:   # the output directory cannot be made or written
+                print(f"error: cannot write the plots to {target}: {e.strerror or e}; choose another --out",
+                      file=sys.stderr)
+                status = 2
+                continue
+            for p in paths:
                 print(p)
         if (d / "multirun.yaml").is_file():   # a sweep: also its table, figures and HTML report
-            for p in write_report(d).values():
-                print(p)
+            try:
+                for p in write_report(d).values():
+                    print(p)
+            except OSError as e:
+                print(f"error: cannot write the report of {d}: {e.strerror or e} ({e.filename})", file=sys.stderr)
+                status = 2
     sys.exit(status)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 from omegaconf import OmegaConf
 
 from lab.analysis.development import stage_report
 from lab.analysis.summary import summarize
-from lab.core import ConfigError
+from lab.config.compose import load_config
+from lab.core import ConfigError, stop_requests
 from lab.plots.run import plot_run
-from lab.rundir import load_llc, load_outputs, records_to_arrays, records_up_to
+from lab.rundir import (RunDirBusy, checkpoint_steps, load_llc, load_outputs, load_summary, lock_run_dir,
+                        records_to_arrays, records_up_to, unlock_run_dir, write_text_atomic)
 from lab.train.callbacks import (AttentionSnapshots, Checkpointer, LLCFile, MetricsFile, OutputTrajectory,
                                  ProgressBar, TensorBoard)
 from lab.train.checkpoint import Checkpoints
@@ -24,10 +26,11 @@ from lab.train.trainer import RunResult, Trainer
 log = logging.getLogger(__name__)
 
 
-# Keys that may change when a run is continued (e.g. more steps, another cache location).
+# Keys that may change when a run is continued: its length, and how it logs, checkpoints and compiles
+# (none changes what is trained). Any other difference, a key added included, is refused.
 RESUMABLE_CHANGES = ("train.resume", "train.steps", "train.progress", "train.tensorboard", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.compile_cache", "train.xla_cpu_threads", "train.gpus_per_job", "model.fused_attention",
-                     "out_dir")
+                     "train.keep_checkpoints", "train.log_every", "train.compile_cache", "train.xla_cpu_threads",
+                     "train.gpus_per_job", "model.fused_attention", "out_dir")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -39,34 +42,96 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _check_same_config(run_dir: Path, cfg) -> None:
-    """A run continues only with the config it started with (up to RESUMABLE_CHANGES)."""
+    """A run continues only with the config it started with (up to RESUMABLE_CHANGES). A key the saved
+    config lacks is either one the lab added since (it takes its default, which is what the run ran with)
+    or one the command adds (a clamp, a group): the first passes, the second is refused. A key the lab no
+    longer has is named, with the fix that works."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         return
-    saved = _flat(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
+    saved_cfg = OmegaConf.load(saved_path)
+    saved = _flat(OmegaConf.to_container(saved_cfg, resolve=True))
     now = _flat(OmegaConf.to_container(cfg, resolve=True))
-    # keys the saved config lacks were added to the lab since; they take their defaults
-    diff = [k for k in sorted(saved) if saved[k] != now.get(k) and k not in RESUMABLE_CHANGES]
-    if diff:
-        shown = "; ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in diff[:3])
+    task = OmegaConf.select(saved_cfg, "task.name")   # the defaults of the saved run's own task
+    defaults = _flat(OmegaConf.to_container(load_config([f"task={task}"] if task else []), resolve=True))
+    dropped = [k for k in saved if k not in now and k not in defaults and not k.startswith("clamps.")]
+    if dropped:
+        raise ConfigError(f"{saved_path} has keys this version of the lab no longer has ({', '.join(dropped[:5])}); "
+                          "delete those lines from it to continue the run with this version, or continue it with "
+                          "the version that wrote it")
+    changed = [k for k in sorted(saved) if saved[k] != now.get(k) and k not in RESUMABLE_CHANGES]
+    added = [k for k in sorted(now) if k not in saved and k not in RESUMABLE_CHANGES
+             and (k not in defaults or defaults[k] != now[k])]
+    if changed or added:
+        shown = "; ".join([f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in changed] +
+                          [f"{k}: absent then, {now[k]!r} now" for k in added][:3])
         raise ConfigError(f"{run_dir} holds a run with another config ({shown}); continue it with its own "
                           "overrides, or choose another output directory")
 
 
-def _continues_unfinished_run(run_dir: Path, checkpoints, cfg) -> bool:
+def _continues_unfinished_run(run_dir: Path, cfg) -> bool:
     """Rerunning into a directory continues an unfinished run that has a checkpoint; a finished
-    run is never overwritten."""
-    metrics, summary = run_dir / "metrics.jsonl", run_dir / "summary.json"
+    run is never overwritten. Checked before anything is written (checkpoint_steps reads folder names)."""
+    metrics = run_dir / "metrics.jsonl"
     if not metrics.exists() or not metrics.stat().st_size:
         return False
-    status = json.loads(summary.read_text()).get("status", "") if summary.exists() else "killed"
+    status = str(load_summary(run_dir).get("status", "killed")) if (run_dir / "summary.json").exists() else "killed"
     if status == "completed":
         raise ConfigError(f"{run_dir} already holds a finished run; choose another output directory "
                           "(or set train.resume=true with more train.steps to extend it)")
-    if checkpoints.latest_step() is None:
-        return False
-    log.info("%s holds an unfinished run (%s); continuing it from its checkpoint", run_dir, status)
-    return True
+    return bool(checkpoint_steps(run_dir))
+
+
+def _check_extends(run_dir: Path, cfg) -> None:
+    """train.resume=true continues an unfinished run or extends a finished one; it never trains backwards."""
+    steps = checkpoint_steps(run_dir)
+    if steps and steps[-1] > cfg.train.steps:
+        raise ConfigError(f"train.steps={cfg.train.steps} is below the run's newest checkpoint (step {steps[-1]}) in "
+                          f"{run_dir}; set train.steps above {steps[-1]} to extend it, or load that step with lab.runs")
+    status = str(load_summary(run_dir).get("status", ""))
+    if status == "completed" and steps and steps[-1] == cfg.train.steps:
+        raise ConfigError(f"{run_dir} already finished its {cfg.train.steps} steps; set train.steps higher to extend it")
+
+
+def _intact_up_to(records: list[dict], chunk: int) -> int:
+    """The last step up to which metrics.jsonl holds every record; -1 if none. A jump between
+    consecutive steps longer than `chunk` (the longest log interval) is a gap: lines lost from a cut or
+    damaged file."""
+    last = 0 if not records else -1
+    for r in records:
+        if r["step"] - max(last, 0) > chunk:
+            break
+        last = r["step"]
+    return last
+
+
+def _restore(run_dir: Path, cfg, trainer, checkpoints, metrics_path: Path) -> None:
+    """Restore the newest intact checkpoint whose step the metrics file covers, and the records up to it.
+    A checkpoint newer than a gap in metrics.jsonl is passed over for one before the gap (or a fresh
+    start), so the run's records are rewritten from there: the same command gives the same metrics."""
+    records = records_up_to(metrics_path, 10**12) if metrics_path.exists() else []
+    saved = OmegaConf.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else cfg
+    chunk = max(cfg.train.log_every, OmegaConf.select(saved, "train.log_every", default=cfg.train.log_every))
+    intact = _intact_up_to(records, chunk)
+    like = jax.eval_shape(trainer.init_state)
+    try:
+        step, state = checkpoints.restore(like)
+    except FileNotFoundError as e:
+        raise ConfigError(f"cannot continue the run: {e}; start it again in another directory") from None
+    if step > intact:
+        try:   # the newest intact checkpoint the records cover; none: the run starts again
+            older = checkpoints.restore(like, up_to=intact) if intact >= 0 else None
+        except FileNotFoundError:
+            older = None
+        log.warning("%s lacks records after step %d (cut or damaged), though a checkpoint is at step %d; "
+                    "continuing from %s and rewriting the records from there", metrics_path, max(intact, 0), step,
+                    f"step {older[0]}" if older else "the start")
+        if older is None:
+            return
+        step, state = older
+    trainer.state, trainer.step = state, step
+    trainer.records = [r for r in records if r["step"] <= step]
+    log.info("resumed from step %d", step)
 
 
 def stages_of_run(summary: dict, run_dir: Path) -> dict:
@@ -79,41 +144,56 @@ def stages_of_run(summary: dict, run_dir: Path) -> dict:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
-def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_callbacks: Sequence = ()) -> RunResult:
-    """Train `cfg`. With `run_dir`, write every output there (and resume from it if train.resume).
-    `extra_callbacks` (lab.train.callbacks.Callback) run between compiled chunks after the built-in ones."""
+def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_callbacks: Sequence = (),
+        before_training: Optional[Callable[[Path], None]] = None) -> RunResult:
+    """Train `cfg`. With `run_dir`, write every output there (and resume from it if train.resume, or if
+    it holds an unfinished run). The directory is locked for this process (lab.rundir.lock_run_dir);
+    every check that can refuse the run comes before the first write; `before_training(run_dir)` then
+    runs (lab-train writes Hydra's .hydra/ files there). `extra_callbacks` (lab.train.callbacks.Callback)
+    run between compiled chunks after the built-in ones."""
     configure_compile_cache(cfg.train)
     trainer = Trainer(cfg)
+    if run_dir is None:
+        return _train(cfg, trainer, None, None, plots, extra_callbacks)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock_run_dir(run_dir)
+    except RunDirBusy as e:
+        raise ConfigError(str(e)) from None
+    try:
+        metrics_path = run_dir / "metrics.jsonl"
+        resume = cfg.train.resume or _continues_unfinished_run(run_dir, cfg)
+        if resume:
+            _check_same_config(run_dir, cfg)
+            if not checkpoint_steps(run_dir):
+                raise ConfigError(f"train.resume=true but {run_dir / 'checkpoints'} holds no checkpoint; "
+                                  "drop train.resume or point hydra.run.dir at the run to resume")
+            _check_extends(run_dir, cfg)
+        checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
+        if resume and not cfg.train.resume:
+            log.info("%s holds an unfinished run (%s); continuing it from its checkpoint", run_dir,
+                     load_summary(run_dir).get("status", "killed"))
+        if resume:
+            _restore(run_dir, cfg, trainer, checkpoints, metrics_path)
+        elif metrics_path.exists() and metrics_path.stat().st_size:
+            log.warning("%s holds an unfinished run without a checkpoint; starting it again", run_dir)
+        if before_training is not None:
+            before_training(run_dir)
+        write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in trainer.records))
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        return _train(cfg, trainer, run_dir, checkpoints, plots, extra_callbacks)
+    finally:
+        unlock_run_dir(run_dir)
+
+
+def _train(cfg, trainer, run_dir: Optional[Path], checkpoints, plots: bool, extra_callbacks) -> RunResult:
     mesh = dict(trainer.mesh.shape) if trainer.mesh is not None else "none (one device)"
     log.info("%d XLA %s device(s); seeds x batch mesh: %s", jax.device_count(), jax.default_backend(), mesh)
     snapshots = AttentionSnapshots()
     callbacks = [snapshots]
-    checkpoints = None
     if run_dir is not None:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = run_dir / "metrics.jsonl"
-        checkpoints = Checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
-        resume = cfg.train.resume or _continues_unfinished_run(run_dir, checkpoints, cfg)
-        if resume:
-            _check_same_config(run_dir, cfg)
-            try:
-                step, state = checkpoints.restore(jax.eval_shape(trainer.init_state)) \
-                    if checkpoints.latest_step() is not None else (None, None)
-            except FileNotFoundError as e:
-                raise ConfigError(f"train.resume=true but {e}; start the run again in another directory") from None
-            if step is None:
-                raise ConfigError(f"train.resume=true but {run_dir / 'checkpoints'} holds no checkpoint; "
-                                  "drop train.resume or point hydra.run.dir at the run to resume")
-            trainer.state, trainer.step = state, step
-            trainer.records = records_up_to(metrics_path, step) if metrics_path.exists() else []
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in trainer.records))
-            log.info("resumed from step %d", step)
-        elif metrics_path.exists() and metrics_path.stat().st_size:
-            log.warning("%s holds an unfinished run without a checkpoint; starting it again", run_dir)
-            metrics_path.write_text("")
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        callbacks.append(MetricsFile(metrics_path))
+        callbacks.append(MetricsFile(run_dir / "metrics.jsonl"))
         # before the Checkpointer, so the callback state saved at a step holds that step's record
         if cfg.measures.enabled and cfg.measures.outputs:
             callbacks.append(OutputTrajectory(run_dir / "outputs.npz", trainer.task.trajectory_kind))
@@ -137,11 +217,14 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
         if cfg.train.on_nonfinite == "skip":
             summary["skipped_updates"] = [int(sum(r["skipped_updates"][i] for r in trainer.records
                                                   if "skipped_updates" in r)) for i in range(len(trainer.seeds))]
+        hurry = len(stop_requests()) >= 2   # a second Ctrl-C: the summary, not the slow analysis
         if run_dir is not None:
-            if trainer.records:
+            if trainer.records and not hurry:
                 summary["stages"] = stages_of_run(summary, run_dir)
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
             snapshots.save(run_dir / "attention.npz", summary, jax.device_get(trainer.task.snapshot_info(trainer.probe)))
-            if plots and trainer.records:
+            if plots and trainer.records and not hurry:
                 plot_run(run_dir)
+            elif hurry:
+                log.warning("plots skipped (second stop signal); draw them with: lab-plot %s", run_dir)
     return RunResult(cfg, trainer, summary, run_dir, trainer.metrics())

@@ -4,14 +4,34 @@ overrides or an unwritable output directory fail in one line (`precheck`).
 Hydra builds objects from `_target_` keys (launchers, sweepers, callbacks) and Python's logging
 builds handlers from `class` and `()` keys; a shared config or sweep file could name any callable
 there (`_target_: os.system`). `lab-train` therefore composes the whole config, Hydra's part
-included, before Hydra instantiates anything, and refuses every such name outside an allowlist of
-Hydra's own launchers and sweepers, logging's handlers and the lab's classes. Register your own
-with `register_target("my_package.MyLauncher")` in code that runs before `lab-train`'s check.
+included (hydra.callbacks, .launcher, .sweeper, .job_logging, .hydra_logging), before Hydra
+instantiates anything, and refuses every such name outside an allowlist of Hydra's own launchers
+and sweepers, logging's handlers and the lab's classes. Register your own with
+`register_target("my_package.MyLauncher")` in code that runs before `lab-train`'s check.
+
+The composition is Hydra's own, route for route: the command line is read by Hydra's argument
+parser (so `--config-path=x`, `-cp x` and abbreviations such as `--config-p x` mean what they mean
+to Hydra), the search path is built as `hydra.main` builds it (the lab's config dir, or the
+`--config-path`/`-cp` dir in its place, resolved as Hydra resolves it: an absolute path as is, a
+relative one inside the package of `lab.app.cli`; plus `--config-dir`/`-cd` and any
+`hydra.searchpath`), with the `--config-name`/`-cn` primary config and the run mode Hydra picks.
+A config that does not compose is reported in one line: Hydra would fail on it too.
+
+Defence in depth, because a sweep's jobs compose other group options than the one config checked
+above: every file config source the user names (the `-cp` and `-cd` dirs, `hydra.searchpath`
+entries) is scanned file by file, as written, symlinked directories and files included (each
+directory once, so a symlink cycle ends); a file Hydra could not read (not UTF-8, bad YAML) is
+reported in one line naming it. `pkg://` sources are Python packages, trusted like any installed
+code. Sweep alternatives (a=1,2) are checked as text. `--experimental-rerun` is refused: it
+unpickles a file, which can run any Python.
 The lab itself builds nothing from config by name (tasks, optimisers and clamp values are chosen
 from fixed tables), and checkpoints are read by orbax as arrays, never unpickled.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
 from pathlib import Path
 
@@ -27,6 +47,7 @@ ALLOWED_TARGETS = {
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
     "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",   # the optional `ray` extra
+    "hydra_plugins.lab_launcher.lab_launcher.ProcessLauncher",     # the lab's own process-per-job launcher
 }
 ALLOWED_LOGGING = re.compile(r"^logging\.(StreamHandler|FileHandler|NullHandler|Formatter|"
                              r"handlers\.[A-Za-z]+Handler)$")
@@ -103,63 +124,178 @@ def _check_writable(directory: str) -> None:
                           "set hydra.run.dir (or hydra.sweep.dir for -m) to a writable place") from None
 
 
-def precheck(config_dir: str, argv: list[str]) -> None:
-    """Before Hydra builds or writes anything: compose the job and Hydra config as lab-train will,
-    refuse targets outside the allowlist, turn composition errors (wrong types, unknown options)
-    into one line, and check that the output directory can be written. Files in an extra
-    --config-dir/-cd are checked for targets as written; sweep alternatives (a=1,2) as text."""
-    from hydra import compose, initialize_config_dir
+# The module of the task function lab-train hands to hydra.main (lab.app.cli._train_app): Hydra
+# resolves a relative --config-path inside its package (HYDRA_MAIN_MODULE replaces it, as in Hydra).
+MAIN_MODULE = "lab.app.cli"
+# Search path entries the user names; the scan reads their files as written.
+USER_PROVIDERS = ("main", "command-line", "hydra.searchpath in main", "hydra.searchpath in command-line")
+
+
+class _Stop(Exception):
+    """Hydra's parser would exit before composing anything (--version)."""
+
+
+def _hydra_args(argv: list[str]):
+    """The command line as hydra.main reads it (Hydra's own parser), or None for --version.
+    A line Hydra's parser refuses is a ConfigError with argparse's message."""
+    from hydra._internal.utils import get_args_parser
+
+    def error(message):
+        raise ConfigError(message)
+
+    def stop(status=0, message=None):
+        raise _Stop
+
+    parser = get_args_parser()
+    parser.error, parser.exit = error, stop
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):   # --version prints before it exits
+            return parser.parse_args(argv)
+    except _Stop:
+        return None
+
+
+def _search_path(config_path: str, config_dir: str | None):
+    """Hydra's config search path for lab-train, as hydra.main builds it (hydra._internal.utils._run_hydra)."""
+    from hydra._internal.utils import (_get_module_name_override, create_automatic_config_search_path,
+                                       detect_task_name)
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.utils import validate_config_path
+
+    module = _get_module_name_override() or MAIN_MODULE
+    calling_file = str(Path(__file__).with_name("cli.py")) if module == "__main__" else None
+    calling_module = None if module == "__main__" else module
+    try:
+        validate_config_path(config_path)
+    except ValueError as e:
+        raise ConfigError(_one_line(e)) from None
+    search_path = create_automatic_config_search_path(calling_file, calling_module, config_path)
+    main = next(e.path for e in search_path.get_path() if e.provider == "main")
+    main_dir = _file_dir(main)
+    if main_dir is not None and not os.path.isdir(main_dir):
+        raise ConfigError(f"the config directory {main_dir} (--config-path) does not exist")
+    if config_dir is not None:
+        abs_config_dir = os.path.abspath(config_dir)
+        if not os.path.isdir(abs_config_dir):
+            raise ConfigError(f"Additional config directory '{abs_config_dir}' not found (--config-dir)")
+        search_path.prepend(provider="command-line", path=f"file://{abs_config_dir}",
+                            anchor=SearchPathQuery(provider="schema"))
+    return search_path, detect_task_name(calling_file, calling_module)
+
+
+def _file_dir(path: str) -> str | None:
+    """The directory of a file:// (or scheme-less) search path entry; None for pkg:// and others."""
+    scheme, sep, rest = path.partition("://")
+    if not sep:
+        return path
+    return rest if scheme == "file" else None
+
+
+def _read_config_file(path: str):
+    """A config file read as Hydra reads it (UTF-8, OmegaConf's YAML loader); ConfigError in one line
+    naming the file when it cannot be read."""
+    import yaml
+    try:
+        with open(path, encoding="utf-8") as f:
+            return OmegaConf.load(f)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          "Hydra reads configs as UTF-8") from None
+    except yaml.MarkedYAMLError as e:
+        where = f" (line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1})" if e.problem_mark else ""
+        what = " ".join(x for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{path}: not valid YAML: {what}{where}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror})") from None
+    except Exception as e:   # other YAML or OmegaConf errors
+        raise ConfigError(f"{path}: cannot read it as a config: {_one_line(e)}") from None
+
+
+def scan_config_dir(directory: str) -> None:
+    """Check every *.yaml below `directory` as written, following symlinked directories and files
+    (each real directory once, so a symlink cycle ends)."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) not in seen)
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if name.endswith(".yaml") and os.path.isfile(path):   # a broken link is no config to Hydra either
+                try:
+                    check_targets(_read_config_file(path))
+                except ConfigError as e:
+                    raise ConfigError(str(e) if str(e).startswith(path) else f"{path}: {e}") from None
+
+
+def _scan_user_sources(entries, config_dir: str, done: set[str]) -> None:
+    """Scan the file sources among (provider, path) search path entries that the user named, once
+    each, leaving out the lab's own config dir."""
+    lab = os.path.realpath(config_dir)
+    for provider, path in entries:
+        directory = _file_dir(path)
+        if provider not in USER_PROVIDERS or directory is None or not os.path.isdir(directory):
+            continue
+        real = os.path.realpath(directory)
+        if real != lab and real not in done:
+            done.add(real)
+            scan_config_dir(directory)
+
+
+def precheck(config_dir: str, argv: list[str]):
+    """Before Hydra builds or writes anything: compose the job and Hydra config exactly as lab-train's
+    hydra.main will (`config_dir` is its config_path; see the module docstring for the routes),
+    refuse targets outside the allowlist, turn composition errors (wrong types, unknown options,
+    missing configs) into one line, and check that the output directory can be written. Files in
+    the config dirs the user names are checked as written; sweep alternatives (a=1,2) as text.
+    `argv` without -m but with sweep alternatives (lab-sweep submit's check) is read as a sweep.
+    Returns the composed config (Hydra's part included), or None for --help, --cfg, --info."""
+    from hydra._internal.hydra import Hydra
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
 
-    flag_names = {"--config-dir": "dir", "-cd": "dir", "--config-name": "name", "-cn": "name"}
-    with_value = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--experimental-rerun"}
-    info_topics = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-    flags, overrides, inspect_only = {"dir": config_dir, "name": "config"}, [], False
-    it = iter(argv)
-    for arg in it:
-        name, eq, value = arg.partition("=")
-        if name in flag_names:
-            flags[flag_names[name]] = value if eq else next(it, "")
-        elif name in with_value:
-            inspect_only |= name in ("--cfg", "-c")
-            if not eq:
-                next(it, None)
-        elif name in ("--info", "-i", "--help", "-h", "--hydra-help", "--resolve"):
-            inspect_only |= name != "--resolve"
-            if name in ("--info", "-i") and not eq:
-                # an optional topic follows; peek without losing an override
-                rest = list(it)
-                if rest and rest[0] in info_topics:
-                    rest = rest[1:]
-                it = iter(rest)
-        elif not arg.startswith("-"):
-            overrides.append(arg)
-    extra_dir = flags["dir"] != config_dir or flags["name"] != "config"
-    if flags["dir"] != config_dir:   # an extra search path: check every file in it as written
-        import yaml
-        for f in sorted(Path(flags["dir"]).expanduser().rglob("*.yaml")):
-            try:
-                check_targets(yaml.safe_load(f.read_text()))
-            except yaml.YAMLError:
-                continue   # Hydra reports unreadable files itself
-            except ConfigError as e:
-                raise ConfigError(f"{f}: {e}") from None
+    args = _hydra_args(argv)
+    if args is None:
+        return
+    if args.experimental_rerun is not None:
+        raise ConfigError("--experimental-rerun is not supported: it unpickles the file it is given, which can "
+                          "run any Python; rerun with the run's overrides (its .hydra/overrides.yaml) instead")
+    overrides = list(args.overrides)
     check_overrides_text(overrides)
+    config_path = args.config_path if args.config_path is not None else str(config_dir)
+    config_name = args.config_name if args.config_name is not None else "config"
+    search_path, task_name = _search_path(config_path, args.config_dir)
+    scanned: set[str] = set()
+    _scan_user_sources([(e.provider, e.path) for e in search_path.get_path()], config_dir, scanned)
+    inspect_only = bool(args.help or args.hydra_help or args.cfg is not None or args.info is not None
+                        or args.shell_completion)   # these print and write nothing
     register_configs()
-    multirun = any(a in ("-m", "--multirun") for a in argv)
+    GlobalHydra.instance().clear()
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        single = [o.input_line for o in parsed if not o.is_sweep_override()]
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(Path(config_dir).absolute()), version_base="1.3"):
-            cfg = compose(flags["name"], overrides=single, return_hydra_config=True)
+        sweeps = any(o.is_sweep_override() for o in OverridesParser.create().parse_overrides(overrides))
+        hydra = Hydra.create_main_hydra2(task_name=task_name, config_search_path=search_path)
+        if inspect_only:   # --cfg, --info, --help compose for a single run
+            mode = RunMode.MULTIRUN if sweeps else RunMode.RUN
+        else:   # as hydra._internal.utils._run_app picks the mode (hydra.mode in a config counts)
+            multirun = args.multirun or sweeps
+            mode = hydra.get_mode(config_name=config_name, overrides=overrides)
+            if mode is None or (multirun and mode == RunMode.RUN):
+                mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+                overrides.append(f"hydra.mode={mode.name}")
+        cfg = hydra.compose_config(config_name=config_name, overrides=overrides, run_mode=mode,
+                                   with_log_configuration=False)
+        sources = [(s.provider, f"{s.schema}://{s.path}") for s in cfg.hydra.runtime.config_sources]
+        out_dir = None if inspect_only else str(cfg.hydra.sweep.dir if mode == RunMode.MULTIRUN else cfg.hydra.run.dir)
     except Exception as e:
-        if extra_dir:   # our composition may differ from Hydra's with another search path
-            return
         raise ConfigError(_one_line(e)) from None
     finally:
         GlobalHydra.instance().clear()
     check_targets(cfg)
-    if not inspect_only:   # --cfg, --info and --help write nothing
-        _check_writable(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir))
+    _scan_user_sources(sources, config_dir, scanned)   # hydra.searchpath entries, known once composed
+    if out_dir is not None:
+        _check_writable(out_dir)
+    return None if inspect_only else cfg

@@ -195,7 +195,10 @@ def validate(cfg) -> None:
 def load_config(overrides: Sequence[str] = (), config_name: str = "config"):
     """Compose the Hydra config as `lab-train` would, e.g. load_config(["model.n_layers=1"])."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     register_configs()
+    if GlobalHydra.instance().is_initialized():   # inside lab-train's own app (e.g. checking a resume)
+        return compose(config_name, overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name, overrides=list(overrides))
 

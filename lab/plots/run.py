@@ -242,8 +242,8 @@ def _plot_loss(run: _Run, path: Path) -> Path:
                                      height_ratios=[3, 2])
     seeds_note = f"thin: {run.n_seeds} seeds, thick: mean" if run.n_seeds > 1 else "1 seed"
     for key, colour, label in ((run.main, "C0", run.main_label), ("loss", "C1", metric_label("loss"))):
-        same = key == "loss" and run.main in run.scalars and np.allclose(run.scalars[key], run.scalars[run.main],
-                                                                         equal_nan=True)
+        same = (key == "loss" and key in run.scalars and run.main in run.scalars
+                and np.allclose(run.scalars[key], run.scalars[run.main], equal_nan=True))
         if key in run.scalars and not same:   # tasks scored only at the query log loss = the main loss
             _plot_seeds(ax, run.steps, run.scalars[key], label, colour)
     for key, name, colour in run.clamped(run.main):

@@ -14,7 +14,7 @@ items add `features` (B, T, feature_dim), projected by the model and added to th
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 
@@ -23,6 +23,14 @@ from lab.measures.losses import token_losses
 
 # forward(batch, cache_names) -> (logits, cache): the model's pass with this run's eval clamps applied
 Forward = Callable
+
+
+class TrainedCheck(NamedTuple):
+    """How summary.json decides whether a run trained at all (`Task.trained_check`)."""
+    metric: str         # the logged per-seed metric judged at the last log step
+    chance: float       # its value for a model that has learned nothing (the uniform prediction's loss)
+    chance_text: str    # how `chance` is computed, for the verdict, e.g. "ln 64"
+    bar: float          # a seed trained if its final `metric` is below this
 
 
 class Task:
@@ -60,6 +68,19 @@ class Task:
     @property
     def chance_loss(self) -> float:
         return math.log(self.n_outputs)
+
+    @property
+    def chance_text(self) -> str:
+        """How `chance_loss` is computed, for messages: "ln <outputs>" by default."""
+        return f"ln {self.n_outputs}"
+
+    def trained_check(self) -> TrainedCheck:
+        """Whether a run trained at all (summary.json's "trained"; a run that did not gets a verdict
+        "did not train" and no phase-change claims). Default: the main metric must end 5 % of
+        chance_loss below it (experiments/common.py's `trained`). A task whose main metric stays at its
+        chance level until the in-context circuit forms, while the rest of the model learns (e.g. the
+        loss on repeated triggers), judges a metric that falls as soon as anything is learned."""
+        return TrainedCheck(self.main_metric, self.chance_loss, self.chance_text, 0.95 * self.chance_loss)
 
     def phase_threshold(self, phase_cfg) -> tuple[float, float]:
         """(threshold, minimum drop) for detecting the main metric's phase change. Default: fractions

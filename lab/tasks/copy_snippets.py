@@ -75,6 +75,10 @@ def validate(cfg) -> None:
         raise ConfigError(f"task.min_len={t.min_len} must be >= 2 (a snippet of one token has nothing to copy-predict)")
     if t.min_len > t.max_len:
         raise ConfigError(f"task.min_len={t.min_len} > task.max_len={t.max_len}; need min_len <= max_len")
+    if t.vocab_size < t.min_len:
+        raise ConfigError(f"task.vocab_size={t.vocab_size} is smaller than task.min_len={t.min_len}: every snippet then "
+                          "holds some token twice, so a token's occurrence in the source does not tell which token "
+                          f"follows it in the copy; set task.vocab_size >= {t.min_len} or lower min_len")
     if not 0.0 <= t.backward_frac <= 1.0:
         raise ConfigError(f"task.backward_frac={t.backward_frac} must lie in [0, 1] (0 forward only, 1 backward only)")
     if (t.n_snippets is None) == (t.rate is None):
@@ -237,6 +241,12 @@ class CopyTask(BaseTask):
             return math.log(self.vocab_size)
         p = zipf_probs(self.vocab_size, self.zipf_alpha)
         return float(-(p * np.log(p)).sum())
+
+    @property
+    def chance_text(self) -> str:
+        if self.background == "uniform":
+            return f"ln {self.vocab_size}"
+        return f"the entropy of the Zipf({self.zipf_alpha:g}) background over {self.vocab_size} tokens"
 
     @property
     def bag_loss(self) -> float:

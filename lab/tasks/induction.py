@@ -36,6 +36,13 @@ class Config(TaskConfig):
 def validate(cfg) -> None:
     t = cfg.task
     positive("task.vocab_size", t.vocab_size)
+    if t.vocab_size < 2:
+        raise ConfigError(f"task.vocab_size={t.vocab_size} gives every random token the same id: there is nothing to "
+                          f"predict (chance loss ln {t.vocab_size} = 0); set task.vocab_size >= {max(2, t.min_repeat_len)}")
+    if t.vocab_size < t.min_repeat_len:
+        raise ConfigError(f"task.vocab_size={t.vocab_size} is smaller than task.min_repeat_len={t.min_repeat_len}: every "
+                          "repeated segment then holds some token twice, so no token's previous occurrence tells an "
+                          f"induction head what comes next; set task.vocab_size >= {t.min_repeat_len} or lower min_repeat_len")
     copies = 2 if t.n_repeats is None else t.n_repeats
     if copies < 2:
         raise ConfigError(f"task.n_repeats={t.n_repeats} must be >= 2 (a segment and at least one repeat)")
@@ -87,6 +94,10 @@ class InductionTask(BaseTask):
     @property
     def chance_loss(self) -> float:
         return math.log(self.vocab_size)
+
+    @property
+    def chance_text(self) -> str:
+        return f"ln {self.vocab_size}"
 
     def _sample_one(self, key: jax.Array) -> TokenBatch:
         T = self.seq_len

@@ -47,6 +47,7 @@ from lab.core import ConfigError
 from lab.measures.losses import masked_mean
 from lab.tasks.classification import (ClassBatch, ClassificationTask, build_sequence, check_layout, fixed_batches,
                                       item_label_attention, labels_in_context, query_label_attention, uniform_int)
+from lab.tasks.base import TrainedCheck
 
 
 @dataclass
@@ -87,6 +88,9 @@ def validate(cfg) -> None:
     for key in ("n_classes", "n_labels", "n_context", "item_dim"):
         if t[key] is None or t[key] <= 0:
             raise ConfigError(f"task.{key}={t[key]!r} must be positive")
+    if t.n_labels < 2:
+        raise ConfigError(f"task.n_labels={t.n_labels} gives every class the same label: there is nothing to predict "
+                          "(chance loss ln 1 = 0); set task.n_labels >= 2")
     if t.n_classes % t.n_labels:
         raise ConfigError(f"task.n_classes={t.n_classes} (K) is not a multiple of task.n_labels={t.n_labels} (L); "
                           "class k has label k mod L, so K % L == 0 keeps labels balanced: change one of them")
@@ -180,6 +184,16 @@ class ReddyTask(ClassificationTask):
     def chance_loss(self) -> float:
         """Of the main metric: a uniform guess among the N/B_eval classes of an ic context."""
         return math.log(self.n_context // self.b_eval)
+
+    @property
+    def chance_text(self) -> str:
+        return f"ln {self.n_context // self.b_eval}"
+
+    def trained_check(self) -> TrainedCheck:
+        """The query loss on the training distribution (`loss_query`) against ln L: the main metric stays at
+        ln(N/B) until in-context learning arrives, while in-weights learning lowers the query loss."""
+        chance = math.log(self.n_labels)
+        return TrainedCheck("loss_query", chance, f"ln {self.n_labels}", 0.95 * chance)
 
     def main_scores(self, logits, batch: ClassBatch):
         """(loss, accuracy) of `in_context_choice` on any batch: the main metric's kind."""

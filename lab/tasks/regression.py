@@ -197,6 +197,10 @@ class RegressionTask(BaseTask):
         return 0.5 * (self.dim * X_MOMENTS[self.x_dist][0] + self.noise ** 2)
 
     @property
+    def chance_text(self) -> str:
+        return "½(d·E[x²] + σ²)"   # the loss of predicting 0
+
+    @property
     def gd_lr(self) -> float:
         return gd_learning_rate(self.dim, self.n_context, self.noise, self.x_dist)
 

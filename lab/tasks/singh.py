@@ -57,6 +57,7 @@ from lab.config.schema import TaskConfig
 from lab.core import ConfigError, positive
 from lab.tasks.classification import (ClassBatch, ClassificationTask, build_sequence, check_layout, check_table_size,
                                       fixed_batches, fixed_exemplars, uniform_int, uniforms)
+from lab.tasks.base import TrainedCheck
 
 MAX_LABEL_SETS = 100_000     # label sets are enumerated (to reserve some) only up to this many
 
@@ -170,6 +171,16 @@ class SinghTask(ClassificationTask):
     def chance_loss(self) -> float:
         """ln m: a model that uses the context's labels but not which exemplar they follow (Singh's ln 2)."""
         return math.log(self.n_context_classes)
+
+    @property
+    def chance_text(self) -> str:
+        return f"ln {self.n_context_classes}"
+
+    def trained_check(self) -> TrainedCheck:
+        """The query loss against ln K, the uniform guess over all K labels: the ln m plateau (answering
+        with a context label) is already learned, and a run can end there without an induction head."""
+        chance = math.log(self.n_labels)
+        return TrainedCheck(self.main_metric, chance, f"ln {self.n_labels}", 0.95 * chance)
 
     def phase_threshold(self, phase_cfg) -> tuple[float, float]:
         """Singh et al.'s threshold 0.4·ln m (0.4·ln 2 for two pairs), and a fitted drop of at least

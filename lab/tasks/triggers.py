@@ -28,7 +28,7 @@ from lab.config.schema import TaskConfig
 from lab.core import ConfigError
 from lab.measures.heads import attention_measures, copying_scores, induction_recent_score, induction_score
 from lab.measures.losses import icl_positions, icl_score, masked_mean, token_losses
-from lab.tasks.base import Task as BaseTask
+from lab.tasks.base import Task as BaseTask, TrainedCheck
 
 
 @dataclass
@@ -49,6 +49,10 @@ def validate(cfg) -> None:
     if not 1 <= t.n_triggers < t.vocab_size:
         raise ConfigError(f"task.n_triggers={t.n_triggers} must be in [1, task.vocab_size - 1 = {t.vocab_size - 1}] "
                           "(outputs are drawn from the non-trigger tokens)")
+    if t.vocab_size - t.n_triggers < 2:
+        raise ConfigError(f"task.vocab_size={t.vocab_size} with task.n_triggers={t.n_triggers} leaves one non-trigger "
+                          "token, so every trigger's output is that token, predictable without the context (nothing "
+                          f"for an induction head to do); set task.vocab_size >= {t.n_triggers + 2} or lower n_triggers")
     if not t.bigram_alpha > 0:
         raise ConfigError(f"task.bigram_alpha={t.bigram_alpha} must be > 0 (the Dirichlet concentration)")
     if t.seq_len < 4:
@@ -134,6 +138,12 @@ class TriggersTask(BaseTask):
     @property
     def model_vocab_size(self) -> int:
         return self.vocab_size
+
+    def trained_check(self) -> TrainedCheck:
+        """The whole next-token `loss` against ln N: the main metric (after repeated triggers) stays near
+        ln(N - K), close to chance, until the induction head forms, while the model learns the global
+        bigram early; that fall is what "trained at all" means here."""
+        return TrainedCheck("loss", self.chance_loss, self.chance_text, 0.95 * self.chance_loss)
 
     @property
     def no_context_loss(self) -> float:

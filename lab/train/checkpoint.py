@@ -1,8 +1,20 @@
 """Checkpoints with orbax: the whole training state (params, optimiser state, PRNG keys; leading
 seed axis) and the step. Orbax writes each step to a temporary directory and renames it when
-complete, so a killed run never leaves a half-written checkpoint that looks finished."""
+complete, so a killed run never leaves a half-written checkpoint that looks finished.
+
+Orbax does not notice every damaged file (a flipped bit in an array's bytes reads back as another
+number), so each finished checkpoint gets a manifest, `checkpoint_manifests/<step>.json` beside
+`checkpoints/`: the size and SHA-256 of every file of `checkpoints/<step>/` and of
+`callback_state/<step>.npz`. It lives outside orbax's directory (orbax lists and deletes only its
+step folders there, and tools count the folders of `checkpoints/`), so it is pruned here with them.
+A restore checks it before orbax reads anything; a checkpoint without one (written by an older lab,
+or by a run killed between orbax's rename and the manifest) is restored unverified, as before."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import json
 import logging
 from pathlib import Path
 from typing import Optional
@@ -10,15 +22,106 @@ from typing import Optional
 import jax
 import orbax.checkpoint as ocp
 
+from lab.core import ConfigError, first_line
+
 log = logging.getLogger(__name__)
 logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file it writes at INFO
+
+MANIFEST_FORMAT = 1
+_BLOCK = 1 << 20
+
+
+def file_digest(path: Path) -> dict:
+    """{"size", "sha256"} of a file, read in 1 MiB blocks."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            h.update(block)
+            size += len(block)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def _bytes_digest(data: bytes) -> dict:
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def checkpoint_manifest(step_dir: Path, callback_state: Optional[Path] = None) -> dict:
+    """The manifest of a finished checkpoint folder: every file under it (path relative to it, in
+    POSIX form) and, if given and present, the callback-state file of the same step."""
+    step_dir = Path(step_dir)
+    files = {p.relative_to(step_dir).as_posix(): file_digest(p)
+             for p in sorted(step_dir.rglob("*")) if p.is_file()}
+    cb = file_digest(callback_state) if callback_state is not None and Path(callback_state).is_file() else None
+    return {"format": MANIFEST_FORMAT, "files": files, "callback_state": cb}
+
+
+def _digest_problem(name: str, expected: dict, actual: Optional[dict]) -> Optional[str]:
+    if actual is None:
+        return f"{name} is missing"
+    if actual["size"] != expected["size"]:
+        return f"size mismatch in {name}: {actual['size']} bytes, {expected['size']} expected"
+    if actual["sha256"] != expected["sha256"]:
+        return f"checksum mismatch in {name}"
+    return None
+
+
+def manifest_problem(manifest: dict, step_dir: Path, callback_state: Optional[Path] = None,
+                     callback_name: str = "callback state") -> Optional[str]:
+    """Why the files of `step_dir` (and `callback_state`) do not match `manifest`, in a few words
+    naming the first file that differs; None when they all match. Files the manifest does not list
+    are ignored (orbax reads only its own)."""
+    step_dir = Path(step_dir)
+    try:
+        listed = manifest["files"]
+        if not isinstance(listed, dict) or not listed:
+            return "its manifest lists no files"
+        # sizes first (cheap; a cut or missing file is the common damage), then the checksums
+        for name, d in listed.items():
+            path = step_dir / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != d["size"]:
+                return f"size mismatch in {name}: {path.stat().st_size} bytes, {d['size']} expected"
+        for name, d in listed.items():
+            problem = _digest_problem(name, d, file_digest(step_dir / name))
+            if problem:
+                return problem
+        cb = manifest.get("callback_state")
+        if cb is not None and callback_state is not None:
+            path = Path(callback_state)
+            return _digest_problem(callback_name, cb, file_digest(path) if path.is_file() else None)
+    except (KeyError, TypeError, AttributeError) as e:   # a manifest of another shape: damaged too
+        return f"its manifest is malformed ({first_line(e)})"
+    except OSError as e:   # a file that cannot be read back
+        return f"unreadable file ({first_line(e)})"
+    return None
+
+
+_ORBAX_LOGGERS = ("absl", "orbax", "tensorstore")
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """Silence loggers (orbax's absl ones) while orbax reads checkpoints that may be damaged: it logs
+    a damaged metadata file's whole content (hundreds of lines); the failure is summarised in one
+    line here instead."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 class Checkpoints:
     def __init__(self, directory: Path, keep: int):
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        with _quiet(*_ORBAX_LOGGERS):   # it reads every step's metadata, and logs a damaged file whole
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: dict) -> None:
         if step in self.manager.all_steps():
@@ -28,29 +131,106 @@ class Checkpoints:
             return
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self.manager.wait_until_finished()
+        # orbax has renamed the finished checkpoint into place (and removed those past max_to_keep)
+        self._write_manifest(step, checkpoint_manifest(self._step_dir(step), self._callback_path(step)))
+        self._prune()
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
-    def restore(self, like: dict, step: Optional[int] = None) -> tuple[int, dict]:
+    def restore(self, like: dict, step: Optional[int] = None, up_to: Optional[int] = None) -> tuple[int, dict]:
         """Restore into the structure (and shapes) of `like`: `step`, or else the newest checkpoint
-        that reads back whole; a damaged one (cut files, a disk error) is skipped with a warning."""
+        (at or before step `up_to`, if given) that is intact (its files match its manifest) and reads
+        back whole. A damaged one (a flipped bit, cut files, a disk error) is skipped with one warning
+        line, and deleted when an older one is restored in its place; raises FileNotFoundError (one
+        line) when none is intact (a damaged `step` is refused, never replaced by another)."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        candidates = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if step is not None and step not in steps:
+            raise FileNotFoundError(f"no checkpoint at step {step} in {self.directory}; available steps: {steps[::-1]}")
+        candidates = [step] if step is not None else [s for s in steps if up_to is None or s <= up_to]
         if not candidates:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        for i, s in enumerate(candidates):
-            try:
-                state = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
-                for damaged in candidates[:i]:   # unreadable, and in the way of the resumed run's saves
-                    self.manager.delete(damaged)
-                return s, state
-            except Exception as e:   # orbax/tensorstore raise many kinds; any failure means unreadable
-                if i == len(candidates) - 1:
-                    raise FileNotFoundError(f"no readable checkpoint in {self.directory}: step {s}: "
-                                            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
-                log.warning("checkpoint %s/%d is damaged (%s); falling back to an older one",
-                            self.directory, s, type(e).__name__)
+            raise FileNotFoundError(f"no checkpoint in {self.directory}"
+                                    + (f" at or before step {up_to}" if up_to is not None and steps else ""))
+        damaged = []   # (step, why), newest first
+        for s in candidates:
+            why = self.problem(s)
+            if why is None:
+                try:
+                    with _quiet(*_ORBAX_LOGGERS):
+                        state = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
+                except Exception as e:   # orbax/tensorstore raise many kinds; any failure means unreadable
+                    why = f"unreadable: {first_line(e)[:200]}"
+            if why is not None:
+                damaged.append((s, why))
+                continue
+            for d, why in damaged:   # unusable, and in the way of the resumed run's saves
+                log.warning("checkpoint %s/%d is damaged (%s); falling back to step %d", self.directory, d, why, s)
+                self.manager.delete(d)
+                self._forget(d)
+            return s, state
+        if step is not None:
+            raise FileNotFoundError(f"checkpoint {self.directory}/{step} is damaged ({damaged[0][1]})")
+        raise FileNotFoundError(f"no intact checkpoint in {self.directory} ("
+                                + "; ".join(f"step {s}: {why}" for s, why in damaged) + ")")
+
+    # The manifests: checkpoint_manifests/<step>.json beside checkpoints/.
+    def _step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def _manifest_path(self, step: int) -> Path:
+        return self.directory.parent / "checkpoint_manifests" / f"{step}.json"
+
+    def _write_manifest(self, step: int, manifest: dict) -> None:
+        path = self._manifest_path(step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        tmp.replace(path)
+
+    def _read_manifest(self, step: int) -> Optional[dict]:
+        """The manifest of `step`; None if it has none; raises ValueError if it cannot be read."""
+        path = self._manifest_path(step)
+        if not path.exists():
+            return None
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"its manifest {path.name} is unreadable ({type(e).__name__})") from e
+        if not isinstance(manifest, dict):
+            raise ValueError(f"its manifest {path.name} is malformed")
+        return manifest
+
+    def problem(self, step: int) -> Optional[str]:
+        """Why checkpoint `step` (with its callback state) does not match its manifest; None when it
+        does, or when it has no manifest (then it is restored unverified)."""
+        try:
+            manifest = self._read_manifest(step)
+        except ValueError as e:
+            return str(e)
+        if manifest is None:
+            log.debug("checkpoint %s/%d has no manifest (written by an older lab); restoring it unverified",
+                      self.directory, step)
+            return None
+        cb = self._callback_path(step)
+        return manifest_problem(manifest, self._step_dir(step), cb, f"{cb.parent.name}/{cb.name}")
+
+    def _prune(self) -> None:
+        """Remove the manifests and callback state of the steps orbax no longer keeps (and a
+        manifest's temporary file left by a kill)."""
+        kept = {str(s) for s in self.manager.all_steps()}
+        for folder in (self._manifest_path(0).parent, self._callback_path(0).parent):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                label = p.name.split(".")[0]
+                if p.name.endswith(".json.tmp") or (label.isdigit() and label not in kept):
+                    p.unlink(missing_ok=True)
+
+    def _forget(self, step: int) -> None:
+        """Drop what belongs to a deleted checkpoint: its manifest and callback state."""
+        self._manifest_path(step).unlink(missing_ok=True)
+        self._callback_path(step).unlink(missing_ok=True)
 
     # Callback state (e.g. attention snapshots) lives beside the checkpoints, one .npz per step,
     # written atomically and pruned with them.
@@ -70,13 +250,42 @@ class Checkpoints:
         for old in path.parent.glob("*.npz"):
             if old.stem.isdigit() and int(old.stem) not in kept:
                 old.unlink()
+        if step in self.manager.all_steps():
+            # saved again for a step already checkpointed (a run resumed from its final checkpoint):
+            # the checkpoint's manifest must vouch for the new file (np.savez stamps the time in it)
+            self._refresh_callback_digest(step)
+
+    def _refresh_callback_digest(self, step: int) -> None:
+        try:
+            manifest = self._read_manifest(step)
+        except ValueError:
+            return   # a damaged manifest stays damaged: the checkpoint is not vouched for again
+        if manifest is not None:
+            manifest["callback_state"] = file_digest(self._callback_path(step))
+            self._write_manifest(step, manifest)
 
     def load_callback_state(self, step: int, callbacks) -> None:
+        """Load the callback state saved with checkpoint `step`, after checking it against the
+        checkpoint's manifest: a mismatch damages that checkpoint (ConfigError, one line; the next
+        resume skips it)."""
         import numpy as np
         path = self._callback_path(step)
-        if not path.exists():
+        data = path.read_bytes() if path.exists() else None
+        try:
+            manifest = self._read_manifest(step)
+        except ValueError as e:
+            raise ConfigError(f"checkpoint {self.directory}/{step} is damaged ({e}); run again to resume "
+                              "from an older checkpoint") from None
+        expected = (manifest or {}).get("callback_state")
+        if expected is not None:
+            name = f"{path.parent.name}/{path.name}"
+            why = _digest_problem(name, expected, _bytes_digest(data) if data is not None else None)
+            if why:
+                raise ConfigError(f"checkpoint {self.directory}/{step} is damaged ({why}); run again to "
+                                  "resume from an older checkpoint")
+        if data is None:
             return
-        with np.load(path) as f:
+        with np.load(io.BytesIO(data)) as f:
             for cb in callbacks:
                 prefix = f"{type(cb).__name__}/"
                 state = {k[len(prefix):]: f[k] for k in f.files if k.startswith(prefix)}

@@ -22,7 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lab.clamps.clamp_set import Clamps
-from lab.core import Interrupted, TrainingDiverged
+from lab.core import Interrupted, TrainingDiverged, clear_stop_requests, failure_reason, request_stop, stop_requests
 from lab.measures import llc
 from lab.measures.composition import composition_scores
 from lab.model import Model
@@ -82,7 +82,6 @@ class Trainer:
         self.records: list[dict] = []
         self.status = "running"
         self._chunk_fns: dict[int, callable] = {}
-        self._stop_signal: Optional[int] = None
         self._t0 = time.perf_counter()
 
     # ---- pure functions (one seed; vmapped over seeds) ----
@@ -266,25 +265,31 @@ class Trainer:
     # ---- the loop ----
     @contextmanager
     def _deferred_interrupts(self):
-        """Ctrl-C / SIGTERM / SIGUSR2 (submitit's pre-emption and time-limit signal on SLURM) during a
-        chunk stop the run after the chunk, never inside it: the chunk
-        donates the old state's buffers, so stopping mid-call would leave nothing to checkpoint.
-        A second signal stops at once; the run then continues from its newest checkpoint."""
+        """Ctrl-C / SIGTERM / SIGUSR2 (submitit's pre-emption and time-limit signal on SLURM) stop the run
+        between chunks, never inside one: the chunk donates the old state's buffers, and a signal raised
+        inside a checkpoint write or an XLA callback would tear the write or be swallowed. The handler only
+        counts (`lab.core.request_stop`); the loop stops after the chunk, where the step, the state and
+        the records agree, and the checkpoint written then holds exactly the state after its step. A
+        second signal also skips the plots; a third exits at once (the newest checkpoint on disk is whole:
+        orbax renames a finished write into place). Signals received before `fit` (during start-up and
+        compilation, see lab.app.cli) count too, so the run stops before its first chunk."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-
-        def handler(signum, frame):
-            if self._stop_signal is not None:
-                raise Interrupted(signum)
-            self._stop_signal = signum
-
-        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+        if signal.getsignal(signal.SIGINT) is not request_stop:   # not lab-train's start-up (lab.app.cli):
+            clear_stop_requests()                                  # a notebook's earlier Ctrl-C is spent
+        previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
         try:
             yield
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+    @property
+    def stop_signal(self) -> Optional[int]:
+        """The first stop signal received, if any (lab.core.stop_requests)."""
+        pending = stop_requests()
+        return pending[0] if pending else None
 
     def fit(self) -> "Trainer":
         with self._deferred_interrupts():
@@ -293,29 +298,34 @@ class Trainer:
     def _fit(self) -> "Trainer":
         if self.state is None:
             self.state = self.init_state()
-        for cb in self.all_callbacks:
-            cb.on_start(self)
-        if self.step == 0 and self.cfg.measures.enabled:
-            measure = self.over_seeds(lambda xs, t: self.measures(*xs, t))
-            out = jax.device_get(jax.jit(measure)((self.state["params"], self.clamp_args), jnp.int32(0)))
-            if self.llc_due(0, 0):
-                out.update(self.estimate_llc())
-            self._log(0, out)
+        logged = self.step
         try:
+            for cb in self.all_callbacks:
+                cb.on_start(self)
+            if self.step == 0 and self.cfg.measures.enabled and self.stop_signal is None:
+                measure = self.over_seeds(lambda xs, t: self.measures(*xs, t))
+                out = jax.device_get(jax.jit(measure)((self.state["params"], self.clamp_args), jnp.int32(0)))
+                if self.llc_due(0, 0):
+                    out.update(self.estimate_llc())
+                self._log(0, out)
             while self.step < self.cfg.train.steps:
+                if self.stop_signal is not None:
+                    raise Interrupted(self.stop_signal)
                 n = min(self.cfg.train.log_every, self.cfg.train.steps - self.step)
                 shared = (self.interventions, jnp.int32(self.step))
                 logged, self.state_logged = self.step, False
-                self.state, out = self.chunk_fn(n)(self.state, self.clamp_args, shared)
+                # the old state's buffers are donated: until the chunk's outputs are on the host and its
+                # record is logged, no state matches a step (Checkpointer.on_end then saves nothing)
+                state, out = self.chunk_fn(n)(self.state, self.clamp_args, shared)
                 out = self.fetch(out)
                 self._check_finite(out, n)
-                self.step += n
+                self.state, self.step = state, self.step + n   # together: a checkpoint's label is its content
                 if self.llc_due(logged, self.step):
                     out.update(self.estimate_llc())
                 self._log(self.step, out)
                 self.state_logged = True
-                if self._stop_signal is not None:
-                    raise Interrupted(self._stop_signal)
+            if self.stop_signal is not None:   # asked to stop during the last chunk: it finished anyway
+                log.info("the stop signal came during the last chunk; the run is complete")
             self.status = "completed"
         except KeyboardInterrupt:
             self.status = (f"interrupted at step {self.step}" if self.state_logged else
@@ -323,7 +333,7 @@ class Trainer:
             raise
         except Exception as e:
             if not self.status.startswith("failed"):
-                self.status = f"failed at step {self.step}: {type(e).__name__}: {e}"
+                self.status = f"failed at step {self.step}: {failure_reason(e)}"
             raise
         finally:
             for cb in self.all_callbacks:
