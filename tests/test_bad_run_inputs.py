@@ -278,6 +278,19 @@ def test_startup_values_that_cannot_train(overrides, message):
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
+def test_an_auto_measure_that_is_not_logged_is_refused_before_compiling():
+    """`heads: auto` with an auto_measure the task does not log (a typo): refused when the Trainer is
+    built, naming the measures there are. (Before: found at the switch step, after compiling, with
+    summary.json left at "running".)"""
+    from lab.train.trainer import Trainer
+    clamp = "+clamps.auto={site: blocks.0.attn.pattern, value: zero, heads: auto, start: 20, auto_measure: %s}"
+    with pytest.raises(ConfigError) as e:
+        Trainer(load_config(TINY + [clamp % "prev_tokn"]))
+    assert str(e.value) == ("clamps.auto.auto_measure='prev_tokn' is not a per-head measure of task induction; "
+                            "choose one of copying, induction, induction_recent, prev_token, prev_token_corrected")
+    assert Trainer(load_config(TINY + [clamp % "prev_token"])).clamps.auto["auto"]["measure"] == "prev_token"
+
+
 def test_smallest_vocabularies_are_accepted():
     validate(load_config(TINY + ["task.vocab_size=3"]))                  # = min_repeat_len
     validate(load_config(["task=triggers", "task.vocab_size=6"]))        # n_triggers + 2

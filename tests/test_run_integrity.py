@@ -256,6 +256,64 @@ def test_a_crash_after_compiling_is_failed_in_the_summary_and_one_line(tmp_path,
     assert _status(run).startswith("failed at step 0: out of memory")
 
 
+_DISK_FULL_AT_STEP_40 = """
+import errno, sys
+from lab.train.checkpoint import Checkpoints
+save = Checkpoints.save
+def full(self, step, state):
+    if step == 40:
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.directory / "40"))
+    return save(self, step, state)
+Checkpoints.save = full
+from lab.app.cli import train_main
+sys.argv = ["lab-train", *sys.argv[1:]]
+train_main()
+"""
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_continues(tmp_path, reference):
+    """The disk fills while checkpoint 40 is written: one line naming the last intact checkpoint (exit 1,
+    no traceback), summary.json says failed, and the same command once space is back continues from step
+    20 to the uninterrupted run's metrics. (Before: about 270 lines of traceback.)"""
+    args, ref = reference
+    run = tmp_path / "run"
+    cmd = [*args, f"hydra.run.dir={run}"]
+    p = subprocess.run([sys.executable, "-c", _DISK_FULL_AT_STEP_40, *cmd], capture_output=True, text=True, timeout=NET)
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"error: no space left on {run / 'checkpoints' / '40'}; the last checkpoint, at step 20, is intact; "
+        "free space and run the same command again to continue"), p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    assert _status(run).startswith("failed at step 40")
+    p = subprocess.run(LAB_TRAIN + cmd, capture_output=True, text=True, timeout=NET)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert records(run) == records(ref) and _status(run) == "completed"
+
+
+def test_an_old_run_directory_resumes_with_its_defaults_and_names_dropped_keys(finished, tmp_path):
+    """A run directory written by an earlier version: a key its config.yaml lacks takes the default it
+    ran with, and the run extends; a key this version no longer has is named, with the fix that works
+    (deleting that line), which is then accepted."""
+    import shutil
+    args, run = finished
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    config = (old / "config.yaml").read_text()
+    assert "  on_nonfinite: stop\n" in config
+    (old / "config.yaml").write_text(config.replace("  on_nonfinite: stop\n", "  retired_key: 3\n"))
+    extend = LAB_TRAIN + args + [f"hydra.run.dir={old}", "train.resume=true", "train.steps=60"]
+    p = subprocess.run(extend, capture_output=True, text=True, timeout=NET)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"error: config error: {old / 'config.yaml'} has keys this version of the lab no longer has "
+        "(train.retired_key); delete those lines from it to continue the run with this version, or continue it "
+        "with the version that wrote it")
+    (old / "config.yaml").write_text(config.replace("  on_nonfinite: stop\n", ""))   # the fix it names
+    p = subprocess.run(extend, capture_output=True, text=True, timeout=NET)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [r["step"] for r in records(old)][-1] == 60
+
+
 def test_a_metrics_file_with_a_gap_is_rewritten_from_an_earlier_checkpoint(tmp_path, reference):
     """metrics.jsonl cut in the middle (records of steps 35-80 lost) while checkpoints at 40..80 exist:
     the resume notices the gap, continues from the newest checkpoint the records cover (or from the

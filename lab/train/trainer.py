@@ -22,7 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lab.clamps.clamp_set import Clamps
-from lab.core import Interrupted, TrainingDiverged, clear_stop_requests, failure_reason, request_stop, stop_requests
+from lab.core import ConfigError, Interrupted, TrainingDiverged, clear_stop_requests, failure_reason, request_stop, stop_requests
 from lab.measures import llc
 from lab.measures.composition import composition_scores
 from lab.model import Model
@@ -70,6 +70,8 @@ class Trainer:
         # replace them between chunks (e.g. heads chosen mid-run) without recompiling
         self.clamp_args = jax.tree.map(jnp.asarray, self.clamps.init_args(len(self.seeds)))
         self._own_callbacks = [AutoHeads()] if self.clamps.auto else []
+        if self.clamps.auto:
+            self._check_auto_measures()
         # the local learning coefficient, estimated online every measures.llc.every steps (0: never)
         self.llc = llc.Settings.from_config(cfg.measures.llc) if cfg.measures.enabled and cfg.measures.llc.every else None
         self._llc_fn = None
@@ -159,6 +161,17 @@ class Trainer:
             loss, acc = task.main_scores(logits, self.probe)
             out[f"{task.main_metric}_clamped_{name}"], out[f"{task.main_accuracy}_clamped_{name}"] = loss, acc
         return out
+
+    def _check_auto_measures(self) -> None:
+        """`heads: auto` ranks heads by a per-head measure (`auto_measure`): a name that is not one is
+        refused now, by tracing the measures' shapes (no compile), not at the switch step mid-run."""
+        params = jax.eval_shape(self.init_state)["params"]
+        shapes = jax.eval_shape(jax.vmap(lambda p: self.probe_scores(self.model, p)), params)
+        per_head = sorted(k for k, v in shapes.items() if v.shape[1:] == (self.model.n_layers, self.model.n_heads))
+        for name, info in self.clamps.auto.items():
+            if info["measure"] not in per_head:
+                raise ConfigError(f"clamps.{name}.auto_measure={info['measure']!r} is not a per-head measure of "
+                                  f"task {self.cfg.task.name}; choose one of {', '.join(per_head)}")
 
     def probe_scores(self, model, params, snapshot: bool = False, forward=None) -> dict:
         """Every measure on the probe of any model of this task (this run's, or a clamp's source
