@@ -38,6 +38,30 @@ def test_known_and_hydra_keys_pass():
                          "model=attn_only_1l", "task.n_repeats=null"])   # raises nothing
 
 
+@pytest.mark.parametrize("override, message", [
+    ("+model.n_layer=1", "unknown config key 'model.n_layer'; did you mean 'model.n_layers'?"),
+    ("++train.stps=1", "unknown config key 'train.stps'; did you mean 'train.steps'?"),
+    ("+experimnt=reddy", "unknown config key 'experimnt'; did you mean 'experiment'?"),
+    ("+model.n_layers=1", "'+model.n_layers=1' adds model.n_layers, which the config already has; "
+                          "set it without the '+': model.n_layers=1"),
+    ("+experiment=reddy", "'+experiment=reddy' chooses from the experiment group, which the config already has; "
+                          "set it without the '+': experiment=reddy"),
+    ("+hydra/launcher=lab", "set it without the '+': hydra/launcher=lab"),
+])
+def test_plus_overrides_are_checked_like_the_others(override, message):
+    """A `+` does not turn a typo into a new key that nothing reads (before: `+model.n_layer=1` trained the
+    2-layer model and `+experiment=reddy_icl`-style typos went unnoticed, exit 0), and a `+` on what the
+    config already has gets the fix instead of Hydra's "Could not append" / "Multiple values"."""
+    with pytest.raises(ConfigError) as e:
+        check_override_keys([override])
+    assert message in str(e.value)
+
+
+def test_free_form_plus_keys_pass():
+    check_override_keys(["+clamps.x={site: logits, value: zero}", "+note=baseline", "++model.n_layers=1",
+                         "+hydra.job.env_set.A=1"])   # raises nothing
+
+
 def test_unknown_key_is_named_at_the_level_it_goes_wrong():
     with pytest.raises(ConfigError, match="unknown config key 'measures.phse.smooth'; did you mean 'measures.phase'"):
         check_override_keys(["measures.phse.smooth=3"])

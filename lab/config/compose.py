@@ -58,16 +58,31 @@ def _first_unknown(schema, keys: list[str]):
 
 def check_override_keys(overrides: list[str]) -> None:
     """Reject `group.key=value` overrides whose key no schema has, suggesting the nearest key.
-    Runs before Hydra so the message can say "did you mean"; `+key=` (append) is left to Hydra
-    (and `+clamps.<name>={...}` to normalize_clamps)."""
+    Runs before Hydra so the message can say "did you mean". `+key=` and `++key=` are checked alike (a
+    `+` does not make a typo a new key); a `+` on a key the schema has is told to drop it. Free-form
+    names stay free: `+clamps.<name>={...}` (checked by normalize_clamps) and new top-level keys that
+    resemble none of the config's (`+note=baseline`, a tag); `+experiment=` and other groups the
+    defaults list already chooses from are told to drop the `+`."""
     chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("task=")]
     presets = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
     task = chosen[-1] if chosen else (presets and _preset_task(presets[-1])) or "induction"
     schemas_by_group = group_schemas(task)
+    groups = _default_groups()
+    top_keys = sorted({*schemas_by_group, *groups, "clamps", "out_dir", "hydra"})
     for override in overrides:
-        if "=" not in override or override[0] in "+~":
+        if "=" not in override or override[0] == "~":
             continue
-        path = override.split("=", 1)[0].split(".")
+        plus = len(override) - len(override.lstrip("+"))
+        path = override[plus:].split("=", 1)[0].split(".")
+        top = path[0].split("/")[0]
+        # a new top-level key is free-form (a tag for the sweep table: `+note=baseline`) unless it is a typo
+        close = difflib.get_close_matches(top, top_keys, n=1, cutoff=0.8) if plus and top not in top_keys else []
+        if close:
+            raise ConfigError(f"unknown config key '{top}'; did you mean '{close[0]}'? (a new top-level key with "
+                              "'+' is kept as a free-form tag only when it resembles no key of the config)")
+        if plus == 1 and len(path) == 1 and (path[0] in groups or path[0] in _HYDRA_DEFAULT_GROUPS):   # Hydra: "Multiple values for ..."
+            raise ConfigError(f"'{override}' chooses from the {path[0]} group, which the config already has; "
+                              f"set it without the '+': {override[1:]}")
         if path[0] == "clamps" and len(path) > 2:
             names = [f.name for f in fields(ClampConfig)]
             if path[2] not in names:
@@ -78,11 +93,29 @@ def check_override_keys(overrides: list[str]) -> None:
             continue
         misses = [_first_unknown(schema, path[1:]) for schema in schemas_by_group[path[0]].values()]
         if None in misses:
+            if plus == 1:   # Hydra: "Could not append to config. An item is already at ..."
+                key, value = override[1:].split("=", 1)
+                raise ConfigError(f"'{override}' adds {key}, which the config already has; set it without "
+                                  f"the '+': {key}={value}")
             continue
         depth, node = misses[0]
         prefix, key = ".".join(path[:depth + 1]), path[depth + 1]
         names = [f.name for f in fields(node)]
         raise ConfigError(f"unknown config key '{'.'.join(path)}'{_did_you_mean(key, names, prefix)}")
+
+
+# Hydra's own groups that always have a choice, so `+hydra/launcher=...` clashes with it
+_HYDRA_DEFAULT_GROUPS = {f"hydra/{g}" for g in ("launcher", "sweeper", "job_logging", "hydra_logging", "help",
+                                                "hydra_help", "output", "env")}
+
+
+def _default_groups() -> set[str]:
+    """The config groups configs/config.yaml's defaults list already chooses from (task, model, ...)."""
+    groups = set()
+    for entry in OmegaConf.load(CONFIG_DIR / "config.yaml").get("defaults") or []:
+        if OmegaConf.is_dict(entry):
+            groups.update(str(k).split()[-1].lstrip("/") for k in entry)
+    return groups
 
 
 def _preset_task(experiment: str) -> Optional[str]:
