@@ -18,6 +18,10 @@ CASES = [
     (["optim.lr=nan"], 2, "error: config error: optim.lr=nan must be a finite number"),
     (["model.n_heads=3"], 2, "error: config error: model.d_model=16 is not divisible by model.n_heads=3"),
     (["task.seq_len=12"], 2, "error: config error: task.seq_len=12 cannot hold 2 copies of task.max_repeat_len=8 tokens after BOS"),
+    (["clamps.prev_token.heads=[7]"], 2,
+     "error: clamps.prev_token.heads: this config has no clamp named 'prev_token'; add it with "
+     "'+clamps.prev_token={site: ..., value: ...}', or choose the preset that defines it"),
+    (["+model.n_layer=1"], 2, "error: unknown config key 'model.n_layer'; did you mean 'model.n_layers'?"),
     (["clamp=perfect_prev_token", "clamps.prev_token.heads=[7]"], 2,
      "error: config error: clamps.prev_token.heads=[7]: head 7 does not exist (model.n_heads=2: 0..1)"),
     (["+clamps.c={site: blocks.5.attn.z, value: zero}"], 2,

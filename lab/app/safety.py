@@ -104,6 +104,11 @@ def _one_line(e: Exception) -> str:
         options = [l for l in listed[:next((i for i, l in enumerate(listed) if l.endswith(":")), len(listed))]
                    if not l.startswith("schema_")]
         msg += f"; available: {', '.join(options)}"
+    clamp = re.match(r"Could not override '(clamps\.([^.']+)\.[^']+)'", msg)
+    if clamp and "is not in struct" in msg:   # a key of a clamp that no preset or +clamps.<name> defined
+        key, name = clamp.groups()
+        msg = (f"{key}: this config has no clamp named '{name}'; add it with '+clamps.{name}={{site: ..., value: "
+               f"...}}', or choose the preset that defines it (clamp=perfect_prev_token defines clamps.prev_token)")
     return msg
 
 
