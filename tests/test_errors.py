@@ -90,3 +90,13 @@ def test_allowlist_unit():
         check_targets({"h": [{"()": "os.system"}]})
     register_target("my_lab.Launcher")
     check_targets({"_target_": "my_lab.Launcher"})
+
+
+def test_help_lists_what_users_choose():
+    """--help lists the groups' options without the ConfigStore's schema entries (schema_chan, ...)."""
+    p = subprocess.run([sys.executable, "-m", "lab", "--help"], capture_output=True, text=True, timeout=HANG_S)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.startswith("lab-train is powered by Hydra.")
+    assert "schema_" not in p.stdout and "clamp_schema" not in p.stdout
+    assert "\ntask: chan, copy, induction, markov, reddy, regression, singh, triggers\n" in p.stdout
+    assert "\nexperiment: bi_induct, " in p.stdout

@@ -7,7 +7,9 @@ the lab's own modules (ARCHITECTURE.md). It also keeps `lab-plot` and `--help` f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import io
 import json
 import logging
 import os
@@ -177,6 +179,21 @@ def _failed_jobs(sweep_dir: Path) -> list[str]:
     return failed
 
 
+def _help_without_schemas(text: str) -> str:
+    """--help's group list without the ConfigStore's schema entries (schema_*, the clamp_schema group):
+    they are the lab's typing, not options a user chooses."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        group, sep, options = line.partition(": ")
+        if sep and "schema_" in options and " " not in group:
+            kept = [o for o in options.strip().split(", ") if not o.startswith("schema_")]
+            if not kept:
+                continue
+            line = f"{group}: {', '.join(kept)}\n"
+        lines.append(line)
+    return "".join(lines)
+
+
 def train_main() -> None:
     argv = sys.argv[1:]
     try:
@@ -189,7 +206,16 @@ def train_main() -> None:
     if cfg is not None:
         sys.argv += _claim_output_dir(cfg, multirun)
     register_configs()
-    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_train_app)()
+    app = hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_train_app)
+    if "--help" in argv or "-h" in argv:   # Hydra's help, less the schemas the ConfigStore registers
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                app()
+        finally:   # Hydra exits after printing the help
+            print(_help_without_schemas(out.getvalue()), end="")
+        return
+    app()
     if multirun and cfg is not None:
         sweep_dir = Path(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("hydra.sweep.dir=")),
                               str(cfg.hydra.sweep.dir)))
