@@ -169,3 +169,16 @@ def test_microbatches_give_the_whole_batch_gradient(tiny_overrides):
     assert np.abs(flat["unclamped"] - flat["whole"]).max() > 100 * np.abs(flat["micro"] - flat["whole"]).max()
     with pytest.raises(ConfigError, match="train.microbatch=3 does not divide train.batch_size=8"):
         lab.Trainer(lab.load_config(tiny_overrides + ["train.batch_size=8", "train.microbatch=3"]))
+
+
+def test_train_log_follows_the_run(tmp_path, tiny_overrides):
+    """train.log holds one line per log step (seed means, as the progress bar shows them) and ends with
+    the status and verdict, so `tail -f` follows a run and the file tells how it ended."""
+    import numpy as np
+    r = lab.run(lab.load_config(tiny_overrides), tmp_path, plots=False)
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    progress = [l.split(" - ", 1)[1] for l in lines if "[lab.progress]" in l and " - step " in l]
+    assert [int(p.split()[1].split("/")[0]) for p in progress] == [rec["step"] for rec in r.trainer.records]
+    last = r.trainer.records[-1]
+    assert f"rep_loss={np.mean(last['loss_repeat']):.4g}" in progress[-1]
+    assert lines[-1].endswith(f"- completed: {r.summary['verdict']}")

@@ -61,6 +61,14 @@ def _write_hydra_files(cfg, hc, run_dir: Path) -> None:
     OmegaConf.save(OmegaConf.create(list(hc.overrides.task)), d / "overrides.yaml")
 
 
+def _started(cfg, hc, run_dir: Path) -> None:
+    """The run's checks passed: Hydra's files, and the run directory named now (console and train.log),
+    so TensorBoard or `tail -f train.log` can follow the run from its first step."""
+    _write_hydra_files(cfg, hc, run_dir)
+    tb = f"; tensorboard --logdir {run_dir / 'tensorboard'}" if cfg.train.tensorboard else ""
+    log.info("run directory: %s%s", run_dir, tb)
+
+
 def _refused(run_dir: Path) -> None:
     """A refused single run leaves nothing: the directory lab-train made for it goes again."""
     for d in _made_dirs:
@@ -85,7 +93,7 @@ def _train_app(cfg) -> dict | None:
 
     run_dir = Path(hc.runtime.output_dir)
     try:
-        result = run(cfg, run_dir, before_training=lambda d: _write_hydra_files(cfg, hc, d))
+        result = run(cfg, run_dir, before_training=lambda d: _started(cfg, hc, d))
     except (ConfigError, TrainingDiverged) as e:
         kind = "config error" if isinstance(e, ConfigError) else "training failed"
         msg = f"{kind}: {e}"

@@ -17,8 +17,8 @@ from lab.core import ConfigError, stop_requests
 from lab.plots.run import plot_run
 from lab.rundir import (RunDirBusy, checkpoint_steps, load_llc, load_outputs, load_summary, lock_run_dir,
                         records_to_arrays, records_up_to, unlock_run_dir, write_text_atomic)
-from lab.train.callbacks import (AttentionSnapshots, Checkpointer, LLCFile, MetricsFile, OutputTrajectory,
-                                 ProgressBar, TensorBoard)
+from lab.train.callbacks import (AttentionSnapshots, Checkpointer, LLCFile, LogLines, MetricsFile,
+                                 OutputTrajectory, ProgressBar, TensorBoard)
 from lab.train.checkpoint import Checkpoints
 from lab.train.runtime import configure_compile_cache
 from lab.train.trainer import RunResult, Trainer
@@ -202,6 +202,8 @@ def _train(cfg, trainer, run_dir: Optional[Path], checkpoints, plots: bool, extr
         callbacks.append(Checkpointer(checkpoints, cfg.train.checkpoint_every))
         if cfg.train.tensorboard:
             callbacks.append(TensorBoard(run_dir / "tensorboard"))
+        log_lines = LogLines(run_dir / "train.log", console=not cfg.train.progress)
+        callbacks.append(log_lines)
     if cfg.train.progress:
         callbacks.append(ProgressBar())
     trainer.callbacks = callbacks + list(extra_callbacks)
@@ -222,6 +224,7 @@ def _train(cfg, trainer, run_dir: Optional[Path], checkpoints, plots: bool, extr
             if trainer.records and not hurry:
                 summary["stages"] = stages_of_run(summary, run_dir)
             write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
+            log_lines.note(f"{summary['status']}: {summary.get('verdict', '')}".rstrip(": "), console=False)
             snapshots.save(run_dir / "attention.npz", summary, jax.device_get(trainer.task.snapshot_info(trainer.probe)))
             if plots and trainer.records and not hurry:
                 plot_run(run_dir)

@@ -80,6 +80,23 @@ class TensorBoard(Callback):
             w.close()
 
 
+def progress_values(trainer, record: dict, llc):
+    """What the progress shows at a log step, seed means: the training loss, the task's main loss, the
+    best induction score, and the latest LLC estimate (`llc`, carried until the next); returns
+    (values, llc)."""
+    values = {"loss": np.mean(record["train_loss"])} if "train_loss" in record else {}
+    main = trainer.task.main_metric
+    if main in record:
+        values["main_loss" if main != "loss_repeat" else "rep_loss"] = np.mean(record[main])
+    if "induction" in record:
+        values["induction"] = np.max(np.mean(record["induction"], 0))
+    if "llc" in record:
+        llc = np.mean(record["llc"])
+    if llc is not None:
+        values["llc"] = llc
+    return values, llc
+
+
 class ProgressBar(Callback):
     def __init__(self):
         self.bar, self.llc = None, None
@@ -91,21 +108,53 @@ class ProgressBar(Callback):
 
     def on_log(self, trainer, record, outputs):
         self.bar.update(record["step"] - self.bar.n)
-        post = {"loss": np.mean(record["train_loss"])} if "train_loss" in record else {}
-        main = trainer.task.main_metric
-        if main in record:
-            post["main_loss" if main != "loss_repeat" else "rep_loss"] = np.mean(record[main])
-        if "induction" in record:
-            post["induction"] = np.max(np.mean(record["induction"], 0))
-        if "llc" in record:
-            self.llc = np.mean(record["llc"])
-        if self.llc is not None:   # the latest estimate, shown until the next
-            post["llc"] = self.llc
+        post, self.llc = progress_values(trainer, record, self.llc)
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in post.items()}, refresh=False)
 
     def on_end(self, trainer):
         if self.bar:
             self.bar.close()
+
+
+class LogLines(Callback):
+    """One line per log step in the run's train.log (step, losses, induction score, LLC), so `tail -f`
+    or a scheduler's log shows how a run goes; on the terminal too when there is no progress bar
+    (`console`). Its own logger ("lab.progress", not propagated): the progress bar stays clean."""
+
+    def __init__(self, path: Path, console: bool):
+        self.path, self.console, self.llc, self.handlers = path, console, None, []
+        self.log = logging.getLogger("lab.progress")
+
+    def _open(self, console: bool) -> None:
+        import sys
+        fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        self.handlers = [logging.FileHandler(self.path, delay=True)] + ([logging.StreamHandler(sys.stderr)]
+                                                                         if console else [])
+        for h in self.handlers:
+            h.setFormatter(fmt)
+            self.log.addHandler(h)
+        self.log.setLevel(logging.INFO)
+        self.log.propagate = False
+
+    def note(self, message: str, console: bool) -> None:
+        """One more line after training (the run's status and verdict)."""
+        self._open(console)
+        self.log.info("%s", message)
+        self.on_end(None)
+
+    def on_start(self, trainer):
+        self._open(self.console)
+
+    def on_log(self, trainer, record, outputs):
+        values, self.llc = progress_values(trainer, record, self.llc)
+        self.log.info("step %d/%d: %s", record["step"], trainer.cfg.train.steps,
+                      " ".join(f"{k}={v:.4g}" for k, v in values.items()))
+
+    def on_end(self, trainer):
+        for h in self.handlers:
+            self.log.removeHandler(h)
+            h.close()
+        self.handlers = []
 
 
 class Checkpointer(Callback):
