@@ -151,12 +151,19 @@ def test_ablate_ignores_damaged_metrics(real_run, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- 2. unwritable --out
+def unwritable_out(out: str, tmp_path):
+    """"/proc/..." as it is; "a-file": a regular file where the output directory should go."""
+    if out != "a-file":
+        return out
+    path = tmp_path / "a-file"
+    path.write_text("not a directory")
+    return path
+
+
 @pytest.mark.parametrize("out", ["/proc/lab-x", "a-file"])
 def test_plot_unwritable_out(fake_run, tmp_path, capsys, out):
     run = copy(fake_run, tmp_path)
-    if out == "a-file":
-        out = tmp_path / "a-file"
-        out.write_text("not a directory")
+    out = unwritable_out(out, tmp_path)
     code, err = cli(plot_main, [run, "--out", out], capsys)
     line = assert_one_line_error(code, err, 2, f"cannot write the plots to {out}", "--out")
     assert out == "/proc/lab-x" or "a file, not a directory" in line
@@ -166,9 +173,7 @@ def test_plot_unwritable_out(fake_run, tmp_path, capsys, out):
 def test_ablate_unwritable_out(real_run, tmp_path, capsys, out):
     """Refused before the ablation is computed (no compile), not after it."""
     run = copy(real_run, tmp_path)
-    if out == "a-file":
-        out = tmp_path / "a-file"
-        out.write_text("not a directory")
+    out = unwritable_out(out, tmp_path)
     code, err = cli(ablate_cli.main, [run, *ABLATE, "--out", out], capsys)
     line = assert_one_line_error(code, err, 2, f"cannot write the ablation to {out}", "--out")
     assert out == "/proc/lab-x" or "a file, not a directory" in line
