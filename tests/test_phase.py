@@ -67,3 +67,52 @@ def test_aggregate_over_seeds():
 def test_smooth_keeps_length_and_constant():
     y = np.full(10, 3.0)
     assert np.allclose(phase.smooth(y, 5), y) and len(phase.smooth(np.arange(7.0), 4)) == 7
+
+
+def test_many_curves_fit_at_once_as_each_alone():
+    """fit_sigmoids over a batch gives each curve the fit it gets alone, whatever its neighbours."""
+    rng = np.random.default_rng(2)
+    curves = np.stack([sigmoid_curve(mid=m, width=w) + 0.02 * rng.standard_normal(len(STEPS))
+                       for m, w in ((800, 60), (2500, 300), (4200, 40))] + [np.full(len(STEPS), 1.0)])
+    together = phase.fit_sigmoids(STEPS, curves)
+    for y, fit in zip(curves, together):
+        alone = phase.fit_sigmoid(STEPS, y)
+        assert fit["midpoint"] == pytest.approx(alone["midpoint"], abs=1e-6)
+        assert fit["r2"] == pytest.approx(alone["r2"], abs=1e-9)
+    for fit, (m, w) in zip(together, ((800, 60), (2500, 300), (4200, 40))):
+        assert abs(fit["midpoint"] - m) < 10 and abs(fit["width"] - w) < 0.1 * w
+        assert fit["amplitude"] == pytest.approx(-3.5, abs=0.05) and fit["base"] == pytest.approx(4.0, abs=0.05)
+    assert together[3]["r2"] == 0.0          # a constant curve: nothing to explain
+
+
+def test_the_fit_is_the_least_squares_optimum_not_a_local_one():
+    """A sharp drop near the end and a wide one early: the global search over midpoints finds the
+    drop whichever; no 4-parameter sigmoid on a fine grid around the answer fits better."""
+    y = sigmoid_curve(mid=4700, width=30)
+    fit = phase.fit_sigmoid(STEPS, y)
+    assert fit["midpoint"] == pytest.approx(4700, abs=1) and fit["r2"] == pytest.approx(1.0, abs=1e-9)
+    x = np.arange(0, 1001, 10.0)
+    y = 1.0 + 0.5 / (1 + np.exp(-(x - 300) / 80)) + 0.05 * np.sin(x / 7)
+    fit = phase.fit_sigmoid(x, y)
+    sse = np.sum((fit["base"] + fit["amplitude"] / (1 + np.exp(-(x - fit["midpoint"]) / fit["width"])) - y) ** 2)
+    for dm in (-2, 0, 2):
+        for fw in (0.98, 1.0, 1.02):
+            mid, w = fit["midpoint"] + dm, fit["width"] * fw
+            s = 1 / (1 + np.exp(-(x - mid) / w))
+            A = np.stack([np.ones_like(s), s], 1)
+            res = y - A @ np.linalg.lstsq(A, y, rcond=None)[0]
+            assert np.sum(res ** 2) >= sse - 1e-9
+
+
+def test_detect_many_equals_detect_per_curve_with_gaps():
+    """Curves with NaN gaps (different finite steps) and flat curves in one batch: each result is
+    what detect gives that curve alone."""
+    a = sigmoid_curve(mid=1500)
+    b = sigmoid_curve(mid=3500).copy()
+    b[10:14] = np.nan
+    flat = np.full(len(STEPS), 2.0)
+    many = phase.detect_many(STEPS, np.stack([a, b, flat]), direction="decrease", threshold=2.0, min_amplitude=1.0)
+    for y, r in zip((a, b, flat), many):
+        assert r == phase.detect(STEPS, y, direction="decrease", threshold=2.0, min_amplitude=1.0)
+    assert [r["detected"] for r in many] == [True, True, False]
+    assert abs(many[1]["midpoint"] - 3500) < 20

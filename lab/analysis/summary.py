@@ -49,12 +49,14 @@ def _stages_aggregate(entry: dict) -> dict:
 
 
 def _curve_entry(steps, curves: np.ndarray, *, direction: str, threshold, min_change: float, kw: dict,
-                 stage_kw: dict, stage_frac: float, stage_curves: Optional[np.ndarray] = None) -> dict:
+                 stage_kw: dict, stage_frac: float, stage_curves: Optional[np.ndarray] = None,
+                 per_seed: Optional[list[dict]] = None) -> dict:
     """Both detectors on every seed's curve (curves: (n_steps, n_seeds)): the sigmoid needs a change
     of min_change, a stage's transition stage_frac of it; the stages read `stage_curves` instead
-    when given."""
-    per_seed = [phase.detect(steps, curves[:, s], direction=direction, threshold=threshold,
-                             min_amplitude=min_change, **kw) for s in range(curves.shape[1])]
+    when given. `per_seed`: the sigmoid's results when already found (phase.detect_many over heads)."""
+    if per_seed is None:
+        per_seed = phase.detect_many(steps, curves.T, direction=direction, threshold=threshold,
+                                     min_amplitude=min_change, **kw)
     stage_curves = curves if stage_curves is None else stage_curves
     entry = {"per_seed": per_seed, "aggregate": phase.aggregate(per_seed),
              "stages": stages.detect_stages_many(steps, stage_curves.T, direction=direction,
@@ -162,10 +164,15 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
     summary["phase"][main] = main_entry
     L, H = cfg.model.n_layers, cfg.model.n_heads
     for group, key in head_scores.items():
+        # every head's and seed's sigmoid fit at once: (L, H, S) curves
+        scores = metrics[key]                                                    # (steps, S, L, H)
+        fits = phase.detect_many(steps, scores.transpose(2, 3, 1, 0).reshape(L * H * n, -1), direction="increase",
+                                 threshold=pc.score_threshold, min_amplitude=pc.score_min_rise, **kw)
         summary["phase"][group] = {
-            head_name(l, h): _curve_entry(steps, metrics[key][:, :, l, h], direction="increase",
+            head_name(l, h): _curve_entry(steps, scores[:, :, l, h], direction="increase",
                                           threshold=pc.score_threshold, min_change=pc.score_min_rise, kw=kw,
-                                          stage_kw=stage_kw, stage_frac=frac)
+                                          stage_kw=stage_kw, stage_frac=frac,
+                                          per_seed=fits[(l * H + h) * n:(l * H + h + 1) * n])
             for l in range(L) for h in range(H)}
     for k, v in metrics.items():
         if k in ("step", "time", "lr") or v.ndim != 2:
