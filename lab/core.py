@@ -54,6 +54,11 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class AnalysisInterrupted(KeyboardInterrupt):
+    """A stop signal during the analysis after a run had finished training: its checkpoint and
+    summary.json are written, the plots (some or all) are not."""
+
+
 class Interrupted(KeyboardInterrupt):
     """A run stopped by a signal (Ctrl-C, SIGTERM, or a scheduler's pre-emption signal such as
     SLURM's SIGUSR2 under submitit); `signum` says which, so the caller can hand the signal on."""
@@ -69,6 +74,13 @@ class Interrupted(KeyboardInterrupt):
 # write. The trainer looks at the count between chunks, where the step, the state and the records agree.
 _stop_signals: list[int] = []
 HARD_EXIT_AFTER = 3   # the third signal ends the process at once; the newest checkpoint on disk stays intact
+_phase = ["training"]  # what a stop signal interrupts: "training" or "analysis" (summary, stages, plots)
+
+
+def set_stop_phase(phase: str) -> None:
+    """Say what a stop signal now interrupts: "training" (stop after the chunk, with a checkpoint) or
+    "analysis" (after training: skip what is left of the stage report and the plots)."""
+    _phase[0] = phase
 
 
 def request_stop(signum: int, frame=None) -> None:
@@ -76,7 +88,10 @@ def request_stop(signum: int, frame=None) -> None:
     import os
     import sys
     _stop_signals.append(signum)
-    if len(_stop_signals) == 1:
+    if _phase[0] == "analysis" and len(_stop_signals) < HARD_EXIT_AFTER:
+        sys.stderr.write("\nstopping the analysis after training: summary.json is written, what is left of the "
+                         "plots is skipped\n")
+    elif len(_stop_signals) == 1:
         sys.stderr.write("\nstopping after the current chunk, with a checkpoint (again: skip the plots; "
                          f"{HARD_EXIT_AFTER} times: exit at once)\n")
     elif len(_stop_signals) == 2:

@@ -324,3 +324,29 @@ def test_lab_plot_compare_cli(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_figures_drawn_by_worker_processes_are_the_figures_plot_run_draws(tmp_path, workers):
+    """draw_run_figures (what a run draws at its end) writes the same figures as
+    plot_run alone, whether in forked workers or in this process; an earlier drawing's stale file of a
+    figure the run lacks is not reported as drawn."""
+    from lab.plots.parallel import draw_run_figures
+    run = make_fake_run(tmp_path / "run", with_development=True, **SMALL)
+    alone = plot_run(run, tmp_path / "alone")
+    stale = tmp_path / "par" / "nonexistent_figure.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"old")
+    drawn, finished = draw_run_figures(run, tmp_path / "par", workers=workers)
+    assert finished
+    assert sorted(p.name for p in drawn) == sorted(p.name for p in alone)
+    assert stale not in drawn
+
+
+def test_a_stop_request_ends_the_drawing(tmp_path):
+    """should_stop saying yes at once: no worker draws to the end, and draw_run_figures says so."""
+    from lab.plots.parallel import draw_run_figures
+    run = make_fake_run(tmp_path / "run", with_development=True, **SMALL)
+    for workers in (0, 2):
+        drawn, finished = draw_run_figures(run, tmp_path / f"w{workers}", workers=workers, should_stop=lambda: True)
+        assert not finished and len(drawn) < len(FIGURES)

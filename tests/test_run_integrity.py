@@ -256,6 +256,38 @@ def test_a_crash_after_compiling_is_failed_in_the_summary_and_one_line(tmp_path,
     assert _status(run).startswith("failed at step 0: out of memory")
 
 
+_SLOW_FIGURES = """
+import os, sys, time
+import lab.plots.parallel as parallel
+def slow(run_dir, out_dir=None, figures=None):
+    open(os.path.join(run_dir, "drawing"), "w").close()
+    time.sleep(600)       # a figure that would take ten minutes
+parallel.plot_run = slow
+from lab.app.cli import train_main
+sys.argv = ["lab-train", *sys.argv[1:]]
+train_main()
+"""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_while_the_figures_are_drawn_is_answered_at_once(tmp_path, tiny_overrides, workers):
+    """Ctrl-C after training, while figures are drawn (here each would take ten minutes), in this process
+    or in forked workers: the drawing stops at once, summary.json is written ("completed"), and one message
+    says the run is complete and how to draw the plots; exit 130. (Before: the first Ctrl-C waited for
+    every figure.)"""
+    run = tmp_path / "run"
+    env = {**os.environ, "LAB_PLOT_WORKERS": workers}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_FIGURES, *tiny_overrides, "train.steps=20",
+                             f"hydra.run.dir={run}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _wait_for(lambda: (run / "drawing").exists(), proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)     # well before a single figure's ten minutes
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert f"interrupted after training: the run is complete in {run}" in err and f"lab-plot {run}" in err
+    assert _status(run) == "completed"
+
+
 _DISK_FULL_AT_STEP_40 = """
 import errno, sys
 from lab.train.checkpoint import Checkpoints

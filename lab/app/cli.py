@@ -25,10 +25,10 @@ from hydra.types import RunMode
 
 from lab.app.safety import precheck
 from lab.config.compose import CONFIG_DIR, check_override_keys, register_configs
-from lab.core import ConfigError, RunLoadError, TrainingDiverged, failure_reason, request_stop
+from lab.core import AnalysisInterrupted, ConfigError, RunLoadError, TrainingDiverged, failure_reason, request_stop
 from lab.plots.compare import plot_compare
 from lab.plots.report import write_report
-from lab.plots.run import plot_run
+from lab.plots.parallel import draw_run_figures
 from lab.rundir import checkpoint_steps, load_run_config, load_summary, run_dirs_under, write_text_atomic
 from lab.train.runtime import configure_xla_threads, place_on_gpus
 log = logging.getLogger("lab")
@@ -107,6 +107,10 @@ def _train_app(cfg) -> dict | None:
             _refused(run_dir)
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
+    except AnalysisInterrupted:
+        print(f"\ninterrupted after training: the run is complete in {run_dir} (checkpoint, metrics, summary.json; "
+              f"{load_summary(run_dir).get('verdict', '')}). Draw the plots with:\n  lab-plot {run_dir}", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt as e:
         _hand_on_preemption(e, run_dir)
         overrides = " ".join(hc.overrides.task)
@@ -299,7 +303,7 @@ def plot_main(argv=None) -> None:
                 if target.exists() and not target.is_dir():
                     raise NotADirectoryError(0, "it is a file, not a directory", str(target))
                 target.mkdir(parents=True, exist_ok=True)
-                paths = plot_run(run, out)
+                paths, _ = draw_run_figures(run, out)   # on every core
             except RunLoadError as e:   # metrics.jsonl, summary.json or config.yaml empty, cut or damaged
                 print(f"error: {e}", file=sys.stderr)
                 status = 2

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from lab.analysis.development import stage_report
 from lab.analysis.summary import summarize
 from lab.config.compose import load_config
-from lab.core import ConfigError, stop_requests
-from lab.plots.run import plot_run
+from lab.core import AnalysisInterrupted, ConfigError, set_stop_phase, stop_requests
+from lab.plots.parallel import draw_run_figures
 from lab.rundir import (RunDirBusy, checkpoint_steps, load_llc, load_outputs, load_summary, lock_run_dir,
                         records_to_arrays, records_up_to, unlock_run_dir, write_text_atomic)
 from lab.train.callbacks import (AttentionSnapshots, Checkpointer, LLCFile, LogLines, MetricsFile,
@@ -187,6 +187,46 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
         unlock_run_dir(run_dir)
 
 
+def _after_training(cfg, trainer, run_dir: Optional[Path], snapshots, log_lines, plots: bool) -> tuple[dict, bool]:
+    """The summary, stage report, attention snapshots and plots of a run that stopped training, each
+    announced as it starts. A stop signal during them (lab-train counts signals: lab.core.request_stop)
+    is answered within POLL_S seconds: the summary is still written, the plots are skipped. Returns the
+    summary and whether a signal during this analysis cut it short."""
+    set_stop_phase("analysis")
+    before = len(stop_requests())      # signals that stopped training: the plots are drawn all the same
+
+    def stopped() -> bool:             # a second signal (in all), or a new one after training finished
+        return len(stop_requests()) >= 2 or len(stop_requests()) > before
+
+    if trainer.records:
+        log.info("summary: phase changes and stages of %s and %d per-head curves", trainer.task.main_metric,
+                 len(trainer.task.head_scores) * cfg.model.n_layers * cfg.model.n_heads * len(trainer.seeds))
+    summary = summarize(records_to_arrays(trainer.records), cfg, trainer.task,
+                        trainer.seeds, trainer.status) if trainer.records else {"status": trainer.status}
+    if trainer.clamps:
+        summary["clamps"] = trainer.clamps.describe()
+    if cfg.train.on_nonfinite == "skip":
+        summary["skipped_updates"] = [int(sum(r["skipped_updates"][i] for r in trainer.records
+                                              if "skipped_updates" in r)) for i in range(len(trainer.seeds))]
+    if run_dir is None:
+        return summary, False
+    if trainer.records and not stopped():
+        summary["stages"] = stages_of_run(summary, run_dir)
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
+    log_lines.note(f"{summary['status']}: {summary.get('verdict', '')}".rstrip(": "), console=False)
+    snapshots.save(run_dir / "attention.npz", summary, jax.device_get(trainer.task.snapshot_info(trainer.probe)))
+    if not (plots and trainer.records):
+        return summary, False
+    if stopped():
+        log.warning("plots skipped (stop signal); draw them with: lab-plot %s", run_dir)
+        return summary, len(stop_requests()) > before
+    log.info("drawing the figures into %s", run_dir / "plots")
+    _, finished = draw_run_figures(run_dir, should_stop=stopped)
+    if not finished:
+        log.warning("plots cut short (stop signal); draw them with: lab-plot %s", run_dir)
+    return summary, len(stop_requests()) > before
+
+
 def _train(cfg, trainer, run_dir: Optional[Path], checkpoints, plots: bool, extra_callbacks) -> RunResult:
     mesh = dict(trainer.mesh.shape) if trainer.mesh is not None else "none (one device)"
     log.info("%d XLA %s device(s); seeds x batch mesh: %s", jax.device_count(), jax.default_backend(), mesh)
@@ -212,22 +252,7 @@ def _train(cfg, trainer, run_dir: Optional[Path], checkpoints, plots: bool, extr
     try:
         trainer.fit()
     finally:
-        summary = summarize(records_to_arrays(trainer.records), cfg, trainer.task,
-                            trainer.seeds, trainer.status) if trainer.records else {"status": trainer.status}
-        if trainer.clamps:
-            summary["clamps"] = trainer.clamps.describe()
-        if cfg.train.on_nonfinite == "skip":
-            summary["skipped_updates"] = [int(sum(r["skipped_updates"][i] for r in trainer.records
-                                                  if "skipped_updates" in r)) for i in range(len(trainer.seeds))]
-        hurry = len(stop_requests()) >= 2   # a second Ctrl-C: the summary, not the slow analysis
-        if run_dir is not None:
-            if trainer.records and not hurry:
-                summary["stages"] = stages_of_run(summary, run_dir)
-            write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
-            log_lines.note(f"{summary['status']}: {summary.get('verdict', '')}".rstrip(": "), console=False)
-            snapshots.save(run_dir / "attention.npz", summary, jax.device_get(trainer.task.snapshot_info(trainer.probe)))
-            if plots and trainer.records and not hurry:
-                plot_run(run_dir)
-            elif hurry:
-                log.warning("plots skipped (second stop signal); draw them with: lab-plot %s", run_dir)
+        summary, cut_short = _after_training(cfg, trainer, run_dir, snapshots, log_lines if run_dir else None, plots)
+    if cut_short:
+        raise AnalysisInterrupted(f"stopped during the analysis after training; lab-plot {run_dir} draws the plots")
     return RunResult(cfg, trainer, summary, run_dir, trainer.metrics())

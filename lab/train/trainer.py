@@ -22,7 +22,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lab.clamps.clamp_set import Clamps
-from lab.core import ConfigError, Interrupted, TrainingDiverged, clear_stop_requests, failure_reason, request_stop, stop_requests
+from lab.core import (ConfigError, Interrupted, TrainingDiverged, clear_stop_requests, failure_reason, request_stop,
+                      set_stop_phase, stop_requests)
 from lab.measures import llc
 from lab.measures.composition import composition_scores
 from lab.model import Model
@@ -305,6 +306,7 @@ class Trainer:
         return pending[0] if pending else None
 
     def fit(self) -> "Trainer":
+        set_stop_phase("training")
         with self._deferred_interrupts():
             return self._fit()
 
