@@ -28,6 +28,8 @@ RECIPES = {
     "von_oswald": ["task=regression", "model=linear_attn", "optim.lr=1e-2", "optim.schedule=warmup_cosine",
                    "optim.warmup_steps=100", "train.batch_size=128", "train.steps=2000"],
     "edelman": ["task=markov", "train.steps=2000"],
+    "bietti": ["task=triggers"],
+    "chan": ["task=chan", "model=singh", "train.steps=3000"],
     "hoogland_lm": ["task=induction", "model=attn_only_2l", "measures.llc.every=75"],
     "hoogland_regression": ["task=regression", "model=transformer_2l", "task.dim=4", "task.n_context=15",
                             "task.seq_len=16", "train.steps=2000", "measures.llc.every=100"],
