@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from lab.analysis.development import stage_report
 from lab.analysis.summary import summarize
-from lab.config.compose import load_config
+from lab.config.compose import RETIRED_KEYS, load_config
 from lab.core import AnalysisInterrupted, ConfigError, set_stop_phase, stop_requests
 from lab.plots.parallel import draw_run_figures
 from lab.rundir import (RunDirBusy, checkpoint_steps, load_llc, load_outputs, load_summary, lock_run_dir,
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # (none changes what is trained). Any other difference, a key added included, is refused.
 RESUMABLE_CHANGES = ("train.resume", "train.steps", "train.progress", "train.tensorboard", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.log_every", "train.compile_cache", "train.xla_cpu_threads",
-                     "train.gpus_per_job", "model.fused_attention", "out_dir")
+                     "train.gpus_per_job", "model.fused_attention")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -50,7 +50,7 @@ def _check_same_config(run_dir: Path, cfg) -> None:
     if not saved_path.exists():
         return
     saved_cfg = OmegaConf.load(saved_path)
-    saved = _flat(OmegaConf.to_container(saved_cfg, resolve=True))
+    saved = {k: v for k, v in _flat(OmegaConf.to_container(saved_cfg, resolve=True)).items() if k not in RETIRED_KEYS}
     now = _flat(OmegaConf.to_container(cfg, resolve=True))
     task = OmegaConf.select(saved_cfg, "task.name")   # the defaults of the saved run's own task
     defaults = _flat(OmegaConf.to_container(load_config([f"task={task}"] if task else []), resolve=True))

@@ -68,7 +68,7 @@ def check_override_keys(overrides: list[str]) -> None:
     task = chosen[-1] if chosen else (presets and _preset_task(presets[-1])) or "induction"
     schemas_by_group = group_schemas(task)
     groups = _default_groups()
-    top_keys = sorted({*schemas_by_group, *groups, "clamps", "out_dir", "hydra"})
+    top_keys = sorted({*schemas_by_group, *groups, "clamps", "hydra"})
     for override in overrides:
         if "=" not in override or override[0] == "~":
             continue
@@ -80,6 +80,10 @@ def check_override_keys(overrides: list[str]) -> None:
         if close:
             raise ConfigError(f"unknown config key '{top}'; did you mean '{close[0]}'? (a new top-level key with "
                               "'+' is kept as a free-form tag only when it resembles no key of the config)")
+        if not plus and top not in top_keys:   # Hydra would say "Could not override ...: Key ... not in 'Config'"
+            close = difflib.get_close_matches(top, top_keys, n=1)
+            raise ConfigError(f"unknown config key '{top}'" + (f"; did you mean '{close[0]}'?" if close else
+                              f"; the config's keys and groups: {', '.join(k for k in top_keys if k != 'hydra')}"))
         if plus == 1 and len(path) == 1 and (path[0] in groups or path[0] in _HYDRA_DEFAULT_GROUPS):   # Hydra: "Multiple values for ..."
             raise ConfigError(f"'{override}' chooses from the {path[0]} group, which the config already has; "
                               f"set it without the '+': {override[1:]}")
@@ -236,11 +240,19 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "config"):
         return compose(config_name, overrides=list(overrides))
 
 
+# Keys older versions of the lab wrote into a run's config.yaml that no longer exist, and that changed
+# nothing a run did: ignored when an old run is read or continued. (out_dir: nothing ever read it;
+# hydra.run.dir chooses the run directory.)
+RETIRED_KEYS = ("out_dir",)
+
+
 def saved_config(path):
     """A run's saved (resolved) config, laid over the current default config, so that a run written
     before a key existed gets that key's default. If the saved config does not fit the current
     schema, it is used as saved."""
     saved = OmegaConf.load(path)
+    for key in RETIRED_KEYS:
+        saved.pop(key, None)
     try:   # the defaults of the saved run's own task (another task's schema would not take its keys)
         task = OmegaConf.select(saved, "task.name")
         return OmegaConf.merge(load_config([f"task={task}"] if task else []), saved)

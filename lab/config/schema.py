@@ -148,4 +148,3 @@ class Config:
     train: TrainConfig = MISSING
     measures: MeasuresConfig = MISSING
     clamps: Dict[str, Any] = field(default_factory=dict)   # named ClampConfigs (checked by validate); presets in clamp/
-    out_dir: str = "."
