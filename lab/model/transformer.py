@@ -22,10 +22,13 @@ def _normal(rngs: nnx.Rngs, shape, std):
     return nnx.Param(std * jax.random.normal(rngs.params(), shape))
 
 
+LN_EPS = 1e-5   # LayerNorm's epsilon (TransformerLens' default too)
+
+
 class LayerNorm(nnx.Module):
     """Plain LayerNorm; written out because it compiles to faster CPU code than nnx.LayerNorm here."""
 
-    def __init__(self, d: int, eps: float = 1e-5):
+    def __init__(self, d: int, eps: float = LN_EPS):
         self.scale, self.bias, self.eps = nnx.Param(jnp.ones(d)), nnx.Param(jnp.zeros(d)), eps
 
     def __call__(self, x):
