@@ -29,9 +29,10 @@ $(RAY_VENV)/.installed: pyproject.toml
 # tests/test_export.py loads a lab-export into HookedTransformer there; a benchmark against TransformerLens
 # can use it too. torch's CPU build comes from PyTorch's CPU index (or a local wheel pip finds).
 # torch first and alone, so that only it is looked up on that index; then the rest from the usual one.
+# transformer_lens 3.9.0: the last release with HookedTransformer (4.0 replaced it by TransformerBridge).
 PEERS_VENV := .venv-peers
 PEERS_TORCH := torch==2.13.0+cpu
-PEERS := $(PEERS_TORCH) transformer_lens==4.3.0 safetensors==0.8.0 numpy==2.4.6
+PEERS := $(PEERS_TORCH) transformer_lens==3.9.0 safetensors==0.8.0 numpy==2.4.6
 setup-peers: $(PEERS_VENV)/.installed
 
 $(PEERS_VENV)/.installed: Makefile
