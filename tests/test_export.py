@@ -259,9 +259,9 @@ def test_transformer_lens_computes_the_lab_function(tmp_path_factory, name, over
     for l in range(loaded.model.n_layers):
         aliases += [f"blocks.{l}.{s}" for s in ["hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v",
                                                  "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
-                                                 "attn.hook_result", "hook_resid_mid", "hook_resid_post"]]
-        if not loaded.model.cfg.attn_only:
-            aliases += [f"blocks.{l}.{s}" for s in ["mlp.hook_pre", "mlp.hook_post", "hook_mlp_out"]]
+                                                 "attn.hook_result", "hook_resid_post"]]
+        if not loaded.model.cfg.attn_only:   # (an attention-only HookedTransformer has no hook_resid_mid)
+            aliases += [f"blocks.{l}.{s}" for s in ["hook_resid_mid", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out"]]
     logits, cache = loaded.run_with_cache(tokens, aliases, seed_index=0)
     lab_npz = d.parent / "lab.npz"
     np.savez(lab_npz, tokens=tokens, logits=np.asarray(logits), **{n: np.asarray(cache[n]) for n in aliases})
@@ -271,6 +271,7 @@ def test_transformer_lens_computes_the_lab_function(tmp_path_factory, name, over
     report = json.loads(p.stdout.strip().splitlines()[-1])
     assert report["unexpected"] == [] and set(report["missing"]) <= set(report["buffers"]), report
     assert "logits" in report["sites"] and f"blocks.{loaded.model.n_layers - 1}.attn.hook_pattern" in report["sites"]
+    print(json.dumps(report["sites"], indent=0))   # shown with -s: each site's largest difference
     for site, r in report["sites"].items():
         assert r is not None, f"TransformerLens has no {site}"
         assert r["err"] <= 1e-4 * max(1.0, r["scale"]), (site, r)

@@ -126,7 +126,7 @@ def bos_token(task) -> Optional[int]:
     return task.model_vocab_size - 1 if getattr(task, "bos", False) else None
 
 
-_README = """# {name}: step {step} of {run_dir}
+_README = """# Step {step} of {run_dir}
 
 Written by `lab-export --to {to}` from induction-lab. `export.json` names the run, step and seeds.
 Tokens are the lab's ids (vocabulary {d_vocab}{bos}); no BOS is prepended for you.
@@ -141,7 +141,7 @@ from safetensors.numpy import load_file
 params = load_file("seed_{seed}.safetensors")   # {{"W_E": ..., "blocks.0.attn.W_Q": (d_model, head, d_head), ...}}
 ```
 """,
-    "transformer_lens": """A TransformerLens HookedTransformer (config.json, and a state dict per seed):
+    "transformer_lens": """A TransformerLens (3.x) HookedTransformer: config.json, and a state dict per seed:
 
 ```python
 import json
@@ -200,7 +200,7 @@ def export_run(run_dir, to: str, step: Optional[int] = None, seed: Optional[int]
     (out / "export.json").write_text(json.dumps(record, indent=1) + "\n")
     bos = record["bos_token"]
     (out / "README.md").write_text(_README.format(
-        name=name, step=run.step, run_dir=run_dir.resolve(), to=to, d_vocab=run.model.vocab_size,
+        step=run.step, run_dir=run_dir.resolve(), to=to, d_vocab=run.model.vocab_size,
         bos=f", BOS = {bos} at position 0" if bos is not None else "",
         how=_HOW[to].format(seed=seeds[0])))
     return written + [out / "export.json", out / "README.md"]
