@@ -1,6 +1,6 @@
 """examples/induction_circuit.ipynb runs from top to bottom in a fresh kernel (nbclient), trains its
 small run, and its result holds: ablating the induction head it found raises the loss on the repeated
-part above the clean loss. The notebook is kept with its outputs stripped."""
+part above the clean loss, which lies far below chance. The notebook is kept with its outputs stripped."""
 import os
 import re
 from pathlib import Path
@@ -34,5 +34,6 @@ def test_notebook_runs_and_ablating_the_induction_head_raises_the_loss(monkeypat
     found = re.search(r"RESULT clean=([\d.]+) ablated=([\d.]+) ablated_prev=([\d.]+)", text)
     assert found, text[-2000:]
     clean, ablated, ablated_prev = map(float, found.groups())
-    assert ablated > clean + 0.1, text[-2000:]
+    assert clean < 2.0, text[-2000:]          # the circuit formed: chance is ln 64 = 4.16 (0.58 measured)
+    assert ablated > clean + 0.1, text[-2000:]   # 0.89 measured
     assert ablated_prev > clean, text[-2000:]
