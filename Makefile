@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup setup-ray run test test-all bench bench-sweep experiments clean
+.PHONY: setup setup-ray setup-peers run test test-all bench bench-sweep experiments clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,24 @@ $(RAY_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RAY_VENV)
 	$(RAY_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(RAY_VENV)/bin/python -m pip install --quiet -e ".[ray]"
+	touch $@
+
+# The peers the lab is checked against (TransformerLens on CPU torch), in an environment of their own:
+# tests/test_export.py loads a lab-export into HookedTransformer there; a benchmark against TransformerLens
+# can use it too. torch's CPU build comes from PyTorch's CPU index (or a local wheel pip finds).
+# torch first and alone, so that only it is looked up on that index; then the rest from the usual one.
+# transformer_lens 3.9.0: the last release with HookedTransformer (4.0 replaced it by TransformerBridge).
+PEERS_VENV := .venv-peers
+PEERS_TORCH := torch==2.13.0+cpu
+PEERS := $(PEERS_TORCH) transformer_lens==3.9.0 safetensors==0.8.0 numpy==2.4.6
+setup-peers: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet --retries 2 --no-deps \
+	    --extra-index-url https://download.pytorch.org/whl/cpu $(PEERS_TORCH)
+	$(PEERS_VENV)/bin/python -m pip install --quiet $(PEERS)
 	touch $@
 
 # Train the default experiment (token induction, 2-layer attention-only) and write its plots.

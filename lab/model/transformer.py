@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lab.model.hooks import Hooks, resolve_names
+from lab.model.hooks import ActivationCache, Hooks, resolve_interventions, resolve_names
 from lab.model.kernels import causal_mask, dense, softmax_attention
 
 
@@ -22,10 +22,13 @@ def _normal(rngs: nnx.Rngs, shape, std):
     return nnx.Param(std * jax.random.normal(rngs.params(), shape))
 
 
+LN_EPS = 1e-5   # LayerNorm's epsilon (TransformerLens' default too)
+
+
 class LayerNorm(nnx.Module):
     """Plain LayerNorm; written out because it compiles to faster CPU code than nnx.LayerNorm here."""
 
-    def __init__(self, d: int, eps: float = 1e-5):
+    def __init__(self, d: int, eps: float = LN_EPS):
         self.scale, self.bias, self.eps = nnx.Param(jnp.ones(d)), nnx.Param(jnp.zeros(d)), eps
 
     def __call__(self, x):
@@ -221,10 +224,13 @@ class Model:
 
     def run_with_cache(self, params: dict, tokens, names: Iterable[str] = ("*",),
                        interventions: Optional[dict] = None):
-        """Like TransformerLens: (logits, {name: activation}); names may be globs."""
+        """Like TransformerLens: (logits, {name: activation}). Names and intervention keys may be globs
+        and TransformerLens' names (`blocks.0.attn.hook_pattern`); the cache answers to both."""
         names = resolve_names(names, self.hook_names)
-        return jax.jit(self.apply, static_argnames="cache_names")(params, tokens, interventions, tuple(names))
+        interventions = resolve_interventions(interventions, self.hook_names)
+        logits, cache = jax.jit(self.apply, static_argnames="cache_names")(params, tokens, interventions, tuple(names))
+        return logits, ActivationCache(cache)
 
     def run_with_hooks(self, params: dict, tokens, interventions: dict):
-        resolve_names(interventions, self.hook_names)
-        return self.apply(params, tokens, interventions)[0]
+        """The logits with `interventions` ({site or glob: Intervention or a list of them}) applied."""
+        return self.apply(params, tokens, resolve_interventions(interventions, self.hook_names))[0]
