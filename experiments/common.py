@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -134,8 +134,6 @@ class Run:
     summary: dict
     metrics: dict
     run_dir: Path
-    _params: object = field(default=None, repr=False)
-    _trainer: object = field(default=None, repr=False)
 
     @property
     def steps(self) -> np.ndarray:
@@ -191,13 +189,6 @@ class Run:
         return phase.detect(self.steps if steps is None else steps, values, direction=direction,
                             min_amplitude=min_amplitude, min_r2=pc.min_r2, max_width_frac=pc.max_width_frac,
                             smooth_window=pc.smooth)
-
-    def load(self):
-        """(trainer, params with a seed axis) from the run's newest checkpoint."""
-        if self._params is None:
-            from lab.train.restore import load_run
-            _, self._trainer, _, self._params = load_run(self.run_dir)
-        return self._trainer, self._params
 
 
 class Experiment:
@@ -279,9 +270,7 @@ class Experiment:
         self.train_seconds += seconds
         self.new_seconds += seconds
         self.say(f"{label}: done in {seconds:.0f}s — {result.summary.get('verdict', '')}")
-        run = Run(label, cfg, result.summary, load_metrics(run_dir), run_dir)
-        run._trainer, run._params = result.trainer, result.params
-        return run
+        return Run(label, cfg, result.summary, load_metrics(run_dir), run_dir)
 
     @staticmethod
     def _resummarize(cfg, summary: dict, metrics: dict, path: Path) -> dict:
