@@ -29,6 +29,26 @@ IGNORED_CONFIG_KEYS = {"out_dir", "train.progress", "train.tensorboard", "train.
 _UNSET = object()
 
 
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def run_identity(config: dict, overrides: list[str] | None) -> str:
+    """What a run is, in a few words for figure titles: its task and model ("markov task, 2-layer
+    4-head attention-only transformer") and the command-line overrides that made it, less Hydra's own
+    and IGNORED_CONFIG_KEYS (how it ran, not what it is) and a `task=` the task name already says."""
+    task = (config.get("task") or {}).get("name") if isinstance(config.get("task"), dict) else None
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    parts = [f"{task} task"] if task else []
+    if model.get("n_layers") is not None and model.get("n_heads") is not None:
+        kind = "attention-only " if model.get("attn_only") else ""
+        parts.append(f"{model['n_layers']}-layer {model['n_heads']}-head {kind}transformer")
+    kept = [o for o in overrides or [] if not _override_key(o).startswith("hydra")
+            and _override_key(o) not in IGNORED_CONFIG_KEYS and o != f"task={task}"]
+    text = ", ".join(parts) or "run"
+    return text + (f" ({', '.join(kept)})" if kept else "")
+
+
 def _flatten(config: dict, prefix: str = "") -> dict:
     """{"model": {"n_layers": 2}} -> {"model.n_layers": 2}; `clamps` stays one value."""
     out = {}
