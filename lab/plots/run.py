@@ -208,7 +208,7 @@ def _gather(run_dir: Path) -> _Run:
         baselines=summary.get("baselines") or {},
         main_heads=[k for k in ("induction", "prev_token") if k in heads],
         summary=summary,
-        identity=run_identity(config, load_overrides(run_dir)),
+        identity=run_identity(config, load_overrides(run_dir), summary),
         found=finding(summary, main),
     )
 
