@@ -58,9 +58,8 @@ code, pre { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, mono
    the table never grows wider than the page */
 table { border-collapse: collapse; font-size: 12px; width: 100%; }
 th, td { padding: 3px 5px; border-bottom: 1px solid #eceef1; text-align: right; }
-th { white-space: normal; overflow-wrap: anywhere; font-weight: 600; font-size: 11.5px; line-height: 1.2;
-     vertical-align: bottom; }
-td { white-space: nowrap; } td.text { white-space: normal; overflow-wrap: anywhere; }
+th { white-space: normal; font-weight: 600; font-size: 11.5px; line-height: 1.2; vertical-align: bottom; }
+td { white-space: nowrap; } td.text { white-space: normal; } td.status { white-space: nowrap; }
 th { position: sticky; top: 0; background: #eef1f5; cursor: pointer; user-select: none; text-align: center; }
 th:hover { background: #e0e6ee; }
 th[data-order=asc]::after { content: " \\25B2"; } th[data-order=desc]::after { content: " \\25BC"; }
@@ -164,6 +163,8 @@ def _td(row: dict, key: str, link: str | None = None) -> str:
         title = f' title="{html.escape(row["error"])}"'
     cls = f' class="{" ".join(classes)}"' if classes else ""
     text = html.escape(fmt_value(v, key))
+    if "text" in classes:
+        text = text.replace("_", "_<wbr>")      # long names wrap after their underscores
     if link:
         text = f'<a href="{html.escape(link)}">{text}</a>'
     return f'<td{cls} data-v="{html.escape(sort)}"{title}>{text}</td>'
@@ -171,8 +172,8 @@ def _td(row: dict, key: str, link: str | None = None) -> str:
 
 def _html_table(sweep: Sweep, out: Path) -> str:
     keys = [k for k in sweep.rows[0] if not k.startswith("_") and k not in HTML_HIDDEN and not k.endswith("_reason")]
-    if not any(r["error"] for r in sweep.rows):
-        keys.remove("error")
+    empty = [k for k in keys if all(r.get(k) is None or r.get(k) == "" for r in sweep.rows)]
+    keys = [k for k in keys if k not in empty]        # so that the table fits the page; sweep.csv has them all
     head = "".join(f"<th>{_header(k)}</th>" for k in keys)
     first = {}     # a job's cell links to its first figure (loss.png)
     for j in sweep.jobs:
@@ -181,7 +182,10 @@ def _html_table(sweep: Sweep, out: Path) -> str:
     body = "\n".join(f'<tr class="{r["_category"]}">'
                      + "".join(_td(r, k, first[id(r["_job"])] if k == "job" else None) for k in keys) + "</tr>"
                      for r in sweep.rows)
-    return (f'<div class="tablewrap"><table class="sortable"><thead><tr>{head}</tr></thead>\n'
+    note = (f'<p class="note">Columns empty in every row are left out here (sweep.csv has them): '
+            f'{", ".join(f"<code>{html.escape(k)}</code>" for k in empty if k != "error")}.</p>'
+            if any(k != "error" for k in empty) else "")
+    return (f'{note}<div class="tablewrap"><table class="sortable"><thead><tr>{head}</tr></thead>\n'
             f"<tbody>\n{body}\n</tbody></table></div>")
 
 
