@@ -138,8 +138,14 @@ def finding(summary: dict, metric: str | None = None) -> str:
     steps = {s: seed_transition_step(entry, s) for s in seeds}
     hits = [s for s in seeds if steps[s] is not None]
     if hits:
-        at = [steps[s] for s in hits]
-        at = f" at step {np.mean(at):.0f}" + (f" ± {np.std(at, ddof=1):.0f}" if len(at) > 1 else "")
+        tr = phase_transition(summary, metric)
+        if tr is not None and tr.midpoint is not None and tr.n_detected == len(hits):
+            # every such seed has a sigmoid: its mean midpoint, the step the figures mark
+            mean, std = tr.midpoint, tr.midpoint_std if len(hits) > 1 else None
+        else:
+            at = [steps[s] for s in hits]
+            mean, std = float(np.mean(at)), float(np.std(at, ddof=1)) if len(at) > 1 else None
+        at = f" at step {mean:.0f}" + (f" ± {std:.0f}" if std else "")
         text = f"{what}{at} in {len(hits)}/{len(seeds)} seed{'s' * (len(seeds) > 1)}"
     else:
         text = f"no phase change detected in {label}" if metric != "loss_repeat" else "no phase change detected"
