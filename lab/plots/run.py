@@ -236,8 +236,8 @@ def _mark_transition(ax, tr: Transition | None, band=True, per_seed=True, label=
         for m in tr.midpoints:
             ax.axvline(m, color="0.45", lw=0.8, ls=":", alpha=0.9, zorder=1)
     if tr.centre is not None:
-        ax.axvline(tr.centre, zorder=1.5, label="mean transition midpoint (black dotted)" if label else None,
-                   **LINE_MARK)
+        what = "mean transition midpoint" if tr.midpoint is not None else "mean step the loss crossed the threshold"
+        ax.axvline(tr.centre, zorder=1.5, label=f"{what} (black dotted)" if label else None, **LINE_MARK)
 
 
 def _mark_stages(ax, tr: Transition | None, label=False) -> None:
@@ -293,7 +293,8 @@ def _plot_loss(run: _Run, path: Path) -> Path:
     ax.grid(alpha=0.3)
     # the phase verdict heads the legend, outside the axes on the right: inside, it covered curves
     # and the reference predictors' losses (e.g. the Markov task's unigram / bigram baselines)
-    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title=run.status(),
+    status = "\n".join(textwrap.fill(line, 46) for line in run.status().splitlines())   # keeps the legend narrow
+    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title=status,
                        title_fontproperties={"weight": "bold", "size": 10}, alignment="left", borderaxespad=0)
     legend.get_frame().set_edgecolor("0.5")
 
@@ -458,7 +459,8 @@ def _plot_head_lines(run: _Run, path: Path) -> Path | None:
     if any(run.thresholds.get(key) is not None for key in keys):
         handles.append(Line2D([], [], color="0.3", ls="--", lw=1, label="detection threshold"))
     if run.transition and run.transition.detected:
-        handles.append(Line2D([], [], label="loss transition midpoint", **LINE_MARK))
+        handles.append(Line2D([], [], label="loss transition midpoint" if run.transition.midpoint is not None
+                              else "loss below its threshold (mean step)", **LINE_MARK))
         if run.transition.onset is not None and run.transition.end is not None:
             handles.append(Patch(color=BAND_COLOUR, alpha=0.3, label="loss transition onset–end"))
     # below the panels (at the upper right it ran into the title), with the clamps' entries
