@@ -121,6 +121,7 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
     done_ids = {id(r) for r in done}
     rows = [r for r in sweep.rows if r["_category"] != COMPLETED or id(r) in done_ids]
     mid_key = f"{sweep.phase_metric}_midpoint"
+    _, condition_colour = _ordered_conditions(sweep.rows, sweep.swept)
     ncols = min(3, len(params))
     nrows = math.ceil(len(params) / ncols)
     width = max(5.6 * ncols, 9.0)     # room for the legend below a single panel
@@ -144,6 +145,8 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
             means = []
             for v in xaxis.values:
                 cell = [r for r in rows if r[p] == v and group_of(r) == key]
+                if len(sweep.swept) == 1 and cell:   # each value is a condition: its colour in every figure
+                    colour = condition_colour[condition_label(cell[0], sweep.swept)]
                 for k, r in enumerate(cell):
                     x = xaxis.at(v, g_off + (k - (len(cell) - 1) / 2) * dodge * 0.22)
                     if r["_category"] != COMPLETED:
@@ -155,12 +158,15 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
                 mids = [r[mid_key] for r in cell if r["_category"] == COMPLETED and r[mid_key] is not None]
                 if mids:
                     means.append((xaxis.at(v, g_off), float(np.mean(mids)),
-                                  float(np.std(mids, ddof=1)) if len(mids) > 1 else 0.0))
+                                  float(np.std(mids, ddof=1)) if len(mids) > 1 else 0.0, colour))
             if means:
-                xs, ms, ss = zip(*means)
+                xs, ms, ss, cs = zip(*means)
                 # a line joins means only along a numeric axis; categories (e.g. clamps) have no order
-                ax.errorbar(xs, ms, yerr=ss, color=colour, lw=2 if xaxis.numeric else 0, marker="D", ms=6.5,
-                            mec="white", mew=0.8, capsize=4, elinewidth=1.4, zorder=3)
+                if xaxis.numeric:
+                    ax.plot(xs, ms, color=colours[key] if len(sweep.swept) > 1 else "0.5", lw=2, zorder=2.5)
+                for x, m, sd, c in means:
+                    ax.errorbar([x], [m], yerr=[sd], color=c, lw=0, marker="D", ms=6.5, mec="white", mew=0.8,
+                                capsize=4, elinewidth=1.4, zorder=3)
         xaxis.setup(ax, p)
         ax.grid(alpha=0.3)
         ax.set_title(f"vs {p}")
