@@ -7,6 +7,7 @@ callback_state/<step>.npz. Plots, the sweep table, the resume logic and the CLIs
 | metrics.jsonl | `lab.train.callbacks.MetricsFile` | `load_metrics`, `read_records`, `records_up_to` |
 | summary.json | `lab.app.run` | `load_summary` |
 | config.yaml | `lab.app.run` | `load_run_config` (a dict), `lab.config.compose.saved_config` (typed) |
+| .hydra/overrides.yaml | `lab.app.cli` (the command line's overrides) | `load_overrides`, `lab.analysis.sweep` |
 | attention.npz | `lab.train.callbacks.AttentionSnapshots` | `load_attention` |
 | checkpoints/ | `lab.train.checkpoint` (orbax) | `checkpoint_steps`, `run_dir_problem` |
 | callback_state/<step>.npz | `lab.train.checkpoint.Checkpoints.save_callback_state` | `Checkpoints.load_callback_state` |
@@ -252,6 +253,17 @@ def load_run_config(run_dir, strict: bool = False) -> dict:
         raise RunLoadError(f"{path} {problem}; restore it from a copy{source}, or train the run again")
     warnings.warn(f"{path} {problem}; plotting without config information")
     return {}
+
+
+def load_overrides(run_dir) -> list[str] | None:
+    """The run's command-line overrides (.hydra/overrides.yaml, e.g. ["task=markov", "train.steps=600"]),
+    or None when the file is absent or unusable (a run made by `lab.run()` from Python has none)."""
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return None
+    return [str(o) for o in raw] if isinstance(raw, list) else None
 
 
 def load_attention(run_dir) -> dict | None:

@@ -201,7 +201,9 @@ def make_fake_run(path, seeds=2, layers=2, heads=4, T=32, steps=40, with_phase=T
     if with_config:
         (path / "config.yaml").write_text(yaml.safe_dump(_config(S, L, H, T, total, clamps, config), sort_keys=False))
 
-    summary = {"seeds": list(range(first_seed, first_seed + S)), "n_layers": L, "n_heads": H, "steps": total,
+    # "task" as lab-train's summary.json has it (figure titles name the task from it, config.yaml or not)
+    summary = {"seeds": list(range(first_seed, first_seed + S)), "task": "induction", "n_layers": L, "n_heads": H,
+               "steps": total,
                "strongest_induction_head": list(ind_head), "strongest_prev_token_head": list(prev_head),
                "chance_loss": chance}
     if with_phase:

@@ -200,3 +200,37 @@ def test_condition_rows_are_statistics_over_each_conditions_seeds(sweep):
         assert cond["final_std"] == pytest.approx(np.std(final, ddof=1))
         lo, hi = cond["final_ci95"]
         assert min(final) - 1e-9 <= lo <= hi <= max(final) + 1e-9
+
+
+def test_html_fits_a_1400px_screen_in_chromium(report, tmp_path):
+    """No sideways scrolling at 1400 px: not the page, not the tables (the script measures both)."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install chromium); .ci/run installs it")
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                           "--window-size=1400,900", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                           report["html"].as_uri()], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", proc.stdout)
+    overflow = re.search(r'data-overflow-x="(-?\d+)"', body.group(0)) if body else None
+    assert overflow, proc.stdout[:2000]
+    assert int(overflow.group(1)) == 0
+
+
+def test_html_links_each_jobs_plots(tmp_path):
+    """Each job's run figures are linked from the report, relative to it, in the run figures' order; a job
+    without plots says how to draw them."""
+    root = _make_sweep(tmp_path / "multirun" / "02-50-00")
+    for name in ("heads_lines", "loss"):
+        (root / "0" / "plots").mkdir(exist_ok=True)
+        (root / "0" / "plots" / f"{name}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    written = write_report(root)
+    page = written["html"].read_text()
+    links = re.findall(r'<a href="([^"]+)">(\w+)</a>', page)
+    job0 = [(href, name) for href, name in links if href.startswith("../0/")]
+    assert ("../0/plots/loss.png", "loss") in job0 and ("../0/plots/heads_lines.png", "heads_lines") in job0
+    assert [name for _, name in job0 if name != "0"].index("loss") < [n for _, n in job0 if n != "0"].index("heads_lines")
+    for href, _ in job0:
+        assert (written["html"].parent / href).resolve().is_file()
+    assert '<a href="../0/plots/loss.png">0</a>' in page      # the job's cell in the table links to its loss figure
+    assert f"lab-plot {root / '1'}" in page

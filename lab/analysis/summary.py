@@ -199,8 +199,12 @@ def summarize(metrics: dict, cfg, task, seeds: list[int], status: str = "complet
         verdict += f"; stages per seed: {', '.join(str(c + 1) for c in stage_counts)}"
     if "induction" in head_scores:
         ind = summary["phase"]["induction"]
-        later = [head_name(l, h) for l in range(min(1, L - 1), L) for h in range(H)]   # layer 0 only if L = 1
-        formed = [[name for name in later if _formed(ind[name], s)] for s in range(n)]
+        later = [(l, h) for l in range(min(1, L - 1), L) for h in range(H)]   # layer 0 only if L = 1
+
+        def formed_in(l, h, s):   # the task's own rule (Task.head_formed), else the general one
+            own = task.head_formed(metrics[head_scores["induction"]][:, s, l, h], pc)
+            return _formed(ind[head_name(l, h)], s) if own is None else own
+        formed = [[head_name(l, h) for l, h in later if formed_in(l, h, s)] for s in range(n)]
         summary["induction_heads_per_seed"] = formed
         summary["induction_head_formed"] = [bool(h) for h in formed]
         early = [bool(st["transitions"]) for st in main_entry["stages"]]   # only a fall from the first step

@@ -18,7 +18,7 @@ from lab.plots.parallel import draw_run_figures
 from lab.rundir import (RunDirBusy, checkpoint_steps, load_llc, load_outputs, load_summary, lock_run_dir,
                         records_to_arrays, records_up_to, unlock_run_dir, write_text_atomic)
 from lab.train.callbacks import (AttentionSnapshots, Checkpointer, LLCFile, LogLines, MetricsFile,
-                                 OutputTrajectory, ProgressBar, TensorBoard)
+                                 OutputTrajectory, ProgressBar, TensorBoard, WandbLogger, check_wandb)
 from lab.train.checkpoint import Checkpoints
 from lab.train.runtime import configure_compile_cache
 from lab.train.trainer import RunResult, Trainer
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 # Keys that may change when a run is continued: its length, and how it logs, checkpoints and compiles
 # (none changes what is trained). Any other difference, a key added included, is refused.
-RESUMABLE_CHANGES = ("train.resume", "train.steps", "train.progress", "train.tensorboard", "train.checkpoint_every",
+RESUMABLE_CHANGES = ("train.resume", "train.steps", "train.progress", "train.tensorboard", "train.wandb",
+                     "train.wandb_mode", "train.wandb_project", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.log_every", "train.compile_cache", "train.xla_cpu_threads",
                      "train.gpus_per_job", "model.fused_attention")
 
@@ -151,6 +152,7 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
     every check that can refuse the run comes before the first write; `before_training(run_dir)` then
     runs (lab-train writes Hydra's .hydra/ files there). `extra_callbacks` (lab.train.callbacks.Callback)
     run between compiled chunks after the built-in ones."""
+    check_wandb(cfg.train)
     configure_compile_cache(cfg.train)
     trainer = Trainer(cfg)
     if run_dir is None:
@@ -241,7 +243,10 @@ def _train(cfg, trainer, run_dir: Optional[Path], checkpoints, plots: bool, extr
             callbacks.append(LLCFile(run_dir, trainer.llc))
         callbacks.append(Checkpointer(checkpoints, cfg.train.checkpoint_every))
         if cfg.train.tensorboard:
-            callbacks.append(TensorBoard(run_dir / "tensorboard"))
+            callbacks.append(TensorBoard(run_dir / "tensorboard", run_dir))
+        if cfg.train.wandb:
+            callbacks.append(WandbLogger(run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.train.wandb_mode,
+                                         cfg.train.wandb_project))
         log_lines = LogLines(run_dir / "train.log", console=not cfg.train.progress)
         callbacks.append(log_lines)
     if cfg.train.progress:

@@ -64,6 +64,9 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     tensorboard: bool = True
+    wandb: bool = False               # also log to Weights & Biases (pip install 'induction-lab[wandb]')
+    wandb_mode: str = "offline"       # offline (files under the run directory; `wandb sync` uploads) | online | disabled
+    wandb_project: str = "induction-lab"
     on_nonfinite: str = "stop"        # stop: a NaN/inf loss or gradient fails the run | skip: drop that update, count it
     xla_cpu_threads: str = "single"   # single | multi: XLA's CPU threading (tiny models run faster single)
     gpus_per_job: Optional[int] = None  # on a multi-GPU node: GPUs each job claims; null: 1 per multirun job, all for a single run (CUDA_VISIBLE_DEVICES, e.g. SLURM's, wins)

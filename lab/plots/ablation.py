@@ -16,6 +16,9 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from lab.analysis.ablation import CONDITIONS  # noqa: E402
 
+ACC_TOP = 1.04       # the accuracy axis: [0, 1] with a margin of 0.04
+ACC_INSIDE = 0.8     # bars (mean + std) above this carry their numbers inside, under the axis top
+
 
 def _condition_labels(result: dict) -> list[str]:
     n = result["n_per_layer"]
@@ -24,7 +27,15 @@ def _condition_labels(result: dict) -> list[str]:
 
 def plot(result: dict, path: Path) -> Path:
     """Left: loss increase when each head alone is ablated (mean over seeds), annotated with its
-    induction score; right: loss and accuracy for none / top / random (mean ± std)."""
+    induction score; right: loss and accuracy for none / top / random (mean ± std). Writes `path`."""
+    fig = figure(result)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def figure(result: dict):
+    """The figure `plot` writes, open (the caller closes it)."""
     L, H = result["n_layers"], result["n_heads"]
     delta = np.asarray(result["single_delta_loss"])
     score = np.asarray(result["induction_scores"]).mean(axis=0)
@@ -70,12 +81,21 @@ def plot(result: dict, path: Path) -> Path:
         stds = [summ[c][f"{key}_std"] for c in CONDITIONS]
         ax.bar(range(3), means, yerr=stds, capsize=5, color=colours, edgecolor="black", lw=0.6)
         for x, (m, sd) in enumerate(zip(means, stds)):
-            ax.annotate(f"{m:.3f}" + (f"\n± {sd:.3f}" if sd else ""), (x, m + sd), xytext=(0, 3),
-                        textcoords="offset points", ha="center", va="bottom", fontsize=9)
+            text = f"{m:.3f}" + (f"\n± {sd:.3f}" if sd else "")
+            if key == "acc" and m + sd > ACC_INSIDE:   # no room above the bar below 1: write it inside
+                ax.annotate(text, (x, m / 2), ha="center", va="center", fontsize=9,   # halfway up: clear of the error bar
+                            color="white" if colours[x] != "0.6" else "black")
+            else:
+                ax.annotate(text, (x, m + sd), xytext=(0, 3), textcoords="offset points", ha="center",
+                            va="bottom", fontsize=9)
         ax.axhline(chance, ls="--", lw=1, color="0.3", label="chance")
         ax.legend(loc="best", fontsize=8, frameon=False)
         top = max(max(m + sd for m, sd in zip(means, stds)), chance)
-        ax.set_ylim(0, top * 1.22 if key == "loss" else min(1.25, max(top * 1.22, 0.1)))
+        if key == "loss":
+            ax.set_ylim(0, top * 1.22)
+        else:   # an accuracy: [0, 1] and a margin for the error bars, never the 1.2 a loss-style margin gave
+            ax.set_ylim(0, ACC_TOP)
+            ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_xticks(range(3), labels, fontsize=9)
         ax.set_title(title, fontsize=11)
     fig.get_layout_engine().set(wspace=0.06)
@@ -85,6 +105,4 @@ def plot(result: dict, path: Path) -> Path:
     fig.suptitle(f"{result['kind']} ablation of {Path(result['run_dir']).name} at step {result['step']} "
                  f"({result['eval_size']} eval sequences, {seeds}; error bars: std over "
                  f"{'draws and seeds' if n_seeds > 1 else 'draws'})", fontsize=11)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return fig

@@ -248,6 +248,13 @@ def shade_clamps(ax, windows: list[ClampWindow], x_range: tuple[float, float], l
 
 def clamp_legend(fig, windows: list[ClampWindow]) -> None:
     """A legend below the panels for the windows shade_clamps draws (its labels are long)."""
+    handles = clamp_handles(windows)
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", fontsize=9, ncols=1, frameon=False)
+
+
+def clamp_handles(windows: list[ClampWindow]) -> list:
+    """The legend entries of the windows shade_clamps draws, for a figure that has one legend below."""
     handles = []
     for w in windows:
         if not w.drawn:
@@ -258,5 +265,4 @@ def clamp_legend(fig, windows: list[ClampWindow]) -> None:
             handles.append(Patch(color=w.colour, alpha=CLAMP_ALPHA + 0.08, lw=0, label=w.legend_label()))
     if any(w.drawn and w.ramp is not None for w in windows):
         handles.append(Patch(color="0.5", alpha=0, label="fading shade: strength ramping up or down"))
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", fontsize=9, ncols=1, frameon=False)
+    return handles

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 # lab.plots.style first: it selects the headless Agg backend before pyplot loads
-from lab.plots.style import DPI, STEP_LABEL, STYLE, metric_label, seed_mean
+from lab.plots.style import DPI, STEP_LABEL, STYLE, condition_colours, condition_sort_key, metric_label, seed_mean
 from lab.plots.clamp_windows import ClampWindow, clamp_windows, shade_clamps
 from lab.plots.transition import Transition, phase_transition
-from lab.rundir import load_metrics, load_run_config, load_summary
+from lab.analysis.sweep import SEED_KEYS, parse_overrides
+from lab.rundir import load_metrics, load_overrides, load_run_config, load_summary
 
 import matplotlib.pyplot as plt  # noqa: E402  (after lab.plots.style: the Agg backend)
 from matplotlib.lines import Line2D  # noqa: E402
@@ -27,6 +28,29 @@ IGNORED_CONFIG_KEYS = {"out_dir", "train.progress", "train.tensorboard", "train.
                        "train.checkpoint_every", "train.keep_checkpoints", "train.xla_cpu_threads",
                        "train.seed_axis", "model.fused_attention"}
 _UNSET = object()
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def run_identity(config: dict, overrides: list[str] | None, summary: dict | None = None) -> str:
+    """What a run is, in a few words for figure titles: its task and model shape ("markov task,
+    2-layer 4-head transformer", from summary.json or else config.yaml) and the command-line overrides
+    that made it, less Hydra's own and IGNORED_CONFIG_KEYS (how it ran, not what it is) and a `task=`
+    the task name already says."""
+    summary = summary or {}
+    task_cfg = config.get("task") if isinstance(config.get("task"), dict) else {}
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    task = summary.get("task") or task_cfg.get("name")
+    layers, heads = summary.get("n_layers", model.get("n_layers")), summary.get("n_heads", model.get("n_heads"))
+    parts = [f"{task} task"] if task else []
+    if layers is not None and heads is not None:
+        parts.append(f"{layers}-layer {heads}-head transformer")
+    kept = [o for o in overrides or [] if not _override_key(o).startswith("hydra")
+            and _override_key(o) not in IGNORED_CONFIG_KEYS and o != f"task={task}"]
+    text = ", ".join(parts) or "run"
+    return text + (f" ({', '.join(kept)})" if kept else "")
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:
@@ -112,6 +136,7 @@ class _Compared:
     clamps: list[ClampWindow]
     config: dict
     difference: dict
+    condition: dict = None     # what the run's colour stands for: its differing settings less the seed
 
     def row(self) -> dict:
         tr = self.transition
@@ -168,6 +193,8 @@ def _gather_compared(run_dirs: list[Path], metric: str, labels) -> list[_Compare
                               steps=metrics["step"], values=_per_seed_metric(metrics, metric, d), transition=tr,
                               phase_metric=phase_metric if tr is not None else None, clamps=clamps,
                               config=config, difference=diff))
+    for r, condition in zip(runs, _conditions(run_dirs, diffs)):
+        r.condition = condition
     # nothing differs (or no config): the directory names tell the runs apart
     seen: dict[str, int] = {}
     for r in runs:
@@ -178,6 +205,32 @@ def _gather_compared(run_dirs: list[Path], metric: str, labels) -> list[_Compare
         elif seen[r.label] > 1:
             r.label = f"{r.label} [{_short_name(r.run_dir)}]"
     return runs
+
+
+def _conditions(run_dirs: list[Path], diffs: list[dict]) -> list[dict]:
+    """Each run's condition, as a sweep names it (lab/plots/sweep.py): the command-line overrides that
+    differ between the runs, less the seed (.hydra/overrides.yaml), so that the jobs of a sweep get the
+    colours its figures give them; the config differences less the seed for runs without that file."""
+    overrides = [load_overrides(d) for d in run_dirs]
+    if all(o is not None for o in overrides):
+        parsed = [parse_overrides(o) for o in overrides]
+        keys = [k for k in dict.fromkeys(k for p in parsed for k in p)
+                if k not in SEED_KEYS and not k.startswith("hydra")]
+        differing = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in parsed}) > 1]
+        return [{k: p.get(k) for k in differing} for p in parsed]
+    return [{k: (None if v is _UNSET else v) for k, v in d.items() if k not in SEED_KEYS} for d in diffs]
+
+
+def _condition_colours(runs: list[_Compared]) -> tuple[list[_Compared], list]:
+    """The runs in the shared condition order (the baseline first, lab.plots.style.condition_sort_key;
+    runs of one condition keep their order) and each run's colour, one per condition."""
+    ordered = sorted(runs, key=lambda r: condition_sort_key(r.condition or {}))
+    keys = list(dict.fromkeys(json.dumps(r.condition or {}, sort_keys=True, default=str) for r in ordered))
+    params = {json.dumps(r.condition or {}, sort_keys=True, default=str): r.condition or {} for r in ordered}
+    if len(keys) == 1 and len(ordered) > 1:        # nothing tells them apart but the seed: one colour per run
+        return ordered, condition_colours([{"run": i} for i in range(len(ordered))])
+    colour = dict(zip(keys, condition_colours([params[k] for k in keys])))
+    return ordered, [colour[json.dumps(r.condition or {}, sort_keys=True, default=str)] for r in ordered]
 
 
 def _clamp_timeline(ax, runs: list[_Compared], timeline: list[tuple[int, ClampWindow]], colours: list) -> None:
@@ -215,8 +268,9 @@ def plot_compare(run_dirs, out_path, metric: str | None = None, labels=None, qui
     elif not out_path.suffix:
         out_path = out_path.with_suffix(".png")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
-    rows = [r.row() for r in runs]
+    rows = [r.row() for r in runs]                 # the table keeps the order the runs were given in
+    row_of = {id(r): row for r, row in zip(runs, rows)}
+    runs, colours = _condition_colours(runs)       # the figure: the baseline first, one colour per condition
 
     # clamp windows go on a timeline strip above the curves, one row per run and clamp: shading
     # several runs' windows behind the curves would pile up into one muddy band
@@ -226,17 +280,17 @@ def plot_compare(run_dirs, out_path, metric: str | None = None, labels=None, qui
             fig, (ax_t, ax) = plt.subplots(2, 1, figsize=(10, 6 + 0.22 * len(timeline)), sharex=True,
                                            layout="constrained",
                                            height_ratios=[0.6 + 0.3 * len(timeline), 5.5])
-            _clamp_timeline(ax_t, runs, timeline, [colours(i % colours.N) for i in range(len(runs))])
+            _clamp_timeline(ax_t, runs, timeline, colours)
         else:
             fig, ax = plt.subplots(figsize=(10, 6), layout="constrained")
         handles = []
         for i, r in enumerate(runs):
-            colour = colours(i % colours.N)
+            colour = colours[i]
             if r.values.shape[1] > 1:
                 for s in range(r.values.shape[1]):
                     ax.plot(r.steps, r.values[:, s], color=colour, lw=0.7, alpha=0.3)
             ax.plot(r.steps, seed_mean(r.values), color=colour, lw=2.4, zorder=3)
-            row = rows[i]
+            row = row_of[id(r)]
             if row["midpoint_mean"] is not None:
                 mid, std = row["midpoint_mean"], row["midpoint_std"]
                 if std:

@@ -8,11 +8,13 @@ import csv
 import html
 import json
 import math
+import os
 from pathlib import Path
 
-from lab.analysis.sweep import (COMPLETED, FAILED, INCOMPLETE, Sweep, condition_cells, condition_header, condition_rows,
-                                fmt_value, is_number, multirun_command, rerun_command, scan)
-from lab.plots.sweep import SWEEP_FIGURES, plot_sweep
+from lab.analysis.sweep import (COMPLETED, FAILED, INCOMPLETE, Sweep, condition_cells, condition_header, condition_label,
+                                condition_rows, fmt_value, is_number, multirun_command, rerun_command, scan)
+from lab.plots.run import FIGURES as RUN_FIGURES
+from lab.plots.sweep import SWEEP_FIGURES, ordered_condition_rows, plot_sweep
 
 
 def _json_value(v):
@@ -41,7 +43,7 @@ def _write_json(sweep: Sweep, path: Path) -> Path:
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f;
        margin: 0; background: #f6f7f9; }
-main { max-width: 1500px; margin: 0 auto; padding: 24px 32px 48px; }
+main { max-width: 1500px; margin: 0 auto; padding: 20px 20px 48px; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 32px 0 10px; }
 code, pre { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 .sub { color: #555; margin: 0 0 14px; word-break: break-all; }
@@ -52,13 +54,20 @@ code, pre { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, mono
 .meta { background: #fff; border: 1px solid #dde1e6; border-radius: 8px; padding: 10px 14px; }
 .meta div { margin: 2px 0; }
 .tablewrap { overflow: auto; max-height: 70vh; border: 1px solid #dde1e6; border-radius: 8px; background: #fff; }
-table { border-collapse: collapse; font-size: 12.5px; white-space: nowrap; }
-th, td { padding: 4px 10px; border-bottom: 1px solid #eceef1; text-align: right; }
+/* fits a 1400 px laptop screen: headers wrap (at the underscores, <wbr>), cells wrap long text, and
+   the table never grows wider than the page */
+table { border-collapse: collapse; font-size: 12px; width: 100%; }
+th, td { padding: 3px 5px; border-bottom: 1px solid #eceef1; text-align: right; }
+th { white-space: normal; font-weight: 600; font-size: 11.5px; line-height: 1.2; vertical-align: bottom; }
+td { white-space: nowrap; } td.text { white-space: normal; } td.status { white-space: nowrap; }
 th { position: sticky; top: 0; background: #eef1f5; cursor: pointer; user-select: none; text-align: center; }
 th:hover { background: #e0e6ee; }
 th[data-order=asc]::after { content: " \\25B2"; } th[data-order=desc]::after { content: " \\25BC"; }
 td.text { text-align: left; }
-td.err { text-align: left; max-width: 460px; overflow: hidden; text-overflow: ellipsis; color: #8a1c1c; }
+td.err { text-align: left; max-width: 220px; overflow: hidden; text-overflow: ellipsis; color: #8a1c1c; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 6px 16px; }
+.plots div { background: #fff; border: 1px solid #dde1e6; border-radius: 6px; padding: 6px 10px; }
+.plots a, td a { color: #0b57d0; text-decoration: none; } .plots a:hover, td a:hover { text-decoration: underline; }
 tbody tr:nth-child(even) { background: #fafbfc; } tbody tr:hover { background: #eef5ff; }
 tr.failed td.status { color: #c62828; font-weight: 600; } tr.completed td.status { color: #1a7f37; }
 tr.incomplete td.status { color: #b26a00; font-weight: 600; }
@@ -101,6 +110,10 @@ window.addEventListener("load", () => {
   const images = Array.from(document.images);
   document.body.dataset.imagesTotal = images.length;
   document.body.dataset.imagesLoaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  // how far the page, or any table, would scroll sideways (0: it fits the window)
+  const wide = [document.documentElement.scrollWidth - window.innerWidth]
+    .concat(Array.from(document.querySelectorAll(".tablewrap"), w => w.scrollWidth - w.clientWidth));
+  document.body.dataset.overflowX = Math.max(0, ...wide);
 });
 """
 
@@ -112,7 +125,23 @@ def _caption(name: str) -> str:
     return figure.caption if figure is not None else name
 
 
-def _td(row: dict, key: str) -> str:
+def _job_plots(job_dir: Path, out: Path) -> list[tuple[str, str]]:
+    """(figure name, link relative to the report's directory) of each run figure in `<job>/plots`, in
+    the run figures' order."""
+    plots = job_dir / "plots"
+    if not plots.is_dir():
+        return []
+    names = [n for n in RUN_FIGURES if (plots / f"{n}.png").is_file()]
+    names += sorted(p.stem for p in plots.glob("*.png") if p.stem not in names)
+    return [(n, Path(os.path.relpath(plots / f"{n}.png", out)).as_posix()) for n in names]
+
+
+def _header(key: str) -> str:
+    """A column name that may wrap after each underscore."""
+    return "_<wbr>".join(html.escape(part) for part in key.split("_"))
+
+
+def _td(row: dict, key: str, link: str | None = None) -> str:
     v = row.get(key)
     classes = []
     if key == "status":
@@ -133,18 +162,45 @@ def _td(row: dict, key: str) -> str:
     elif key in ("error", "status") and row.get("error"):
         title = f' title="{html.escape(row["error"])}"'
     cls = f' class="{" ".join(classes)}"' if classes else ""
-    return f'<td{cls} data-v="{html.escape(sort)}"{title}>{html.escape(fmt_value(v, key))}</td>'
+    text = html.escape(fmt_value(v, key))
+    if "text" in classes:
+        text = text.replace("_", "_<wbr>")      # long names wrap after their underscores
+    if link:
+        text = f'<a href="{html.escape(link)}">{text}</a>'
+    return f'<td{cls} data-v="{html.escape(sort)}"{title}>{text}</td>'
 
 
-def _html_table(sweep: Sweep) -> str:
+def _html_table(sweep: Sweep, out: Path) -> str:
     keys = [k for k in sweep.rows[0] if not k.startswith("_") and k not in HTML_HIDDEN and not k.endswith("_reason")]
-    if not any(r["error"] for r in sweep.rows):
-        keys.remove("error")
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "\n".join(f'<tr class="{r["_category"]}">' + "".join(_td(r, k) for k in keys) + "</tr>"
+    empty = [k for k in keys if all(r.get(k) is None or r.get(k) == "" for r in sweep.rows)]
+    keys = [k for k in keys if k not in empty]        # so that the table fits the page; sweep.csv has them all
+    head = "".join(f"<th>{_header(k)}</th>" for k in keys)
+    first = {}     # a job's cell links to its first figure (loss.png)
+    for j in sweep.jobs:
+        plots = _job_plots(j.dir, out)
+        first[id(j)] = plots[0][1] if plots else None
+    body = "\n".join(f'<tr class="{r["_category"]}">'
+                     + "".join(_td(r, k, first[id(r["_job"])] if k == "job" else None) for k in keys) + "</tr>"
                      for r in sweep.rows)
-    return (f'<div class="tablewrap"><table class="sortable"><thead><tr>{head}</tr></thead>\n'
+    note = (f'<p class="note">Columns empty in every row are left out here (sweep.csv has them): '
+            f'{", ".join(f"<code>{html.escape(k)}</code>" for k in empty if k != "error")}.</p>'
+            if any(k != "error" for k in empty) else "")
+    return (f'{note}<div class="tablewrap"><table class="sortable"><thead><tr>{head}</tr></thead>\n'
             f"<tbody>\n{body}\n</tbody></table></div>")
+
+
+def _html_job_plots(sweep: Sweep, out: Path) -> str:
+    """Each job's run figures (lab-plot's <job>/plots/*.png), linked relative to the report."""
+    parts = []
+    for j in sweep.jobs:
+        plots = _job_plots(j.dir, out)
+        what = html.escape(condition_label(j.params, sweep.swept) if sweep.swept else " ".join(j.overrides))
+        links = " · ".join(f'<a href="{html.escape(href)}">{html.escape(name)}</a>' for name, href in plots)
+        if not links:
+            links = '<span class="note">no plots (draw them with <code>lab-plot ' + html.escape(str(j.dir)) + "</code>)</span>"
+        parts.append(f"<div><b>job {html.escape(j.name)}</b> <span class=\"note\">{what}</span><br>{links}</div>")
+    return ("<h2>Plots of each job</h2><p class=\"note\">The run figures of every job (links relative to this "
+            "report: keep it beside the sweep's job directories).</p><div class=\"plots\">" + "".join(parts) + "</div>")
 
 
 def _html_problems(sweep: Sweep) -> str:
@@ -174,8 +230,8 @@ def _html_problems(sweep: Sweep) -> str:
 
 
 def _html_conditions(sweep: Sweep) -> str:
-    """The per-condition statistics (condition_rows) as a small table."""
-    rows = condition_rows(sweep)
+    """The per-condition statistics (condition_rows) as a small table, the baseline first."""
+    rows = ordered_condition_rows(sweep)
     if not rows:
         return ""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in condition_header(sweep))
@@ -186,7 +242,7 @@ def _html_conditions(sweep: Sweep) -> str:
             f"</p><div class=\"tablewrap\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
-def _html(sweep: Sweep, figures: dict[str, Path]) -> str:
+def _html(sweep: Sweep, figures: dict[str, Path], out: Path) -> str:
     c = sweep.counts()
     cards = [(c["jobs"], "jobs", ""), (c["seeds"], "seeds (rows)", ""), (c[COMPLETED], "completed", "ok"),
              (c[FAILED], "failed", "bad" if c[FAILED] else ""),
@@ -222,10 +278,11 @@ def _html(sweep: Sweep, figures: dict[str, Path]) -> str:
 <p class="note">Click a column to sort. Steps are training steps; <code>loss_repeat_*</code> is the repeated-part
 loss phase change of that seed (midpoint and onset only where one was detected; hover a missing midpoint for the
 reason), <code>&lt;group&gt;_midpoint</code> the earliest detected per-head phase change, <code>final_*</code>
-the last logged values. Hover a job for its overrides.</p>
-{_html_table(sweep)}
+the last logged values. Hover a job for its overrides; click it for its figures.</p>
+{_html_table(sweep, out)}
 <h2>Figures</h2>
 {''.join(figs) or '<p>No figures: no job logged metrics.</p>'}
+{_html_job_plots(sweep, out)}
 {_html_problems(sweep)}
 </main>
 <script>{SCRIPT}</script>
@@ -243,7 +300,7 @@ def write_report(sweep_dir, out_dir=None, sweep: Sweep | None = None) -> dict[st
     written = {"csv": _write_csv(sweep.public_rows, out / "sweep.csv"), "json": _write_json(sweep, out / "sweep.json")}
     written.update(plot_sweep(sweep, out))
     html_path = out / "report.html"
-    html_path.write_text(_html(sweep, {k: v for k, v in written.items() if k in SWEEP_FIGURES}), encoding="utf-8")
+    html_path.write_text(_html(sweep, {k: v for k, v in written.items() if k in SWEEP_FIGURES}, out), encoding="utf-8")
     written["html"] = html_path
     return written
 

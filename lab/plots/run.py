@@ -17,6 +17,7 @@ and FIGURES know it by its name. Shared style and helpers are in lab/plots/style
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +27,15 @@ import numpy as np
 # lab.plots.style first: it selects the headless Agg backend before pyplot loads
 from lab.plots.style import (CLAMPED_INFIX, LABELS, SCORE_CMAP, STEP_LABEL, STYLE, metric_label, save_figure,
                              seed_mean)
-from lab.plots.clamp_windows import CLAMP_COLOURS, ClampWindow, clamp_legend, clamp_note, clamp_windows, shade_clamps
+from lab.plots.clamp_windows import (CLAMP_COLOURS, ClampWindow, clamp_handles, clamp_legend, clamp_note, clamp_windows,
+                                     shade_clamps)
 from lab.plots.registry import Figure, figure_decorator
-from lab.plots.transition import Transition, phase_transition
+from lab.plots.compare import run_identity
+from lab.plots.transition import Transition, finding, phase_transition
 from lab.analysis.development import VERSION as STAGES_VERSION
 from lab.analysis.development import essential_dynamics, smoothed_curve, stage_report
-from lab.rundir import load_attention, load_llc, load_metrics, load_outputs, load_run_config, load_summary
+from lab.rundir import (load_attention, load_llc, load_metrics, load_outputs, load_overrides, load_run_config,
+                        load_summary)
 from lab.rundir import n_seeds as count_seeds
 
 import matplotlib.pyplot as plt  # noqa: E402  (after lab.plots.style: the Agg backend)
@@ -41,7 +45,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
-MARK_COLOUR = "tab:red"       # transition marks; visible on both ends of viridis
+MARK_COLOUR = "tab:red"       # transition marks on heatmaps and detectors; visible on both ends of viridis
+# transition marks on line plots, where red would pass for a red curve (tab10's fourth head, the ICL score):
+# a black dotted midpoint and a grey onset-end band
+LINE_MARK = {"color": "black", "ls": (0, (1, 1.3)), "lw": 2.0}
+BAND_COLOUR = "0.55"
+LABELLED_HEADS = 3             # heads_lines names this many of the top heads of each panel at their line's end
 STAGE_COLOUR = "0.2"           # change-point transitions (stages)
 MAX_ATTENTION_COLUMNS = 8
 LINE_STYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2))]
@@ -82,7 +91,10 @@ class _Run:
     summary: dict = field(default_factory=dict)    # summary.json as read
     llc: dict | None = None          # llc.npz and outputs.npz; read only when a development figure is wanted
     outputs: dict | None = None
+    identity: str = ""               # what the run is (task, model, overrides): lab.plots.compare.run_identity
+    found: str = ""                  # what it found: lab.plots.transition.finding
     _stages: dict | None = None
+    _ed: dict = field(default_factory=dict)   # essential dynamics by settings, computed once for both figures
 
     def stages(self) -> dict:
         """summary.json's "stages" (lab.analysis.development.stage_report), computed here when the
@@ -116,9 +128,24 @@ class _Run:
         return self.status().splitlines()[0]
 
     def subtitle(self, width: int = 90) -> str:
-        """The status line, and a line naming the clamps if the run has any."""
+        """What the run found, and a line naming the clamps if the run has any."""
         note = clamp_note(self.clamps, width)
-        return self.status_line() + (f"\n{note}" if note else "")
+        return textwrap.fill(self.found, width) + (f"\n{note}" if note else "")
+
+    def title(self, what: str, width: int = 90, found: bool = True) -> str:
+        """A figure's title: what it shows and what the run is, then (`found`) what the run found and
+        its clamps, each wrapped at `width` characters."""
+        head = textwrap.fill(f"{what} — {self.identity}" if self.identity else what, width)
+        return head + (f"\n{self.subtitle(width)}" if found else "")
+
+    def essential_dynamics(self, n_components: int, sigma: float, min_prominence_frac: float) -> dict:
+        """essential_dynamics of outputs.npz, computed once per settings (the development and the
+        essential-dynamics figures both draw it)."""
+        key = (n_components, sigma, min_prominence_frac)
+        if key not in self._ed:
+            self._ed[key] = essential_dynamics(self.outputs["steps"], self.outputs["outputs"], n_components=n_components,
+                                               sigma=sigma, min_prominence_frac=min_prominence_frac)
+        return self._ed[key]
 
     def shade_clamps(self, ax, label: bool = False) -> None:
         shade_clamps(ax, self.clamps, self.x_range, label=label)
@@ -181,6 +208,8 @@ def _gather(run_dir: Path) -> _Run:
         baselines=summary.get("baselines") or {},
         main_heads=[k for k in ("induction", "prev_token") if k in heads],
         summary=summary,
+        identity=run_identity(config, load_overrides(run_dir), summary),
+        found=finding(summary, main),
     )
 
 
@@ -196,17 +225,19 @@ def _plot_seeds(ax, steps, values, label, colour, ls="-") -> None:
 
 
 def _mark_transition(ax, tr: Transition | None, band=True, per_seed=True, label=False) -> None:
+    """The loss transition on a line plot: a grey band from mean onset to end, thin grey lines at each
+    seed's midpoint and a black dotted line at the mean midpoint (no colour a curve could have)."""
     if tr is None or not tr.detected:
         return
     if band and tr.onset is not None and tr.end is not None:
-        ax.axvspan(tr.onset, tr.end, color=MARK_COLOUR, alpha=0.1, lw=0,
-                   label="transition (mean onset–end)" if label else None)
+        ax.axvspan(tr.onset, tr.end, color=BAND_COLOUR, alpha=0.18, lw=0, zorder=0,
+                   label="transition (mean onset–end, grey band)" if label else None)
     if per_seed and len(tr.midpoints) > 1:
         for m in tr.midpoints:
-            ax.axvline(m, color=MARK_COLOUR, lw=0.7, ls=":", alpha=0.8)
+            ax.axvline(m, color="0.45", lw=0.8, ls=":", alpha=0.9, zorder=1)
     if tr.centre is not None:
-        ax.axvline(tr.centre, color=MARK_COLOUR, lw=1.5, ls="--",
-                   label="mean transition midpoint" if label else None)
+        what = "mean transition midpoint" if tr.midpoint is not None else "mean step the loss crossed the threshold"
+        ax.axvline(tr.centre, zorder=1.5, label=f"{what} (black dotted)" if label else None, **LINE_MARK)
 
 
 def _mark_stages(ax, tr: Transition | None, label=False) -> None:
@@ -238,7 +269,7 @@ def _step_edges(steps: np.ndarray) -> np.ndarray:
 @run_figure("loss", caption="The main loss and the overall probe loss over training (thin: seeds, thick: mean) with "
                            "the phase change and detection threshold marked, above the accuracy and ICL score.")
 def _plot_loss(run: _Run, path: Path) -> Path:
-    fig, (ax, ax_acc) = plt.subplots(2, 1, figsize=(9, 7.5), sharex=True, layout="constrained",
+    fig, (ax, ax_acc) = plt.subplots(2, 1, figsize=(12, 7.5), sharex=True, layout="constrained",
                                      height_ratios=[3, 2])
     seeds_note = f"thin: {run.n_seeds} seeds, thick: mean" if run.n_seeds > 1 else "1 seed"
     for key, colour, label in ((run.main, "C0", run.main_label), ("loss", "C1", metric_label("loss"))):
@@ -260,9 +291,11 @@ def _plot_loss(run: _Run, path: Path) -> Path:
     ax.set_ylabel("loss")
     ax.set_title(f"Probe loss ({seeds_note})")
     ax.grid(alpha=0.3)
-    # the phase verdict heads the legend, so loc="best" keeps both clear of the curves
-    legend = ax.legend(loc="best", title=run.status(), title_fontproperties={"weight": "bold", "size": 10},
-                       alignment="left")
+    # the phase verdict heads the legend, outside the axes on the right: inside, it covered curves
+    # and the reference predictors' losses (e.g. the Markov task's unigram / bigram baselines)
+    status = "\n".join(textwrap.fill(line, 46) for line in run.status().splitlines())   # keeps the legend narrow
+    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title=status,
+                       title_fontproperties={"weight": "bold", "size": 10}, alignment="left", borderaxespad=0)
     legend.get_frame().set_edgecolor("0.5")
 
     # accuracy and ICL score have different units: twin y axes, each label coloured like its
@@ -295,9 +328,7 @@ def _plot_loss(run: _Run, path: Path) -> Path:
     ax_acc.set_xlabel(STEP_LABEL)
     ax_acc.grid(alpha=0.3)
     clamp_legend(fig, run.clamps)
-    note = clamp_note(run.clamps)
-    what = "the induction phase change" if run.main == "loss_repeat" else f"the phase change in {run.main_label}"
-    fig.suptitle(f"{run.name}: loss and {what}" + (f"\n{note}" if note else ""))
+    fig.suptitle(run.title("Loss over training", width=100))
     return save_figure(fig, path)
 
 
@@ -350,12 +381,8 @@ def _heatmaps(run: _Run, keys: list[str], path: Path, title: str, shared_unit: b
     if shared_unit:
         fig.colorbar(mesh, ax=axes[:, 0], label="score (mean over seeds)", pad=0.01, shrink=0.9)
     axes[-1, 0].set_xlabel(STEP_LABEL)
-    subtitle = run.status_line()
-    if run.transition and run.transition.detected:
-        subtitle += "  (dashed line: loss transition midpoint)"
-    if run.clamps:
-        subtitle += "\n" + clamp_note(run.clamps)
-    fig.suptitle(f"{run.name}: {title}\n{subtitle}", fontsize=12)
+    mark = "  (dashed line: loss transition midpoint)" if run.transition and run.transition.detected else ""
+    fig.suptitle(run.title(title + mark, width=95), fontsize=12)
     return save_figure(fig, path)
 
 
@@ -367,10 +394,31 @@ def _plot_heads_heatmap(run: _Run, path: Path) -> Path | None:
 
 
 def _head_styles(n_layers: int, n_heads: int):
-    cmap = plt.get_cmap("tab10" if n_heads <= 10 else "tab20")
-    colours = [cmap(h % cmap.N) for h in range(n_heads)]
+    """A colour per head (tab10 without its grey, which the transition band and threshold use) and a
+    line style per layer."""
+    if n_heads <= 9:
+        cmap = plt.get_cmap("tab10")
+        colours = [cmap(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)][:n_heads]
+    else:
+        cmap = plt.get_cmap("tab20")
+        colours = [cmap(h % cmap.N) for h in range(n_heads)]
     styles = [LINE_STYLES[l % len(LINE_STYLES)] for l in range(n_layers)]
     return colours, styles
+
+
+def _label_line_ends(ax, x_end: float, final: np.ndarray, colours, strongest) -> None:
+    """Name the LABELLED_HEADS heads with the highest final score at the right end of their lines
+    (the strongest bold), nudged apart so the names do not overlap."""
+    finite = [(float(final[l, h]), l, h) for l in range(final.shape[0]) for h in range(final.shape[1])
+              if np.isfinite(final[l, h])]
+    top = sorted(finite, reverse=True)[:LABELLED_HEADS]
+    gap, placed = 0.06, []
+    for value, l, h in top:             # highest first; each label at least `gap` below the one above
+        y = min([value] + [p - gap for p in placed])
+        placed.append(y)
+        ax.annotate(f"L{l}H{h}", (x_end, value), xytext=(4, y), textcoords=("offset points", "data"),
+                    ha="left", va="center", fontsize=9, color=colours[h],
+                    fontweight="bold" if strongest == (l, h) else "normal", annotation_clip=False)
 
 
 @run_figure("heads_lines", caption="Induction and previous-token scores of every head over training (mean over "
@@ -392,10 +440,7 @@ def _plot_head_lines(run: _Run, path: Path) -> Path | None:
                 top = strongest == (l, h)
                 ax.plot(run.steps, mean[:, l, h], color=colours[h], ls=styles[l], lw=2.6 if top else 1.3,
                         zorder=3 if top else 2)
-        if strongest is not None:
-            l, h = strongest
-            ax.annotate(f"L{l}H{h}", (run.steps[-1], mean[-1, l, h]), xytext=(0, 4), textcoords="offset points",
-                        ha="right", va="bottom", fontsize=9, fontweight="bold", color=colours[h])
+        _label_line_ends(ax, run.steps[-1], mean[-1], colours, strongest)
         if run.thresholds.get(key) is not None:
             ax.axhline(run.thresholds[key], color="0.3", ls="--", lw=1)
         _mark_transition(ax, run.transition, per_seed=False)
@@ -414,13 +459,15 @@ def _plot_head_lines(run: _Run, path: Path) -> Path | None:
     if any(run.thresholds.get(key) is not None for key in keys):
         handles.append(Line2D([], [], color="0.3", ls="--", lw=1, label="detection threshold"))
     if run.transition and run.transition.detected:
-        handles.append(Line2D([], [], color=MARK_COLOUR, ls="--", lw=1.5, label="loss transition midpoint"))
+        handles.append(Line2D([], [], label="loss transition midpoint" if run.transition.midpoint is not None
+                              else "loss below its threshold (mean step)", **LINE_MARK))
         if run.transition.onset is not None and run.transition.end is not None:
-            handles.append(Patch(color=MARK_COLOUR, alpha=0.15, label="loss transition onset–end"))
-    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
-    clamp_legend(fig, run.clamps)
-    fig.suptitle(f"{run.name}: per-head scores over training (bold: strongest head)\n{run.subtitle(65)}",
-                 fontsize=12)
+            handles.append(Patch(color=BAND_COLOUR, alpha=0.3, label="loss transition onset–end"))
+    # below the panels (at the upper right it ran into the title), with the clamps' entries
+    n_cols = min(len(handles), 5)
+    handles += clamp_handles(run.clamps)
+    fig.legend(handles=handles, loc="outside lower center", fontsize=9, ncols=n_cols, frameon=False)
+    fig.suptitle(run.title("Per-head scores over training (bold: strongest head)", width=80), fontsize=12)
     return save_figure(fig, path)
 
 
@@ -457,9 +504,8 @@ def _plot_composition(run: _Run, path: Path) -> Path | None:
     handles = [Line2D([], [], color=colours[h0], lw=2.4 if h0 == bold else 1.2,
                       label=f"with L0H{h0}" + (" (strongest previous-token head)" if h0 == bold else ""))
                for h0 in range(n_first)]
-    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
-    fig.suptitle(f"{run.name}: which layer-0 head each later head reads its keys from\n{run.subtitle(80)}",
-                 fontsize=12)
+    fig.legend(handles=handles, loc="outside lower center", fontsize=9, ncols=min(len(handles), 4), frameon=False)
+    fig.suptitle(run.title("Which layer-0 head each later head reads its keys from", width=90), fontsize=12)
     return save_figure(fig, path)
 
 
@@ -485,21 +531,39 @@ def _outline_repeats(ax, att: dict) -> None:
         ax.add_patch(Rectangle((k0 - 0.5, q0 - 0.5), n, n, fill=False, ec="cyan", lw=1.0, ls="--"))
 
 
-@run_figure("attention", caption="Attention patterns of the strongest induction and previous-token heads on probe "
-                                "sequence 0 (seed 0) at snapshots through training, ideal induction targets boxed.")
+def _layer_heads(run: _Run, n_layers: int, n_heads: int) -> list[tuple[str, tuple[int, int]]]:
+    """One row per layer, its relevant head: in layer 0 of a deeper model the strongest previous-token
+    head (what induction heads read from), in every later layer (and a 1-layer model's only layer) the
+    strongest induction head of that layer; strongest by the final score, mean over seeds. A layer
+    whose measure was not logged falls back to the other measure."""
+    rows = []
+    for l in range(n_layers):
+        order = ("prev_token", "induction") if l == 0 and n_layers > 1 else ("induction", "prev_token")
+        for key in order:
+            scores = run.heads.get(key)
+            if scores is None or scores.shape[2:] != (n_layers, n_heads):
+                continue
+            final = seed_mean(scores)[-1, l]
+            if not np.isfinite(final).any():
+                continue
+            h = int(np.nanargmax(final))
+            rows.append((f"layer {l}: strongest {'previous-token' if key == 'prev_token' else 'induction'} head "
+                         f"({final[h]:.2f})", (l, h)))
+            break
+    return rows
+
+
+@run_figure("attention", caption="Attention patterns on probe sequence 0 (seed 0) at snapshots through training, one "
+                                "row per layer with its relevant head (layer 0: the strongest previous-token head; "
+                                "later layers: the layer's strongest induction head), ideal induction targets boxed.")
 def _plot_attention(run: _Run, path: Path) -> Path | None:
     att = run.attention
     if att is None:
         return None   # no attention.npz (or a malformed one: load_attention has warned)
     _, n_layers, n_heads, _, _ = att["patterns"].shape
-    rows = []
-    for key, name in (("induction", "strongest induction head"), ("prev_token", "strongest prev-token head")):
-        head = run.strongest.get(key)
-        if head is None or not (0 <= head[0] < n_layers and 0 <= head[1] < n_heads):
-            warnings.warn(f"attention plot: no valid {name} ({head}); row left out")
-            continue
-        rows.append((name, head))
+    rows = _layer_heads(run, n_layers, n_heads)
     if not rows:
+        warnings.warn("attention plot: no induction or previous-token scores of the snapshot's heads; skipped")
         return None
     cols = _snapshot_columns(att)
     size = 2.7
@@ -526,7 +590,7 @@ def _plot_attention(run: _Run, path: Path) -> Path | None:
         axes[0, c].set_title(f"{label} ({step})" if label else step, fontsize=10)
         axes[-1, c].set_xlabel("key position", fontsize=10)
     for r, (name, (l, h)) in enumerate(rows):
-        axes[r, 0].set_ylabel(f"{name} L{l}H{h}\nquery position", fontsize=10)
+        axes[r, 0].set_ylabel(f"L{l}H{h}\n{textwrap.fill(name, 28)}\nquery position", fontsize=9)
     # shared axes: one locator serves every panel; positions are whole tokens
     axes[0, 0].xaxis.set_major_locator(MaxNLocator(6, integer=True))
     axes[0, 0].yaxis.set_major_locator(MaxNLocator(6, integer=True))
@@ -538,7 +602,7 @@ def _plot_attention(run: _Run, path: Path) -> Path | None:
         fig.colorbar(image, ax=axes, label="attention weight (square-root scale)", shrink=0.85, pad=0.01,
                      ticks=[0, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0], format="%g")
     note = "; cyan boxes: ideal induction targets on each box's diagonal" if att["repeat_len"] else ""
-    fig.suptitle(f"{run.name}: attention on probe sequence 0 (seed 0){note}", fontsize=11)
+    fig.suptitle(run.title(f"Attention on probe sequence 0 (seed 0){note}", width=110), fontsize=11)
     return save_figure(fig, path)
 
 
@@ -580,7 +644,7 @@ def _plot_loss_by_position(run: _Run, path: Path) -> Path | None:
         ax.plot(positions, mean[i], color=colour, lw=1.8, label=label)
     ax.set_xlabel("position of predicted token")
     ax.set_ylabel("cross-entropy loss")
-    ax.set_title(f"{run.name}: probe loss by position (mean over seeds)\n{run.subtitle()}", fontsize=12)
+    ax.set_title(run.title("Probe loss by position (mean over seeds)", width=80), fontsize=12)
     ax.grid(alpha=0.3)
     ax.legend(title="training step", loc="best")
     return save_figure(fig, path)
@@ -613,7 +677,7 @@ def _plot_all_scalars(run: _Run, path: Path) -> Path | None:
             ax.xaxis.set_tick_params(labelbottom=True)
             ax.set_xlabel(STEP_LABEL)
     clamp_legend(fig, run.clamps)
-    fig.suptitle(f"{run.name}: all logged scalars (thin: seeds, thick: mean)\n{run.subtitle()}", fontsize=12)
+    fig.suptitle(run.title("All logged scalars (thin: seeds, thick: mean)", width=110), fontsize=12)
     return save_figure(fig, path)
 
 
@@ -835,9 +899,8 @@ def _plot_development(run: _Run, path: Path) -> Path | None:
     sigma = float(settings.get("sigma", 2.0))
     ed = None
     if run.outputs is not None and len(run.outputs["steps"]) >= 2:
-        ed = essential_dynamics(run.outputs["steps"], run.outputs["outputs"],
-                                n_components=int(settings.get("n_components", 3)), sigma=sigma,
-                                min_prominence_frac=float(settings.get("min_prominence_frac", 0.1)))
+        ed = run.essential_dynamics(int(settings.get("n_components", 3)), sigma,
+                                    float(settings.get("min_prominence_frac", 0.1)))
     n_pcs = min(3, ed["n_components"]) if ed else 0
     panels = ([("loss", 1.5)] if run.main in run.scalars else []) + ([("llc", 1.7)] if run.llc is not None else [])
     panels += [(f"pc{i}", 0.95) for i in range(n_pcs)]
@@ -924,7 +987,8 @@ def _plot_development(run: _Run, path: Path) -> Path | None:
     _log_x(ax, *[a for a in all_steps if a is not None])
     ax.set_xlabel(f"{STEP_LABEL} (log scale)")
     _development_legend(fig, per_seed)
-    fig.suptitle(f"{run.name}: stages of development\n{_in_window_text(stages)}", fontsize=12)
+    fig.suptitle(run.title("Stages of development", width=95, found=False) + f"\n{_in_window_text(stages)}",
+                 fontsize=12)
     return save_figure(fig, path)
 
 
@@ -939,9 +1003,8 @@ def _plot_essential_dynamics(run: _Run, path: Path) -> Path | None:
     settings = run.stages().get("settings") or {}
     if len(steps) < 2:
         return None
-    ed = essential_dynamics(steps, run.outputs["outputs"], n_components=int(settings.get("n_components", 3)),
-                            sigma=float(settings.get("sigma", 2.0)),
-                            min_prominence_frac=float(settings.get("min_prominence_frac", 0.1)))
+    ed = run.essential_dynamics(int(settings.get("n_components", 3)), float(settings.get("sigma", 2.0)),
+                                float(settings.get("min_prominence_frac", 0.1)))
     if ed["n_components"] < 2:
         return None
     per_seed = ed["per_seed"]
@@ -1004,7 +1067,7 @@ def _plot_essential_dynamics(run: _Run, path: Path) -> Path | None:
     _plain_log_ticks(bar.ax.xaxis)
     kind = _outputs_kind(run.outputs)
     key = "circle: first step, square: last step, diamonds: turning points (step, PCs that turn)"
-    fig.suptitle(f"{run.name}: essential dynamics of the {kind}\n{key}" + ("; grey: the other seeds" if S > 1 else ""),
+    fig.suptitle(run.title(f"Essential dynamics of the {kind}", width=110, found=False) + f"\n{key}" + ("; grey: the other seeds" if S > 1 else ""),
                  fontsize=12)
     return save_figure(fig, path)
 
@@ -1132,7 +1195,7 @@ def _plot_llc_chains(run: _Run, path: Path) -> Path | None:
     handles = [Patch(color="0.6", alpha=0.3, label="burn-in"),
                Line2D([], [], color="0.3", ls="--", lw=1.1, label="LLC / nβ (the mean after burn-in it comes from)")]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False, fontsize=9)
-    fig.suptitle(f"{run.name}: LLC estimator diagnostics ({', '.join(x for x in info if x)})\n"
+    fig.suptitle(run.title("LLC estimator diagnostics", width=110, found=False) + f" ({', '.join(x for x in info if x)})\n"
                  f"{_flag_note(llc, seeds)}", fontsize=12)
     return save_figure(fig, path)
 

@@ -1,12 +1,14 @@
 """The look every figure of lab/plots shares: the Agg backend, DPI and rc style, axis wording, the
-readable names of known metrics (`metric_label`), the mean over seeds (`seed_mean`) and saving a
-figure (`save_figure`).
+readable names of known metrics (`metric_label`), the mean over seeds (`seed_mean`), saving a
+figure (`save_figure`), and the order and colour of the conditions of a sweep or a comparison
+(`condition_sort_key`, `condition_colours`: the baseline first, one colour per condition everywhere).
 
 Importing this module selects matplotlib's headless Agg backend, so a plot module imports it before
 pyplot.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -16,6 +18,7 @@ matplotlib.use("Agg")  # headless: runs on servers and in CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 
 DPI = 130
 STYLE = {
@@ -75,3 +78,66 @@ def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)  # constrained layout already trims; "tight" would draw twice
     plt.close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------- conditions of a sweep or comparison
+
+# One colour per condition, the same in every figure of a sweep (lab/plots/sweep.py) and in `lab-plot
+# --compare` (lab/plots/compare.py): both order their conditions with `condition_sort_key` (the baseline
+# first) and colour them with `condition_colours`. tab10 less its grey, which marks thresholds and seeds.
+CONDITION_PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                     "tab:olive", "tab:cyan"]
+BASELINE_WORDS = {"none", "null", "default", "off", "false", "no"}
+CONFIG_DEFAULTS = Path(__file__).resolve().parent.parent.parent / "configs" / "config.yaml"
+_default_groups: dict | None = None
+
+
+def default_groups() -> dict[str, str]:
+    """The config groups' default choices in configs/config.yaml ({"task": "induction", "clamp": "none",
+    ...}); {} when it cannot be read (an installed package without the configs)."""
+    global _default_groups
+    if _default_groups is None:
+        try:
+            defaults = yaml.safe_load(CONFIG_DEFAULTS.read_text(encoding="utf-8")).get("defaults") or []
+        except (OSError, AttributeError, yaml.YAMLError):
+            defaults = []
+        _default_groups = {k: str(v) for d in defaults if isinstance(d, dict) for k, v in d.items()}
+    return _default_groups
+
+
+def is_baseline(key: str, value) -> bool:
+    """Whether a swept or differing value is the baseline: no value, an empty mapping (no clamps), false,
+    a word such as none / default / off, or the config group's default choice (clamp=none, task=induction)."""
+    if value is None or value is False or (isinstance(value, (dict, list)) and not value):
+        return True
+    text = str(value).strip().lower()
+    return text in BASELINE_WORDS or default_groups().get(key.lstrip("+~")) == str(value)
+
+
+def _value_key(key: str, value) -> tuple:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    return (0 if is_baseline(key, value) else 1, 0 if number else 1, value if number else 0,
+            "" if number else json.dumps(value, sort_keys=True, default=str))
+
+
+def condition_sort_key(params: dict) -> tuple:
+    """Sort key of a condition (its swept or differing values, key -> value): the all-baseline condition
+    first, then by each key's value (its baseline first, numbers ascending, the rest by their text)."""
+    return (0 if all(is_baseline(k, v) for k, v in params.items()) else 1,
+            tuple(_value_key(k, v) for k, v in params.items()))
+
+
+def condition_colours(conditions: list[dict]) -> list:
+    """One colour per condition, conditions given in `condition_sort_key` order: a sequential (viridis)
+    ramp when they differ in one numeric value only, else CONDITION_PALETTE (then tab20) in order."""
+    n = len(conditions)
+    keys = {k for c in conditions for k in c}
+    numeric = len(keys) == 1 and n > 1 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for c in conditions for v in c.values())
+    if numeric:
+        cmap = plt.get_cmap("viridis")
+        return [cmap(0.08 + 0.8 * i / max(n - 1, 1)) for i in range(n)]
+    if n <= len(CONDITION_PALETTE):
+        return CONDITION_PALETTE[:n]
+    cmap = plt.get_cmap("tab20")
+    return [cmap(i % cmap.N) for i in range(n)]

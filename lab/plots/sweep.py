@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 # lab.plots.style first: it selects the headless Agg backend before pyplot loads
-from lab.plots.style import SCORE_CMAP, STEP_LABEL, STYLE, metric_label, save_figure, seed_mean
+from lab.plots.style import (SCORE_CMAP, STEP_LABEL, STYLE, condition_colours, condition_sort_key, metric_label,
+                             save_figure, seed_mean)
 from lab.plots.registry import Figure, figure_decorator
 from lab.analysis import stats
 from lab.analysis.sweep import COMPLETED, Sweep, condition_label, condition_rows, fmt_value, is_number, sort_values
@@ -35,20 +36,40 @@ SWEEP_FIGURES: dict[str, Figure] = {}   # name -> figure, in the order plot_swee
 sweep_figure = figure_decorator(SWEEP_FIGURES, "sweep")
 
 
-def _colours(n: int, sequential: bool):
-    if sequential:
-        cmap = plt.get_cmap("viridis")
-        return [cmap(0.08 + 0.8 * i / max(n - 1, 1)) for i in range(n)]
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
+def _ordered_conditions(rows, keys: list[str]) -> tuple[list[str], dict]:
+    """The condition labels (`condition_label` over `keys`) of `rows` (sweep rows or jobs' params) in
+    the shared order (lab.plots.style.condition_sort_key: the baseline first) and {label: colour}, the
+    colours every figure of the sweep and `lab-plot --compare` give these conditions."""
+    params = {}
+    for r in rows:
+        values = r.params if hasattr(r, "params") else r
+        params.setdefault(condition_label(values, keys), {k: values.get(k) for k in keys})
+    order = sorted(params, key=lambda lb: condition_sort_key(params[lb]))
+    return order, dict(zip(order, condition_colours([params[lb] for lb in order])))
+
+
+def _value_order(values, key: str) -> list:
+    """The distinct values of parameter `key`: numbers ascending, anything else with its baseline
+    (none, the group's default) first (lab.plots.style.condition_sort_key)."""
+    values = sort_values(values)
+    if all(is_number(v) for v in values):
+        return values
+    return sorted(values, key=lambda v: condition_sort_key({key: v}))
+
+
+def ordered_condition_rows(sweep: Sweep) -> list[dict]:
+    """lab.analysis.sweep.condition_rows in the shared condition order (the baseline first)."""
+    order, _ = _ordered_conditions(sweep.rows, sweep.swept)
+    rank = {lb: i for i, lb in enumerate(order)}
+    return sorted(condition_rows(sweep), key=lambda c: rank.get(c["condition"], len(rank)))
 
 
 class _Axis:
     """Positions of one parameter's values on an x axis: numbers on a linear or log scale (log when
     they span a factor of 10 or more), anything else as evenly spaced categories."""
 
-    def __init__(self, values):
-        self.values = sort_values(values)
+    def __init__(self, values, key: str = ""):
+        self.values = _value_order(values, key)
         self.numeric = all(is_number(v) for v in self.values)
         self.log = self.numeric and min(self.values) > 0 and max(self.values) / min(self.values) >= 10
         t = [self.fwd(v) for v in self.values]
@@ -100,6 +121,7 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
     done_ids = {id(r) for r in done}
     rows = [r for r in sweep.rows if r["_category"] != COMPLETED or id(r) in done_ids]
     mid_key = f"{sweep.phase_metric}_midpoint"
+    _, condition_colour = _ordered_conditions(sweep.rows, sweep.swept)
     ncols = min(3, len(params))
     nrows = math.ceil(len(params) / ncols)
     width = max(5.6 * ncols, 9.0)     # room for the legend below a single panel
@@ -108,21 +130,23 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
     in_band = []                       # (ax, x, colour, failed), placed once the y range is known
     detected_y = [r[mid_key] for r in done if r[mid_key] is not None]
     for ax, p in zip(axes.flat, params):
-        xaxis = _Axis([r[p] for r in rows])
+        xaxis = _Axis([r[p] for r in rows], p)
         others = [q for q in params if q != p]
-        keys = sort_values([condition_label(r, others) for r in rows]) if others else ["all"]
+        keys, colours = _ordered_conditions(rows, others) if others else (["all"], {})
         pooled = len(keys) > MAX_GROUPS
         if pooled:
             keys = ["all"]
         group_of = lambda r: "all" if pooled or not others else condition_label(r, others)  # noqa: E731
-        seq = len(others) == 1 and _Axis([r[others[0]] for r in rows]).numeric
-        colours = dict(zip(keys, _colours(len(keys), seq) if len(keys) > 1 else ["tab:blue"]))
+        if len(keys) == 1:
+            colours = {keys[0]: "tab:blue"}
         dodge = 0.035 if xaxis.numeric else 0.12 / xaxis.span
         for gi, key in enumerate(keys):
             colour, g_off = colours[key], (gi - (len(keys) - 1) / 2) * dodge
             means = []
             for v in xaxis.values:
                 cell = [r for r in rows if r[p] == v and group_of(r) == key]
+                if len(sweep.swept) == 1 and cell:   # each value is a condition: its colour in every figure
+                    colour = condition_colour[condition_label(cell[0], sweep.swept)]
                 for k, r in enumerate(cell):
                     x = xaxis.at(v, g_off + (k - (len(cell) - 1) / 2) * dodge * 0.22)
                     if r["_category"] != COMPLETED:
@@ -134,12 +158,15 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
                 mids = [r[mid_key] for r in cell if r["_category"] == COMPLETED and r[mid_key] is not None]
                 if mids:
                     means.append((xaxis.at(v, g_off), float(np.mean(mids)),
-                                  float(np.std(mids, ddof=1)) if len(mids) > 1 else 0.0))
+                                  float(np.std(mids, ddof=1)) if len(mids) > 1 else 0.0, colour))
             if means:
-                xs, ms, ss = zip(*means)
+                xs, ms, ss, cs = zip(*means)
                 # a line joins means only along a numeric axis; categories (e.g. clamps) have no order
-                ax.errorbar(xs, ms, yerr=ss, color=colour, lw=2 if xaxis.numeric else 0, marker="D", ms=6.5,
-                            mec="white", mew=0.8, capsize=4, elinewidth=1.4, zorder=3)
+                if xaxis.numeric:
+                    ax.plot(xs, ms, color=colours[key] if len(sweep.swept) > 1 else "0.5", lw=2, zorder=2.5)
+                for x, m, sd, c in means:
+                    ax.errorbar([x], [m], yerr=[sd], color=c, lw=0, marker="D", ms=6.5, mec="white", mew=0.8,
+                                capsize=4, elinewidth=1.4, zorder=3)
         xaxis.setup(ax, p)
         ax.grid(alpha=0.3)
         ax.set_title(f"vs {p}")
@@ -199,8 +226,8 @@ def _plot_phase_vs_params(sweep: Sweep, path: Path) -> Path | None:
 
 
 def _condition_curves(sweep: Sweep):
-    """[(label, key values, [(job, steps, values (N, S))])] in the order of the swept values."""
-    conds: dict[str, dict] = {}
+    """[(label, [(job, steps, values (N, S))])] in the shared condition order (the baseline first)."""
+    conds: dict[str, list] = {}
     for j in sweep.jobs:
         values = j.metrics.get(sweep.phase_metric) if j.metrics else None
         if values is None:
@@ -208,11 +235,9 @@ def _condition_curves(sweep: Sweep):
         values = values[:, None] if values.ndim == 1 else values
         if values.ndim != 2:
             continue
-        label = condition_label(j.params, sweep.swept)
-        entry = conds.setdefault(label, {"key": tuple(j.params.get(k) for k in sweep.swept), "runs": []})
-        entry["runs"].append((j, j.metrics["step"], values))
-    order = sorted(conds, key=lambda lb: [(0, v, "") if is_number(v) else (1, 0, str(v)) for v in conds[lb]["key"]])
-    return [(lb, conds[lb]["key"], conds[lb]["runs"]) for lb in order]
+        conds.setdefault(condition_label(j.params, sweep.swept), []).append((j, j.metrics["step"], values))
+    order, _ = _ordered_conditions(sweep.jobs, sweep.swept)
+    return [(lb, conds[lb]) for lb in order if lb in conds]
 
 
 def _mean_curve(runs) -> tuple[np.ndarray, np.ndarray]:
@@ -232,59 +257,113 @@ def _mean_curve(runs) -> tuple[np.ndarray, np.ndarray]:
     return steps[keep], seed_mean(m[keep]) if keep.any() else np.array([])
 
 
+def _seed_midpoints(sweep: Sweep) -> dict[tuple[int, int], float]:
+    """(id of the job, seed index) -> that seed's phase-change midpoint (summary.json, completed jobs)."""
+    key = f"{sweep.phase_metric}_midpoint"
+    return {(id(r["_job"]), r["_index"]): float(r[key]) for r in sweep.rows
+            if r["_category"] == COMPLETED and r.get(key) is not None}
+
+
+def aligned_mean(curves: list[tuple[np.ndarray, np.ndarray, float]]) -> tuple[np.ndarray, np.ndarray, int]:
+    """The mean of curves aligned on their own transition: each (steps, values, midpoint) is shifted to
+    steps - midpoint and interpolated onto a common grid (the median log spacing) over the offsets
+    where at least half the curves have values. Returns (offsets, mean, number of curves); averaging
+    on the raw step axis would smear seeds that switch at different steps into one gradual drop."""
+    if not curves:
+        return np.array([]), np.array([]), 0
+    shifted = [(np.asarray(s, float) - m, np.asarray(v, float)) for s, v, m in curves]
+    spacing = float(np.median([np.median(np.diff(x)) for x, _ in shifted if len(x) > 1] or [1.0])) or 1.0
+    lo = min(x[0] for x, _ in shifted)
+    hi = max(x[-1] for x, _ in shifted)
+    grid = np.arange(math.floor(lo / spacing) * spacing, hi + spacing / 2, spacing)
+    stack = np.full((len(grid), len(shifted)), np.nan)
+    for k, (x, v) in enumerate(shifted):
+        ok = np.isfinite(v)
+        if ok.sum() < 2:
+            continue
+        inside = (grid >= x[ok][0]) & (grid <= x[ok][-1])
+        stack[inside, k] = np.interp(grid[inside], x[ok], v[ok])
+    keep = np.isfinite(stack).sum(1) >= max(1, math.ceil(len(shifted) / 2))
+    return grid[keep], seed_mean(stack[keep]), len(shifted)
+
+
 @sweep_figure("loss_curves",
               caption="The main loss (e.g. the repeated-part loss) of every condition (the job's overrides less "
-                      "the seed): thick lines are means over seeds, thin lines single seeds, dashed verticals the "
-                      "mean phase-change step.")
+                      "the seed), the baseline first and one colour per condition as in every figure of the "
+                      "sweep. Left: every seed's own curve (dashed verticals: each seed's phase-change midpoint). "
+                      "Right, where seeds have a phase change: the curves shifted so that each seed's midpoint is "
+                      "at 0 and their mean (thick), which keeps the transition as sharp as the seeds have it; a "
+                      "plain mean over seeds that switch at different steps would look like a gradual drop.")
 def _plot_curves(sweep: Sweep, path: Path) -> Path | None:
-    """(b) loss_repeat of every condition: mean over seeds thick, seeds thin, one colour per
-    condition, with the condition's mean phase-change midpoint dashed."""
+    """(b) the main loss of every condition, one colour per condition: each seed's curve, its phase-change
+    midpoint dashed; beside it, the seeds with a phase change aligned on their midpoints, and their mean."""
     conds = _condition_curves(sweep)
     if not conds:
         return None
-    seq = len(sweep.swept) == 1 and all(is_number(k[0]) for _, k, _ in conds)
-    colours = _colours(len(conds), seq)
-    # two legend columns when the labels (with their ~45-character note) fit side by side in 11 inches
-    legend_cols = 2 if max(len(lb) for lb, _, _ in conds) + 48 <= 75 else 1
+    _, colour_of = _ordered_conditions(sweep.jobs, sweep.swept)
+    mids = _seed_midpoints(sweep)
+    aligned_any = any((id(j), k) in mids for _, runs in conds for j, _, v in runs for k in range(v.shape[1]))
+    legend_cols = 2 if max(len(lb) for lb, _ in conds) + 48 <= 75 else 1
     legend_rows = math.ceil((len(conds) + 4) / legend_cols)
-    fig, ax = plt.subplots(figsize=(11, 4.6 + 0.21 * legend_rows), layout="constrained")
+    if aligned_any:
+        fig, (ax, ax_al) = plt.subplots(1, 2, figsize=(13, 4.9 + 0.21 * legend_rows), sharey=True,
+                                        width_ratios=[1.25, 1], layout="constrained")
+    else:
+        fig, ax = plt.subplots(figsize=(11, 4.6 + 0.21 * legend_rows), layout="constrained")
+        ax_al = None
     handles = []
-    for (label, _, runs), colour in zip(conds, colours):
+    for label, runs in conds:
+        colour = colour_of[label]
+        curves, n_seeds, n_mid = [], 0, 0
         for j, steps, values in runs:
-            ls = "-" if j.category == COMPLETED else ":"
+            done = j.category == COMPLETED
             for k in range(values.shape[1]):
-                ax.plot(steps, values[:, k], color=colour, lw=0.8, alpha=0.35, ls=ls)
-        ms, mv = _mean_curve(runs)
-        any_done = any(j.category == COMPLETED for j, _, _ in runs)
-        ax.plot(ms, mv, color=colour, lw=2.4, zorder=3, ls="-" if any_done else ":")
-        ids = {id(j) for j, _, _ in runs}
-        mids = [r[f"{sweep.phase_metric}_midpoint"] for r in sweep.rows
-                if id(r["_job"]) in ids and r["_category"] == COMPLETED]
-        found = [m for m in mids if m is not None]
-        if found:
-            ax.axvline(float(np.mean(found)), color=colour, ls="--", lw=1.3, alpha=0.9, zorder=2)
-            note = f"phase change {len(found)}/{len(mids)} seeds, mean step {np.mean(found):.0f}"
+                n_seeds += done
+                ax.plot(steps, values[:, k], color=colour, lw=1.3, alpha=0.8, ls="-" if done else ":")
+                mid = mids.get((id(j), k))
+                if mid is not None:
+                    n_mid += 1
+                    ax.axvline(mid, color=colour, ls="--", lw=1.0, alpha=0.7, zorder=1)
+                    curves.append((steps, values[:, k], mid))
+        if ax_al is not None and curves:
+            for steps, values, mid in curves:
+                ax_al.plot(np.asarray(steps, float) - mid, values, color=colour, lw=0.9, alpha=0.35)
+            x, mean, n = aligned_mean(curves)
+            ax_al.plot(x, mean, color=colour, lw=2.6, zorder=3)
+        if n_mid:
+            found = [mid for *_, mid in curves]
+            note = f"phase change {n_mid}/{n_seeds} seeds, mean midpoint {np.mean(found):.0f}"
         else:
-            note = f"no phase change, 0/{len(mids)} seeds" if mids else "no completed seeds"
+            note = f"no phase change, 0/{n_seeds} seeds" if n_seeds else "no completed seeds"
         bad = sum(j.category != COMPLETED for j, _, _ in runs)
         if bad:
-            note = ("" if not mids else note + "; ") + f"{bad} job{'s' if bad > 1 else ''} failed or unfinished: dotted"
-        handles.append(Line2D([], [], color=colour, lw=2.4, ls="-" if any_done else ":", label=f"{label}  ({note})"))
+            note += f"; {bad} job{'s' if bad > 1 else ''} failed or unfinished: dotted"
+        handles.append(Line2D([], [], color=colour, lw=2.4, label=f"{label}  ({note})"))
     chance = {j.chance for j in sweep.jobs if j.chance is not None}
     threshold = {j.threshold for j in sweep.jobs if j.threshold is not None}
+    for a in filter(None, (ax, ax_al)):
+        if len(chance) == 1:
+            a.axhline(next(iter(chance)), color="0.45", ls="-.", lw=1)
+        if len(threshold) == 1:
+            a.axhline(next(iter(threshold)), color="0.3", ls=":", lw=1)
+        a.grid(alpha=0.3)
     if len(chance) == 1:
-        ax.axhline(chance.pop(), color="0.45", ls="-.", lw=1)
         handles.append(Line2D([], [], color="0.45", ls="-.", lw=1, label="chance loss"))
     if len(threshold) == 1:
-        ax.axhline(threshold.pop(), color="0.3", ls=":", lw=1)
         handles.append(Line2D([], [], color="0.3", ls=":", lw=1, label="detection threshold"))
-    handles.append(Line2D([], [], color="0.35", lw=0.8, alpha=0.6, label="thin: single seeds"))
-    handles.append(Line2D([], [], color="0.35", lw=1.3, ls="--", label="dashed: mean phase-change midpoint"))
+    handles.append(Line2D([], [], color="0.35", lw=1.3, label="left: one line per seed"))
+    if mids:
+        handles.append(Line2D([], [], color="0.35", lw=1.0, ls="--", label="left, dashed: each seed's phase-change midpoint"))
+    if ax_al is not None:
+        handles.append(Line2D([], [], color="0.35", lw=2.6,
+                              label="right, thick: mean of the seeds' curves aligned on their own midpoints"))
+        ax_al.axvline(0, color="black", ls=(0, (1, 1.3)), lw=1.6)
+        ax_al.set_xlabel("steps from each seed's phase-change midpoint")
+        ax_al.set_title("aligned on each seed's transition (thin: seeds, thick: aligned mean)", fontsize=11)
     ax.set_xlabel(STEP_LABEL)
     ax.set_ylabel(metric_label(sweep.phase_metric))
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{metric_label(sweep.phase_metric)} of {len(conds)} condition{'s' if len(conds) != 1 else ''} "
-                 "(thick: mean over seeds)")
+    ax.set_title(f"every seed of {len(conds)} condition{'s' if len(conds) != 1 else ''}", fontsize=11)
+    fig.suptitle(f"{metric_label(sweep.phase_metric)} per condition", fontsize=12)
     fig.legend(handles=handles, loc="outside lower center", ncols=legend_cols, frameon=False, fontsize=9)
     return save_figure(fig, path)
 
@@ -303,7 +382,7 @@ def _plot_grid(sweep: Sweep, path: Path) -> Path | None:
     mid_key = f"{sweep.phase_metric}_midpoint"
     grids = []
     for p, q in pairs:
-        xs, ys = sort_values([r[p] for r in rows]), sort_values([r[q] for r in rows])
+        xs, ys = _value_order([r[p] for r in rows], p), _value_order([r[q] for r in rows], q)
         mean = np.full((len(ys), len(xs)), np.nan)
         counts = np.zeros((len(ys), len(xs), 3), int)    # with a phase change, completed, not completed
         for iy, y in enumerate(ys):
@@ -376,7 +455,7 @@ def _plot_stage_boundaries(sweep: Sweep, path: Path) -> Path | None:
     if not sweep.has_stages:
         return None
     metric = sweep.phase_metric
-    table = condition_rows(sweep)
+    table = ordered_condition_rows(sweep)
     if not table:
         return None
     groups: dict[str, list[dict]] = {}

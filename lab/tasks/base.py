@@ -88,6 +88,13 @@ class Task:
         solved loss is far from 0 (e.g. in-context Markov chains) scales between its own baselines."""
         return phase_cfg.loss_threshold_frac * self.chance_loss, phase_cfg.loss_min_drop_frac * self.chance_loss
 
+    def head_formed(self, scores, phase_cfg) -> bool | None:
+        """Whether a head formed, judged from one seed's curve of its induction score (numpy, over the
+        log steps), or None to use summary.json's general rule: a detected rise (after a plateau, or an
+        abrupt sigmoid) that crosses measures.phase.score_threshold. A task whose induction measure is
+        zero until a head forms (a baseline-corrected score) can judge the level reached instead."""
+        return None
+
     def phase_curve(self, values):
         """The main metric's curve (per seed, numpy) as phase detection fits it. Default: as logged;
         a task whose loss falls in two stages (e.g. to "any label in context", then to the right

@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lab.config.schema import TaskConfig
 from lab.core import ConfigError
@@ -46,6 +47,7 @@ from lab.measures.losses import icl_positions, icl_score, masked_mean, token_los
 from lab.tasks.base import Task as BaseTask, TrainedCheck
 
 INITIAL_STATES = ("stationary", "uniform")
+FORMED_TAIL = 3        # head_formed judges the mean of a score's last 3 logged values
 
 
 @dataclass
@@ -187,6 +189,26 @@ class MarkovTask(BaseTask):
         uni, bi = self.baseline_losses()
         gap = uni - bi
         return bi + phase_cfg.loss_threshold_frac * gap, phase_cfg.loss_min_drop_frac * gap
+
+    def head_formed(self, scores, phase_cfg) -> bool:
+        """A statistical induction head formed when its corrected score ends at or above
+        measures.phase.score_threshold (the mean of the last FORMED_TAIL logged values) having risen by
+        at least score_min_rise from the first logged one, however early or gradual the rise.
+
+        The general rule also wants the rise to be a transition: after a plateau, or abrupt enough for a
+        sigmoid. That fits the token-induction score, which a random model's diffuse attention already
+        scores above zero, but not this one: the corrected score is 0 for uniform causal attention
+        (0 at initialisation), so reaching the threshold is already the head's attention mass moving
+        onto the statistical-induction keys. Edelman et al.'s heads here start to rise within the first
+        ~100 steps, often before a second log step shows a plateau, and climb in two stages (a fast rise
+        to ~0.45, then a slow one to ~0.75), so the general rule called heads scoring 0.71-0.76 "not
+        formed". When the rise happened (its timing) stays the detectors' job (summary.json "phase")."""
+        values = np.asarray(scores, float)
+        values = values[np.isfinite(values)]
+        if len(values) < 2:
+            return False
+        end = float(values[-FORMED_TAIL:].mean())
+        return end >= phase_cfg.score_threshold and end - float(values[0]) >= phase_cfg.score_min_rise
 
     def trained_check(self) -> TrainedCheck:
         """Against ln k, with the bar halfway from it to the weaker of the in-context unigram and bigram

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 from pathlib import Path
 
 import jax
 import numpy as np
+import yaml
 
 from lab.core import ConfigError
-from lab.rundir import save_llc, save_outputs
+from lab.rundir import load_overrides, save_llc, save_outputs
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +50,34 @@ class MetricsFile(Callback):
             self.file.close()
 
 
-class TensorBoard(Callback):
-    """Event files readable by TensorBoard, one sub-directory per seed so seeds overlay."""
+def override_hparams(overrides: list[str] | None) -> dict:
+    """The hyper-parameters a run's command line set (.hydra/overrides.yaml, Hydra's own left out) as
+    TensorBoard's HPARAMS tab takes them: {key: bool, int, float or str}."""
+    out = {}
+    for o in overrides or []:
+        key, sep, text = str(o).partition("=")
+        key = key.lstrip("+~")
+        if not sep or key.startswith("hydra"):
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, float) and not math.isfinite(value):
+            value = text
+        out[key] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value, default=str)
+    return out
 
-    def __init__(self, directory: Path):
+
+class TensorBoard(Callback):
+    """Event files readable by TensorBoard, one sub-directory per seed so seeds overlay. At the end each
+    seed also writes its hyper-parameters (the run's overrides, `run_dir`/.hydra/overrides.yaml, and its
+    seed) and its final per-seed scalars as `final/<metric>` with `add_hparams` (`seed_<s>/hparams/`), so
+    TensorBoard's HPARAMS tab compares the jobs of a sweep (`tensorboard --logdir <multirun dir>`)."""
+
+    def __init__(self, directory: Path, run_dir: Path | None = None):
         self.directory = Path(directory)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.writers = []
 
     def on_start(self, trainer):
@@ -76,8 +102,84 @@ class TensorBoard(Callback):
                             w.add_scalar(f"{k}/L{l}H{h}", float(v[l, h]), step)
 
     def on_end(self, trainer):
-        for w in self.writers:
+        hparams = override_hparams(load_overrides(self.run_dir)) if self.run_dir is not None else {}
+        last = trainer.records[-1] if trainer.records else None
+        for i, w in enumerate(self.writers):
+            if last is not None:
+                final = {}
+                for k, v in last.items():
+                    if isinstance(v, list) and isinstance(v[i], (int, float)) and math.isfinite(v[i]):
+                        final[f"final/{k}"] = float(v[i])
+                w.add_hparams({**hparams, "train.seed": int(trainer.seeds[i])}, final, name="hparams",
+                              global_step=int(last["step"]))
             w.close()
+
+
+WANDB_MODES = ("offline", "online", "disabled")
+WANDB_MISSING = ("train.wandb=true needs the wandb package, which is not installed: pip install "
+                 "'induction-lab[wandb]' (or drop train.wandb)")
+
+
+def check_wandb(train_cfg) -> None:
+    """With train.wandb: a one-line ConfigError, before anything is written, when wandb is not installed
+    or train.wandb_mode is not one of WANDB_MODES."""
+    if not train_cfg.wandb:
+        return
+    if train_cfg.wandb_mode not in WANDB_MODES:
+        raise ConfigError(f"train.wandb_mode={train_cfg.wandb_mode!r}: choose one of {', '.join(WANDB_MODES)}")
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise ConfigError(WANDB_MISSING) from None
+
+
+def _flat_config(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class WandbLogger(Callback):
+    """Weights & Biases, beside TensorBoard (train.wandb=true): one W&B run per lab run, offline by default
+    (train.wandb_mode; `wandb sync <dir>/wandb/offline-run-*` uploads it later), its config the run's
+    flattened config, the same values TensorBoard gets as `seed_<s>/<metric>` and `seed_<s>/<measure>/L<l>H<h>`,
+    and `lr`. Files go to $WANDB_DIR if set, else into the run directory (`<run_dir>/wandb/`)."""
+
+    def __init__(self, run_dir: Path, config: dict, mode: str = "offline", project: str = "induction-lab"):
+        self.run_dir, self.config, self.mode, self.project = Path(run_dir), config, mode, project
+        self.run = None
+
+    def on_start(self, trainer):
+        import wandb
+        directory = None if os.environ.get("WANDB_DIR") else str(self.run_dir)
+        self.run = wandb.init(project=self.project, name=self.run_dir.name, mode=self.mode, dir=directory,
+                              config=_flat_config(self.config), settings=wandb.Settings(console="off", silent=True),
+                              reinit="create_new")
+
+    def on_log(self, trainer, record, outputs):
+        if self.run is None:
+            return
+        values = {"lr": float(record["lr"])}
+        for i, seed in enumerate(trainer.seeds):
+            for k, v in record.items():
+                if not isinstance(v, list):
+                    continue
+                v = np.asarray(v[i])
+                if v.ndim == 0:
+                    values[f"seed_{seed}/{k}"] = float(v)
+                elif v.ndim == 2:   # (L, H) per-head score
+                    values.update({f"seed_{seed}/{k}/L{l}H{h}": float(v[l, h])
+                                   for l in range(v.shape[0]) for h in range(v.shape[1])})
+        self.run.log(values, step=int(record["step"]))
+
+    def on_end(self, trainer):
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
 
 
 def progress_values(trainer, record: dict, llc):
