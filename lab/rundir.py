@@ -78,6 +78,7 @@ def load_checkpoint_index(run_dir) -> dict:
             warnings.warn(f"{path} is unreadable ({type(e).__name__}); its checkpoints count as rolling")
             index = {}
     listed = index.get("checkpoints", {}) if isinstance(index, dict) else {}
+    listed = listed if isinstance(listed, dict) else {}
     reasons = {int(k): [str(r) for r in v] for k, v in listed.items() if str(k).isdigit() and isinstance(v, list)}
     transitions = index.get("transitions", []) if isinstance(index, dict) else []
     return {"checkpoints": {s: reasons.get(s, []) for s in checkpoint_steps(run_dir)},

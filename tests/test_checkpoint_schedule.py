@@ -202,3 +202,44 @@ def test_transition_checkpoints_of_a_run_load_and_survive_an_interruption(tmp_pa
     assert checkpoint_steps(run) == sorted(EXPECTED)
     assert sorted(p.name for p in (run / "checkpoint_manifests").iterdir()) == \
         sorted(p.name for p in (ref / "checkpoint_manifests").iterdir())
+
+
+def test_keep_checkpoints_prunes_only_the_rolling_ones(tmp_path):
+    """keep=2 bounds the periodic/final checkpoints; schedule and transition ones stay, a thinned-out
+    transition checkpoint goes (with its manifest and callback state) unless another reason keeps it, and
+    the index read back after a restart says why each one is there."""
+    import jax.numpy as jnp
+    from lab.train.checkpoint import Checkpoints
+
+    run = tmp_path / "run"
+    ck = Checkpoints(run / "checkpoints", keep=2)
+    saves = {10: ["schedule"], 20: ["periodic"], 30: ["transition"], 40: ["periodic", "transition"],
+             50: ["periodic"], 60: ["transition"], 70: ["final", "periodic"]}
+    for step, reasons in saves.items():
+        ck.save_callback_state(step, [])
+        ck.save(step, {"w": jnp.full((4,), float(step))}, reasons)
+    # rolling: 20, 50, 70 (40 is also a transition checkpoint) -> the newest two, 50 and 70
+    assert checkpoint_steps(run) == [10, 30, 40, 50, 60, 70]
+    ck.drop_reason(30, "transition")     # nothing else keeps it: deleted
+    ck.drop_reason(40, "transition")     # periodic, now rolling and the oldest of three: pruned
+    ck.drop_reason(10, "transition")     # not a reason it has: nothing happens
+    ck.close()
+    kept = [10, 50, 60, 70]
+    assert checkpoint_steps(run) == kept
+    for folder, suffix in (("checkpoint_manifests", ".json"), ("callback_state", ".npz")):
+        assert sorted(int(p.name.removesuffix(suffix)) for p in (run / folder).iterdir()) == kept
+    again = Checkpoints(run / "checkpoints", keep=2)
+    assert again.reasons == {10: ["schedule"], 50: ["periodic"], 60: ["transition"], 70: ["final", "periodic"]}
+    assert again.rolling() == [50, 70]
+    again.close()
+
+
+def test_checkpoint_index_of_an_older_or_damaged_run(tmp_path):
+    for step in (5, 10):
+        (tmp_path / "checkpoints" / str(step)).mkdir(parents=True)
+    assert load_checkpoint_index(tmp_path) == {"checkpoints": {5: [], 10: []}, "transitions": []}   # no index
+    (tmp_path / "checkpoints.json").write_text('{"checkpoints": {"10": ["transition"], "99": ["schedule"]}}')
+    assert load_checkpoint_index(tmp_path)["checkpoints"] == {5: [], 10: ["transition"]}   # 99 is not on disk
+    (tmp_path / "checkpoints.json").write_text('{"checkpoints": ')
+    with pytest.warns(UserWarning, match="checkpoints.json is unreadable"):
+        assert load_checkpoint_index(tmp_path)["checkpoints"] == {5: [], 10: []}
