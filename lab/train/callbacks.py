@@ -175,7 +175,7 @@ class Checkpointer(Callback):
         self.pending_state = None
 
     def on_start(self, trainer):
-        low, min_drop = trainer.task.phase_threshold(trainer.cfg.measures.phase)
+        _, min_drop = trainer.task.phase_threshold(trainer.cfg.measures.phase)
         smooth = max(int(trainer.cfg.measures.phase.smooth), 2)
         self.detector = TransitionDetector(len(trainer.seeds), ONSET_FRAC * min_drop, fit_points=2 * smooth,
                                            end_points=smooth)
@@ -196,11 +196,15 @@ class Checkpointer(Callback):
         if main in record:
             onsets, ends = self.detector.update(step, trainer.task.phase_curve(np.asarray(record[main], float)))
             for i in onsets:
-                log.info("transition of %s seen starting at step %d (seed %d): checkpoints around it",
-                         main, step, trainer.seeds[i])
+                log.info("%s: a transition starts at step %d (seed %d); checkpoints around it", main, step,
+                         trainer.seeds[i])
+            for i in ends:
+                log.info("%s: the transition of seed %d ended at step %d", main, trainer.seeds[i], step)
             save, drop = self.plan.decide(step, onsets, any(self.detector.in_transition))
             self.checkpoints.transitions = self.plan.transitions
-            for old in drop:   # first: a kill before the save below leaves the plan's older state consistent
+            # dropped before the new one is saved: killed in between, the run resumes from an older
+            # checkpoint whose plan still lists them, and drops them again (already gone) at this step
+            for old in drop:
                 self.checkpoints.drop_reason(old, "transition")
             if save:
                 reasons.append("transition")
