@@ -243,3 +243,36 @@ def test_checkpoint_index_of_an_older_or_damaged_run(tmp_path):
     (tmp_path / "checkpoints.json").write_text('{"checkpoints": ')
     with pytest.warns(UserWarning, match="checkpoints.json is unreadable"):
         assert load_checkpoint_index(tmp_path)["checkpoints"] == {5: [], 10: []}
+
+
+def test_a_checkpoint_saved_on_several_devices_loads_on_one(tmp_path):
+    """lab-train makes one XLA device per CPU core and saves the state sharded over them; a notebook
+    (or this test process) has one device. Restoring used to fail there ("topology mismatch", reported
+    as a damaged checkpoint), so load_run could not open a lab-train run's checkpoints."""
+    import os
+    import subprocess
+    import sys
+
+    import jax
+    import jax.numpy as jnp
+    from conftest import HANG_S
+    from lab.train.checkpoint import Checkpoints
+
+    save = ("import os, sys; os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'\n"
+            "import jax, jax.numpy as jnp, numpy as np\n"
+            "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
+            "from lab.train.checkpoint import Checkpoints\n"
+            "assert len(jax.devices()) == 2\n"
+            "mesh = Mesh(np.array(jax.devices()), ('seeds',))\n"
+            "w = jax.device_put(jnp.arange(8.0).reshape(2, 4), NamedSharding(mesh, P('seeds')))\n"
+            "ck = Checkpoints(sys.argv[1], keep=1); ck.save(5, {'w': w}); ck.close()\n")
+    p = subprocess.run([sys.executable, "-c", save, str(tmp_path / "checkpoints")], capture_output=True, text=True,
+                       timeout=HANG_S, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert len(jax.devices()) == 1
+    ck = Checkpoints(tmp_path / "checkpoints", keep=1)
+    try:
+        step, state = ck.restore(jax.eval_shape(lambda: {"w": jnp.zeros((2, 4))}))
+    finally:
+        ck.close()
+    assert step == 5 and np.array_equal(np.asarray(state["w"]), np.arange(8.0).reshape(2, 4))

@@ -125,6 +125,17 @@ def _quiet(*names: str):
             lg.setLevel(level)
 
 
+def _placed_abstract(x) -> jax.ShapeDtypeStruct:
+    """The shape, dtype and sharding an array is restored with. Orbax would otherwise restore onto the
+    sharding the checkpoint was saved with, and refuse ("topology mismatch") where that device layout
+    does not exist: lab-train makes one XLA device per CPU core, a notebook has one. Arrays without a
+    sharding (jax.eval_shape's) are restored onto the first device; the trainer places them on its mesh."""
+    s = ocp.utils.to_shape_dtype_struct(x)
+    if getattr(s, "sharding", None) is None:
+        s = jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return s
+
+
 class Checkpoints:
     def __init__(self, directory: Path, keep: int):
         self.directory = Path(directory).absolute()
@@ -189,7 +200,7 @@ class Checkpoints:
         back whole. A damaged one (a flipped bit, cut files, a disk error) is skipped with one warning
         line, and deleted when an older one is restored in its place; raises FileNotFoundError (one
         line) when none is intact (a damaged `step` is refused, never replaced by another)."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        abstract = jax.tree.map(_placed_abstract, like)
         steps = sorted(self.manager.all_steps(), reverse=True)
         if step is not None and step not in steps:
             raise FileNotFoundError(f"no checkpoint at step {step} in {self.directory}; available steps: {steps[::-1]}")
