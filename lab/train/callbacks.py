@@ -226,7 +226,7 @@ class Checkpointer(Callback):
             if trainer.state_logged:
                 reason = "final" if trainer.status == "completed" else "interrupted"
                 if self.last == trainer.step:   # saved at this log step already: the reason is added
-                    self.checkpoints.save(trainer.step, trainer.state, [reason])
+                    self.checkpoints.add_reasons(trainer.step, [reason])
                 self._save(trainer, [reason])
             else:
                 log.warning("stopped inside a chunk: nothing saved past the newest checkpoint (step %s), "

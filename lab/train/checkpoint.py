@@ -155,19 +155,25 @@ class Checkpoints:
             # a checkpoint labelled `step` holds the state after that step: a run resumed from its
             # final checkpoint (killed while summarising) has nothing newer to write
             log.info("checkpoint %d already saved in %s", step, self.directory)
-            self._add_reasons(step, reasons)
-            self._prune()
+            self.add_reasons(step, reasons)
             return
-        self._add_reasons(step, reasons)   # first: a checkpoint on disk is never missing from the index
+        self._write_reasons(step, reasons)   # first: a checkpoint on disk is never missing from the index
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self.manager.wait_until_finished()
         # orbax has renamed the finished checkpoint into place
         self._write_manifest(step, checkpoint_manifest(self._step_dir(step), self._callback_path(step)))
         self._prune()
 
-    def _add_reasons(self, step: int, reasons) -> None:
+    def _write_reasons(self, step: int, reasons) -> None:
         self.reasons[step] = sorted(set(self.reasons.get(step, [])) | set(reasons))
         self.write_index()
+
+    def add_reasons(self, step: int, reasons) -> None:
+        """Checkpoint `step`, already saved, is kept for `reasons` too (e.g. the run's final step was a
+        periodic one); pruned again, since a rolling checkpoint may now be kept for good."""
+        if step in self.manager.all_steps():
+            self._write_reasons(step, reasons)
+            self._prune()
 
     def drop_reason(self, step: int, reason: str) -> None:
         """`step` is no longer kept for `reason` (e.g. a transition checkpoint thinned out): deleted if
