@@ -27,7 +27,8 @@ checkpoints.json: `format` (1), `checkpoints` {step: reasons}, each reason one o
 of them are kept), "schedule" (the log-plus-linear grid), "transition" (around a transition the online
 detector saw; lab/train/schedule.py); and `transitions`, a list of {onset, end (null while under way),
 seeds (indices into the run's seeds)}. A step may list several reasons; a checkpoint on disk that the
-index does not list (written by an older lab) counts as rolling.
+index does not list (written by an older lab) counts as rolling; an unreadable index gives every
+checkpoint the reason "unknown", which is never pruned.
 outputs.npz (essential dynamics): `steps` (N,), `outputs` (N, S, D) the task's outputs on a fixed
 slice of the probe at every log step (`Task.trajectory_outputs`), `kind` () what they are.
 """
@@ -67,16 +68,17 @@ CHECKPOINT_INDEX = "checkpoints.json"
 def load_checkpoint_index(run_dir) -> dict:
     """checkpoints.json (format above) for the checkpoints on disk: {"checkpoints": {step: reasons},
     "transitions": [...]}, steps as ints, oldest first; a checkpoint the index does not list gets no
-    reasons ([]). An absent or unreadable index (an older lab's run) lists every checkpoint without
-    reasons."""
+    reasons ([]). Without an index (an older lab's run) no checkpoint has reasons; with an unreadable
+    one, every checkpoint has the reason "unknown" (kept for good: it may have been a transition's)."""
     path = Path(run_dir) / CHECKPOINT_INDEX
     index = {}
     if path.is_file():
         try:
             index = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            warnings.warn(f"{path} is unreadable ({type(e).__name__}); its checkpoints count as rolling")
-            index = {}
+            warnings.warn(f"{path} is unreadable ({type(e).__name__}); its checkpoints are kept for good, "
+                          "as reason 'unknown'")
+            return {"checkpoints": {s: ["unknown"] for s in checkpoint_steps(run_dir)}, "transitions": []}
     listed = index.get("checkpoints", {}) if isinstance(index, dict) else {}
     listed = listed if isinstance(listed, dict) else {}
     reasons = {int(k): [str(r) for r in v] for k, v in listed.items() if str(k).isdigit() and isinstance(v, list)}

@@ -241,8 +241,8 @@ def test_checkpoint_index_of_an_older_or_damaged_run(tmp_path):
     (tmp_path / "checkpoints.json").write_text('{"checkpoints": {"10": ["transition"], "99": ["schedule"]}}')
     assert load_checkpoint_index(tmp_path)["checkpoints"] == {5: [], 10: ["transition"]}   # 99 is not on disk
     (tmp_path / "checkpoints.json").write_text('{"checkpoints": ')
-    with pytest.warns(UserWarning, match="checkpoints.json is unreadable"):
-        assert load_checkpoint_index(tmp_path)["checkpoints"] == {5: [], 10: []}
+    with pytest.warns(UserWarning, match="checkpoints.json is unreadable"):   # none pruned: kept as unknown
+        assert load_checkpoint_index(tmp_path)["checkpoints"] == {5: ["unknown"], 10: ["unknown"]}
 
 
 def test_a_checkpoint_saved_on_several_devices_loads_on_one(tmp_path):

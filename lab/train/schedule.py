@@ -34,7 +34,7 @@ ONSET_FRAC = 0.1          # as the sigmoid's onset and end (10 % and 90 % of the
 NOISE_SIGMAS = 7.0        # an onset must also exceed this many times the curve's noise (on white noise as large as
 #                           tol, 1 run in 300 of 120 log points raises a false onset; at 5: 1 in 15)
 NOISE_POINTS = 4          # the noise is measured over up to this many x fit_points values
-KEPT_REASONS = ("schedule", "transition")      # never pruned by train.keep_checkpoints
+KEPT_REASONS = ("schedule", "transition", "unknown")   # never pruned by train.keep_checkpoints (unknown: an unreadable index's)
 ROLLING_REASONS = ("periodic", "final", "interrupted")
 
 
