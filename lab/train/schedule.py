@@ -35,7 +35,6 @@ NOISE_SIGMAS = 7.0        # an onset must also exceed this many times the curve'
 #                           tol, 1 run in 300 of 120 log points raises a false onset; at 5: 1 in 15)
 NOISE_POINTS = 4          # the noise is measured over up to this many x fit_points values
 KEPT_REASONS = ("schedule", "transition", "unknown")   # never pruned by train.keep_checkpoints (unknown: an unreadable index's)
-ROLLING_REASONS = ("periodic", "final", "interrupted")
 
 
 def grid_steps(steps: int, log_points: int, linear_points: int) -> list[int]:
