@@ -1,6 +1,6 @@
 """The run-directory format, read and written without JAX: a run directory holds config.yaml,
-metrics.jsonl (one record per log step), summary.json, attention.npz, checkpoints/<step>/ and
-callback_state/<step>.npz. Plots, the sweep table, the resume logic and the CLIs all read runs here.
+metrics.jsonl (one record per log step), summary.json, attention.npz, checkpoints/<step>/,
+callback_state/<step>.npz and checkpoints.json (why each checkpoint was kept). Plots, the sweep table, the resume logic and the CLIs all read runs here.
 
 | file | written by | read by |
 |---|---|---|
@@ -12,6 +12,7 @@ callback_state/<step>.npz. Plots, the sweep table, the resume logic and the CLIs
 | checkpoints/ | `lab.train.checkpoint` (orbax) | `checkpoint_steps`, `run_dir_problem` |
 | callback_state/<step>.npz | `lab.train.checkpoint.Checkpoints.save_callback_state` | `Checkpoints.load_callback_state` |
 | checkpoint_manifests/<step>.json | `lab.train.checkpoint` (SHA-256 and size of every file of a checkpoint and its callback state) | `Checkpoints.restore`, which skips a damaged checkpoint |
+| checkpoints.json | `lab.train.checkpoint.Checkpoints` via `save_checkpoint_index` (why each checkpoint was kept; the transitions seen online) | `load_checkpoint_index`, `Checkpoints` (which steps `train.keep_checkpoints` may prune) |
 | run.lock | `lock_run_dir` (the writer's pid and host; the lock is flock(2) on the directory) | `lock_run_dir` of a second writer, for its message |
 | llc.npz | `lab.train.callbacks.LLCFile` (online), `lab-llc` (offline) | `load_llc` |
 | outputs.npz | `lab.train.callbacks.OutputTrajectory` | `load_outputs` |
@@ -22,6 +23,13 @@ over chains, `llc_std` (N, S) sample std over chains, `chains` (N, S, C) per-cha
 `distance` (N, S, C, M) |w_t - w*|, `init_loss` (N, S, C) L(w*) on each chain's first batch, `nonfinite` (N, S, C) chains that blew up,
 `not_settled` (N, S), `burn_in` (), `nbeta` (), `source` () "online" or "offline", `settings` ()
 the estimator's settings as JSON.
+checkpoints.json: `format` (1), `checkpoints` {step: reasons}, each reason one of "periodic"
+(`train.checkpoint_every`), "final", "interrupted" (the rolling ones: the newest `train.keep_checkpoints`
+of them are kept), "schedule" (the log-plus-linear grid), "transition" (around a transition the online
+detector saw; lab/train/schedule.py); and `transitions`, a list of {onset, end (null while under way),
+seeds (indices into the run's seeds)}. A step may list several reasons; a checkpoint on disk that the
+index does not list (written by an older lab) counts as rolling; an unreadable index gives every
+checkpoint the reason "unknown", which is never pruned.
 outputs.npz (essential dynamics): `steps` (N,), `outputs` (N, S, D) the task's outputs on a fixed
 slice of the probe at every log step (`Task.trajectory_outputs`), `kind` () what they are.
 """
@@ -53,6 +61,38 @@ def checkpoint_steps(run_dir) -> list[int]:
     if not ckpt.is_dir():
         return []
     return sorted(int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+CHECKPOINT_INDEX = "checkpoints.json"
+
+
+def load_checkpoint_index(run_dir) -> dict:
+    """checkpoints.json (format above) for the checkpoints on disk: {"checkpoints": {step: reasons},
+    "transitions": [...]}, steps as ints, oldest first; a checkpoint the index does not list gets no
+    reasons ([]). Without an index (an older lab's run) no checkpoint has reasons; with an unreadable
+    one, every checkpoint has the reason "unknown" (kept for good: it may have been a transition's)."""
+    path = Path(run_dir) / CHECKPOINT_INDEX
+    index = {}
+    if path.is_file():
+        try:
+            index = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            warnings.warn(f"{path} is unreadable ({type(e).__name__}); its checkpoints are kept for good, "
+                          "as reason 'unknown'")
+            return {"checkpoints": {s: ["unknown"] for s in checkpoint_steps(run_dir)}, "transitions": []}
+    listed = index.get("checkpoints", {}) if isinstance(index, dict) else {}
+    listed = listed if isinstance(listed, dict) else {}
+    reasons = {int(k): [str(r) for r in v] for k, v in listed.items() if str(k).isdigit() and isinstance(v, list)}
+    transitions = index.get("transitions", []) if isinstance(index, dict) else []
+    return {"checkpoints": {s: reasons.get(s, []) for s in checkpoint_steps(run_dir)},
+            "transitions": transitions if isinstance(transitions, list) else []}
+
+
+def save_checkpoint_index(run_dir, checkpoints: dict, transitions: list) -> Path:
+    """Write checkpoints.json atomically: `checkpoints` {step: reasons}, `transitions` as listed above."""
+    body = {"format": 1, "checkpoints": {str(s): list(r) for s, r in sorted(checkpoints.items())},
+            "transitions": transitions}
+    return write_text_atomic(Path(run_dir) / CHECKPOINT_INDEX, json.dumps(body, indent=1))
 
 
 def run_dir_problem(run_dir: Path) -> Optional[str]:

@@ -119,12 +119,14 @@ def test_every_make_target_exists():
 
 
 def test_the_python_blocks_run_as_written(tmp_path):
-    """The README's Python, block after block in one interpreter, in an empty directory. The lines that
+    """The README's Python, block after block in one interpreter, in an empty directory (the one that trains
+    the run the others load first). The lines that
     load an export into TransformerLens need torch: tests/tl_peer_check.py loads exports the same way in
     .venv-peers (tests/test_export.py)."""
-    blocks = _blocks("python")
-    code = "\n".join(b for b in blocks if "transformer_lens" not in b)
-    assert "lab.run(" in code and "lab.load_run(" in code and len(blocks) >= 3
+    blocks = [b for b in _blocks("python") if "transformer_lens" not in b]
+    first = [b for b in blocks if "lab.run(" in b]   # the blocks that train the run the others read, first
+    code = "\n".join(first + [b for b in blocks if b not in first])
+    assert first and "lab.load_run(" in code and "load_checkpoint_index" in code and len(blocks) >= 3
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=HANG_S,
                        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr[-3000:]

@@ -60,10 +60,10 @@ def test_two_signals_stop_after_the_chunk_with_a_checkpoint_that_matches_its_lab
             two_signals()
         return fetch(out)
 
-    def save_with_signals(self, step, state):
+    def save_with_signals(self, step, state, *reasons):
         if step == 60:
             two_signals()
-        return save(self, step, state)
+        return save(self, step, state, *reasons)
 
     if where == "chunk":
         monkeypatch.setattr(Trainer, "fetch", staticmethod(fetch_with_signals))
@@ -292,10 +292,10 @@ _DISK_FULL_AT_STEP_40 = """
 import errno, sys
 from lab.train.checkpoint import Checkpoints
 save = Checkpoints.save
-def full(self, step, state):
+def full(self, step, state, *reasons):
     if step == 40:
         raise OSError(errno.ENOSPC, "No space left on device", str(self.directory / "40"))
-    return save(self, step, state)
+    return save(self, step, state, *reasons)
 Checkpoints.save = full
 from lab.app.cli import train_main
 sys.argv = ["lab-train", *sys.argv[1:]]

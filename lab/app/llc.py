@@ -70,7 +70,8 @@ def estimate_run(run_dir: Path, overrides: dict, steps=None, replace_online: boo
     available = checkpoint_steps(run_dir)
     if steps is None and len(available) < 5:
         logging.warning("%s has %d checkpoint(s) (%s): too few to follow the LLC over training; train with "
-                        "train.checkpoint_every=75 train.keep_checkpoints=21, or estimate online with "
+                        "train.checkpoint_every=75 train.keep_checkpoints=21 (or a log-plus-linear grid: "
+                        "train.checkpoint_log_points=20 train.checkpoint_linear_points=20), or estimate online with "
                         "measures.llc.every=75", run_dir, len(available), available)
     steps, est = estimate_checkpoints(run_dir, s, steps)
     for k, t in enumerate(steps):

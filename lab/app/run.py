@@ -21,6 +21,7 @@ from lab.train.callbacks import (AttentionSnapshots, Checkpointer, LLCFile, LogL
                                  OutputTrajectory, ProgressBar, TensorBoard, WandbLogger, check_wandb)
 from lab.train.checkpoint import Checkpoints
 from lab.train.runtime import configure_compile_cache
+from lab.train.schedule import grid_steps
 from lab.train.trainer import RunResult, Trainer
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,14 @@ log = logging.getLogger(__name__)
 
 # Keys that may change when a run is continued: its length, and how it logs, checkpoints and compiles
 # (none changes what is trained). Any other difference, a key added included, is refused.
+# The checkpointing keys choose which states are saved, never what is trained; a changed grid or
+# transition budget applies from the resumed step on (the online detector's state is saved whatever
+# the budget, so turning it on later finds it whole), and what was kept before stays.
 RESUMABLE_CHANGES = ("train.resume", "train.steps", "train.progress", "train.tensorboard", "train.wandb",
                      "train.wandb_mode", "train.wandb_project", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.log_every", "train.compile_cache", "train.xla_cpu_threads",
-                     "train.gpus_per_job", "model.fused_attention")
+                     "train.keep_checkpoints", "train.checkpoint_log_points", "train.checkpoint_linear_points",
+                     "train.checkpoints_around_transition", "train.log_every", "train.compile_cache",
+                     "train.xla_cpu_threads", "train.gpus_per_job", "model.fused_attention")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -241,7 +246,10 @@ def _train(cfg, trainer, run_dir: Optional[Path], checkpoints, plots: bool, extr
             callbacks.append(OutputTrajectory(run_dir / "outputs.npz", trainer.task.trajectory_kind))
         if trainer.llc is not None:
             callbacks.append(LLCFile(run_dir, trainer.llc))
-        callbacks.append(Checkpointer(checkpoints, cfg.train.checkpoint_every))
+        tr = cfg.train
+        callbacks.append(Checkpointer(checkpoints, tr.checkpoint_every,
+                                      grid_steps(tr.steps, tr.checkpoint_log_points, tr.checkpoint_linear_points),
+                                      tr.checkpoints_around_transition))
         if cfg.train.tensorboard:
             callbacks.append(TensorBoard(run_dir / "tensorboard", run_dir))
         if cfg.train.wandb:

@@ -195,6 +195,9 @@ def validate(cfg) -> None:
     if tr.checkpoint_every < 0:
         raise ConfigError(f"train.checkpoint_every={tr.checkpoint_every} must be >= 0 (0 disables)")
     positive("train.keep_checkpoints", tr.keep_checkpoints)
+    for key in ("checkpoint_log_points", "checkpoint_linear_points", "checkpoints_around_transition"):
+        if tr[key] < 0:
+            raise ConfigError(f"train.{key}={tr[key]} must be >= 0 (0 turns it off)")
     choice("train.xla_cpu_threads", tr.xla_cpu_threads, ("single", "multi"))
     if tr.gpus_per_job is not None:
         positive("train.gpus_per_job", tr.gpus_per_job)

@@ -60,7 +60,10 @@ class TrainConfig:
     seed_axis: str = "auto"           # vmap | map | auto (vmap on GPU/TPU; map, i.e. a loop inside the program, on CPU)
     log_every: int = 25               # steps per compiled chunk; measures are logged after each
     checkpoint_every: int = 1000      # 0 disables periodic checkpoints (the final one is always written)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2         # the newest periodic/final checkpoints kept (for resuming); grid and transition ones are never pruned
+    checkpoint_log_points: int = 0    # a grid of this many steps log-spaced in [1, steps] (Hoogland et al.), each kept for good; 0: none
+    checkpoint_linear_points: int = 0  # ... plus this many evenly spaced; grid steps snap up to the next log step
+    checkpoints_around_transition: int = 8  # at most this many kept for good around each transition of the main metric seen online (lab/train/schedule.py); 0: none
     resume: bool = False
     progress: bool = True
     tensorboard: bool = True

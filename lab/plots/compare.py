@@ -25,7 +25,8 @@ from matplotlib.patches import Patch  # noqa: E402
 # Config keys that change how a run is executed or logged, not what it learns: left out of the
 # differences that label runs in a comparison.
 IGNORED_CONFIG_KEYS = {"out_dir", "train.progress", "train.tensorboard", "train.compile_cache", "train.resume",
-                       "train.checkpoint_every", "train.keep_checkpoints", "train.xla_cpu_threads",
+                       "train.checkpoint_every", "train.keep_checkpoints", "train.checkpoint_log_points",
+                       "train.checkpoint_linear_points", "train.checkpoints_around_transition", "train.xla_cpu_threads",
                        "train.seed_axis", "model.fused_attention"}
 _UNSET = object()
 

@@ -15,6 +15,7 @@ import yaml
 
 from lab.core import ConfigError
 from lab.rundir import load_overrides, save_llc, save_outputs
+from lab.train.schedule import ONSET_FRAC, TransitionDetector, TransitionPlan, due, load_state_array, state_array
 
 log = logging.getLogger(__name__)
 
@@ -260,22 +261,64 @@ class LogLines(Callback):
 
 
 class Checkpointer(Callback):
-    """Saves every `every` steps (0: never) and at the end, keeping the newest `keep`."""
+    """Saves at log steps: every `every` steps (0: never) and at the end, keeping the newest `keep`
+    of those (`Checkpoints`); at the log step at or after each step of `grid` (lab/train/schedule.py);
+    and around each transition of the task's main metric that the online detector sees, at most
+    `around_transition` per transition (0: none; the detector runs anyway, so its state is whole when a
+    resumed run turns them on). The last two kinds are kept for good. The detector and the plan are this
+    callback's state, saved with every checkpoint: a resumed run saves the same checkpoints as an
+    uninterrupted one. With several seeds (one checkpoint holds them all) a transition runs from the
+    first seed's onset until no seed is still in its transition."""
 
-    def __init__(self, checkpoints, every: int):
+    def __init__(self, checkpoints, every: int, grid=(), around_transition: int = 0):
         self.checkpoints, self.every, self.last = checkpoints, every, None
+        self.grid = list(grid)
+        self.detector, self.plan = None, TransitionPlan(around_transition)
+        self.pending_state = None
+
+    def on_start(self, trainer):
+        _, min_drop = trainer.task.phase_threshold(trainer.cfg.measures.phase)
+        smooth = max(int(trainer.cfg.measures.phase.smooth), 2)
+        self.detector = TransitionDetector(len(trainer.seeds), ONSET_FRAC * min_drop, fit_points=2 * smooth,
+                                           end_points=smooth)
+        if self.pending_state is not None:   # restored before on_start (lab.app.run loads callback state first)
+            load_state_array(self.pending_state, self.detector, self.plan)
+            self.pending_state = None
+        self.checkpoints.transitions = self.plan.transitions   # resumed: those seen up to its checkpoint
 
     def on_log(self, trainer, record, outputs):
         step = record["step"]
+        reasons = []
         if step and self.every and step % self.every == 0:
-            self._save(trainer)
+            reasons.append("periodic")
+        previous = trainer.records[-2]["step"] if len(trainer.records) > 1 else 0
+        if step and due(self.grid, previous, step):
+            reasons.append("schedule")
+        main = trainer.task.main_metric
+        if main in record:
+            onsets, ends = self.detector.update(step, trainer.task.phase_curve(np.asarray(record[main], float)))
+            for i in onsets:
+                log.info("%s: a transition starts at step %d (seed %d); checkpoints around it", main, step,
+                         trainer.seeds[i])
+            for i in ends:
+                log.info("%s: the transition of seed %d ended at step %d", main, trainer.seeds[i], step)
+            save, drop = self.plan.decide(step, onsets, any(self.detector.in_transition))
+            self.checkpoints.transitions = self.plan.transitions
+            # dropped before the new one is saved: killed in between, the run resumes from an older
+            # checkpoint whose plan still lists them, and drops them again (already gone) at this step
+            for old in drop:
+                self.checkpoints.drop_reason(old, "transition")
+            if save:
+                reasons.append("transition")
+        if reasons:
+            self._save(trainer, reasons)
 
-    def _save(self, trainer):
+    def _save(self, trainer, reasons):
         if self.last != trainer.step:
             # callback state first: a kill between the two writes must not leave a checkpoint whose
             # callback state is missing (the resumed run would silently lose its attention snapshots)
             self.checkpoints.save_callback_state(trainer.step, trainer.all_callbacks)
-            self.checkpoints.save(trainer.step, trainer.state)
+            self.checkpoints.save(trainer.step, trainer.state, reasons)
             self.last = trainer.step
 
     def on_end(self, trainer):
@@ -283,11 +326,23 @@ class Checkpointer(Callback):
         # inside a chunk (a second signal) has no state that matches its step and records.
         if trainer.state is not None and not trainer.status.startswith("failed") and trainer.step:
             if trainer.state_logged:
-                self._save(trainer)
+                reason = "final" if trainer.status == "completed" else "interrupted"
+                if self.last == trainer.step:   # saved at this log step already: the reason is added
+                    self.checkpoints.add_reasons(trainer.step, [reason])
+                self._save(trainer, [reason])
             else:
                 log.warning("stopped inside a chunk: nothing saved past the newest checkpoint (step %s), "
                             "where the run continues", self.checkpoints.latest_step())
         self.checkpoints.close()
+
+    def state_dict(self):
+        return {"plan": state_array(self.detector, self.plan)} if self.detector is not None else None
+
+    def load_state_dict(self, state):
+        if self.detector is None:
+            self.pending_state = state["plan"]
+        else:
+            load_state_array(state["plan"], self.detector, self.plan)
 
 
 class AttentionSnapshots(Callback):

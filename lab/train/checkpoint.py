@@ -8,7 +8,14 @@ number), so each finished checkpoint gets a manifest, `checkpoint_manifests/<ste
 `callback_state/<step>.npz`. It lives outside orbax's directory (orbax lists and deletes only its
 step folders there, and tools count the folders of `checkpoints/`), so it is pruned here with them.
 A restore checks it before orbax reads anything; a checkpoint without one (written by an older lab,
-or by a run killed between orbax's rename and the manifest) is restored unverified, as before."""
+or by a run killed between orbax's rename and the manifest) is restored unverified, as before.
+
+Each checkpoint is saved for reasons (lab/train/schedule.py): "periodic", "final" and "interrupted"
+ones are rolling, and only the newest `keep` of them stay; "schedule" and "transition" ones are never
+pruned. The reasons are recorded in `checkpoints.json` beside `checkpoints/` (lab.rundir's
+checkpoint index), written before orbax's save (an entry whose folder never appeared is dropped) and
+read back when a run is continued, so a resumed run prunes exactly as an uninterrupted one. A
+checkpoint the index does not list (an older lab's) counts as rolling, as orbax's max_to_keep did."""
 from __future__ import annotations
 
 import contextlib
@@ -23,6 +30,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from lab.core import ConfigError, first_line
+from lab.rundir import load_checkpoint_index, save_checkpoint_index
+from lab.train.schedule import KEPT_REASONS
 
 log = logging.getLogger(__name__)
 logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file it writes at INFO
@@ -116,24 +125,77 @@ def _quiet(*names: str):
             lg.setLevel(level)
 
 
+def _placed_abstract(x) -> jax.ShapeDtypeStruct:
+    """The shape, dtype and sharding an array is restored with. Orbax would otherwise restore onto the
+    sharding the checkpoint was saved with, and refuse ("topology mismatch") where that device layout
+    does not exist: lab-train makes one XLA device per CPU core, a notebook has one. Arrays without a
+    sharding (jax.eval_shape's) are restored onto the first device; the trainer places them on its mesh."""
+    s = ocp.utils.to_shape_dtype_struct(x)
+    if getattr(s, "sharding", None) is None:
+        s = jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return s
+
+
 class Checkpoints:
     def __init__(self, directory: Path, keep: int):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        self.keep = keep
+        # pruning is ours (`_prune`): orbax's max_to_keep would count the checkpoints kept for good too
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=False)
         with _quiet(*_ORBAX_LOGGERS):   # it reads every step's metadata, and logs a damaged file whole
             self.manager = ocp.CheckpointManager(self.directory, options=options)
+        index = load_checkpoint_index(self.directory.parent)
+        self.reasons: dict[int, list[str]] = {s: r for s, r in index["checkpoints"].items() if r}
+        self.transitions: list = index["transitions"]   # the online detector's, set by the Checkpointer
 
-    def save(self, step: int, state: dict) -> None:
+    def save(self, step: int, state: dict, reasons=("periodic",)) -> None:
+        """Save `state` as checkpoint `step` for `reasons` (module docstring), then prune the rolling
+        checkpoints past the newest `keep`."""
         if step in self.manager.all_steps():
             # a checkpoint labelled `step` holds the state after that step: a run resumed from its
             # final checkpoint (killed while summarising) has nothing newer to write
             log.info("checkpoint %d already saved in %s", step, self.directory)
+            self.add_reasons(step, reasons)
             return
+        self._write_reasons(step, reasons)   # first: a checkpoint on disk is never missing from the index
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self.manager.wait_until_finished()
-        # orbax has renamed the finished checkpoint into place (and removed those past max_to_keep)
+        # orbax has renamed the finished checkpoint into place
         self._write_manifest(step, checkpoint_manifest(self._step_dir(step), self._callback_path(step)))
         self._prune()
+
+    def _write_reasons(self, step: int, reasons) -> None:
+        self.reasons[step] = sorted(set(self.reasons.get(step, [])) | set(reasons))
+        self.write_index()
+
+    def add_reasons(self, step: int, reasons) -> None:
+        """Checkpoint `step`, already saved, is kept for `reasons` too (e.g. the run's final step was a
+        periodic one); pruned again, since a rolling checkpoint may now be kept for good."""
+        if step in self.manager.all_steps():
+            self._write_reasons(step, reasons)
+            self._prune()
+
+    def drop_reason(self, step: int, reason: str) -> None:
+        """`step` is no longer kept for `reason` (e.g. a transition checkpoint thinned out): deleted if
+        nothing else keeps it, else kept (or pruned) for its other reasons."""
+        if reason not in self.reasons.get(step, []):
+            return
+        self.reasons[step] = [r for r in self.reasons[step] if r != reason]
+        if not self.reasons[step]:
+            del self.reasons[step]
+            if step in self.manager.all_steps():
+                self.manager.delete(step)
+            self._forget(step)
+        self._prune()
+
+    def write_index(self) -> None:
+        """checkpoints.json: the reasons of the checkpoints on disk (and of the one being saved)."""
+        save_checkpoint_index(self.directory.parent, self.reasons, self.transitions)
+
+    def rolling(self) -> list[int]:
+        """The checkpoints on disk that `keep` bounds (no reason to keep them for good), oldest first."""
+        return [s for s in self.manager.all_steps()
+                if not any(r in KEPT_REASONS for r in self.reasons.get(s, []))]
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -144,7 +206,7 @@ class Checkpoints:
         back whole. A damaged one (a flipped bit, cut files, a disk error) is skipped with one warning
         line, and deleted when an older one is restored in its place; raises FileNotFoundError (one
         line) when none is intact (a damaged `step` is refused, never replaced by another)."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        abstract = jax.tree.map(_placed_abstract, like)
         steps = sorted(self.manager.all_steps(), reverse=True)
         if step is not None and step not in steps:
             raise FileNotFoundError(f"no checkpoint at step {step} in {self.directory}; available steps: {steps[::-1]}")
@@ -216,9 +278,16 @@ class Checkpoints:
         return manifest_problem(manifest, self._step_dir(step), cb, f"{cb.parent.name}/{cb.name}")
 
     def _prune(self) -> None:
-        """Remove the manifests and callback state of the steps orbax no longer keeps (and a
-        manifest's temporary file left by a kill)."""
-        kept = {str(s) for s in self.manager.all_steps()}
+        """Delete the rolling checkpoints past the newest `keep`, then the manifests, callback state
+        and index entries of the steps no longer on disk (and a manifest's temporary file left by a kill)."""
+        rolling = sorted(self.rolling())
+        for step in rolling[:max(len(rolling) - self.keep, 0)]:
+            self.manager.delete(step)
+        on_disk = set(self.manager.all_steps())
+        if any(s not in on_disk for s in self.reasons):
+            self.reasons = {s: r for s, r in self.reasons.items() if s in on_disk}
+            self.write_index()
+        kept = {str(s) for s in on_disk}
         for folder in (self._manifest_path(0).parent, self._callback_path(0).parent):
             if not folder.is_dir():
                 continue
@@ -228,9 +297,11 @@ class Checkpoints:
                     p.unlink(missing_ok=True)
 
     def _forget(self, step: int) -> None:
-        """Drop what belongs to a deleted checkpoint: its manifest and callback state."""
+        """Drop what belongs to a deleted checkpoint: its manifest, callback state and index entry."""
         self._manifest_path(step).unlink(missing_ok=True)
         self._callback_path(step).unlink(missing_ok=True)
+        if self.reasons.pop(step, None) is not None:
+            self.write_index()
 
     # Callback state (e.g. attention snapshots) lives beside the checkpoints, one .npz per step,
     # written atomically and pruned with them.
