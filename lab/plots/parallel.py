@@ -105,10 +105,12 @@ def draw_run_figures(run_dir, out_dir=None, figures: Optional[Sequence[str]] = N
     for q in (todo, warned):
         q.close()
         q.cancel_join_thread()
+    def drawn(name: str) -> bool:   # written by this drawing, not left by an earlier one
+        path = out / f"{name}.png"
+        return path.exists() and path.stat().st_mtime >= started
+
     failed = [p.exitcode for p in procs if p.exitcode not in (0, None)]
     if failed and finished:
         # a worker failed (a plotting bug): draw what is missing here, so the error surfaces as it would alone
-        missing = [n for n in names if not (out / f"{n}.png").exists()]
-        plot_run(run_dir, out_dir, figures=missing)
-    return [out / f"{n}.png" for n in names
-            if (out / f"{n}.png").exists() and (out / f"{n}.png").stat().st_mtime >= started], finished
+        plot_run(run_dir, out_dir, figures=[n for n in names if not drawn(n)])
+    return [out / f"{n}.png" for n in names if drawn(n)], finished
