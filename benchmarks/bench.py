@@ -226,16 +226,26 @@ def launch_timings() -> None:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         first = last = None
+        seen, pending = 0, ""   # bytes of metrics.jsonl read so far; an unfinished last line
         while proc.poll() is None:
-            if os.path.exists(metrics):
-                records = [json.loads(line) for line in open(metrics).read().splitlines() if line.endswith("}")]
+            # only the new lines are read and parsed: re-reading the whole file every poll cost the
+            # measured run a core's worth of CPU, slowing its training and its analysis alike
+            if os.path.exists(metrics) and os.path.getsize(metrics) > seen:
+                with open(metrics, "rb") as f:
+                    f.seek(seen)
+                    chunk = f.read()
+                seen += len(chunk)
+                *lines, pending = (pending + chunk.decode()).split("\n")
+                now = time.perf_counter() - t0
                 if steps is None and os.path.exists(os.path.join(run_dir, "config.yaml")):
                     import yaml
                     steps = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["train"]["steps"]
-                if first is None and any(r["step"] > 0 for r in records):
-                    first = time.perf_counter() - t0
-                if last is None and steps is not None and any(r["step"] >= steps for r in records):
-                    last = time.perf_counter() - t0
+                for line in lines:
+                    step = json.loads(line)["step"] if line.strip() else 0
+                    if first is None and step > 0:
+                        first = now
+                    if last is None and steps is not None and step >= steps:
+                        last = now
             time.sleep(0.01)
         total = time.perf_counter() - t0
         if proc.returncode or first is None or last is None:

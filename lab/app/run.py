@@ -221,7 +221,8 @@ def _after_training(cfg, trainer, run_dir: Optional[Path], snapshots, log_lines,
         summary["stages"] = stages_of_run(summary, run_dir)
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     log_lines.note(f"{summary['status']}: {summary.get('verdict', '')}".rstrip(": "), console=False)
-    snapshots.save(run_dir / "attention.npz", summary, jax.device_get(trainer.task.snapshot_info(trainer.probe)))
+    # the probe fetched first: slicing device arrays would compile a program per slice (0.2 s)
+    snapshots.save(run_dir / "attention.npz", summary, trainer.task.snapshot_info(jax.device_get(trainer.probe)))
     if not (plots and trainer.records):
         return summary, False
     if stopped():

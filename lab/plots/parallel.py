@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from lab.plots.run import FIGURES, plot_run
+from lab.plots.run import FIGURES, RUN_FIGURES, plot_run
 
 POLL_S = 0.1
 
@@ -82,7 +82,7 @@ def draw_run_figures(run_dir, out_dir=None, figures: Optional[Sequence[str]] = N
         return written, True
     ctx = mp.get_context("fork")
     todo, warned, seen = ctx.Queue(), ctx.Queue(), set()
-    for name in names + [None] * workers:
+    for name in sorted(names, key=lambda n: -RUN_FIGURES[n].cost) + [None] * workers:   # the slowest first
         todo.put(name)
     with warnings.catch_warnings():   # JAX warns on every fork; its threads are not used in the workers
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)

@@ -11,21 +11,24 @@ from typing import Callable
 @dataclass(frozen=True)
 class Figure:
     """A registered figure: `draw(subject, path)` writes `<name>.png` and returns its path, or None
-    when the subject (a run, a sweep) lacks what it shows; `caption` says in one sentence what it shows."""
+    when the subject (a run, a sweep) lacks what it shows; `caption` says in one sentence what it shows;
+    `cost` is its drawing time relative to the others' (seconds on the default run, 2 cores), so that
+    figures drawn side by side (lab/plots/parallel.py) start with the slowest and finish together."""
 
     name: str
     caption: str
     draw: Callable[..., Path | None]
+    cost: float = 0.5
 
 
 def figure_decorator(registry: dict, kind: str) -> Callable:
-    """The decorator `@<kind>_figure(name, caption)` that adds figures to `registry` (name -> Figure),
-    in the order they are defined."""
-    def figure(name: str, caption: str):
+    """The decorator `@<kind>_figure(name, caption, cost=...)` that adds figures to `registry` (name ->
+    Figure), in the order they are defined."""
+    def figure(name: str, caption: str, cost: float = 0.5):
         def register(draw: Callable) -> Callable:
             if name in registry:
                 raise ValueError(f"{kind} figure {name!r} is registered twice")
-            registry[name] = Figure(name, caption, draw)
+            registry[name] = Figure(name, caption, draw, cost)
             return draw
         return register
     return figure

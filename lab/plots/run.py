@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 # lab.plots.style first: it selects the headless Agg backend before pyplot loads
-from lab.plots.style import (CLAMPED_INFIX, LABELS, SCORE_CMAP, STEP_LABEL, STYLE, metric_label, save_figure,
-                             seed_mean)
+from lab.plots.style import (CLAMPED_INFIX, LABELS, SCORE_CMAP, STEP_LABEL, STYLE, fixed_layout, metric_label,
+                             save_figure, seed_mean, shared_colorbar)
 from lab.plots.clamp_windows import (CLAMP_COLOURS, ClampWindow, clamp_handles, clamp_legend, clamp_note, clamp_windows,
                                      shade_clamps)
 from lab.plots.registry import Figure, figure_decorator
@@ -216,12 +216,18 @@ def _gather(run_dir: Path) -> _Run:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _plot_seeds(ax, steps, values, label, colour, ls="-") -> None:
-    """Thin line per seed, thick mean; one seed gets just the thick line."""
+def _plot_seeds(ax, steps, values, label, colour, ls="-", sparse=False) -> None:
+    """Thin line per seed, thick mean; one seed gets just the thick line. `sparse`: a scalar logged at
+    some log steps only (the LLC every measures.llc.every steps): its points, joined across the gaps."""
+    mean = seed_mean(values)
+    if sparse:
+        keep = np.isfinite(mean)
+        steps, values, mean = steps[keep], values[keep], mean[keep]
+    marker = {"marker": "o", "ms": 3.5} if sparse else {}
     if values.shape[1] > 1:
         for s in range(values.shape[1]):
             ax.plot(steps, values[:, s], color=colour, lw=0.8, alpha=0.4, ls=ls)
-    ax.plot(steps, seed_mean(values), color=colour, lw=2.2, label=label, ls=ls)
+    ax.plot(steps, mean, color=colour, lw=2.2, label=label, ls=ls, **marker)
 
 
 def _mark_transition(ax, tr: Transition | None, band=True, per_seed=True, label=False) -> None:
@@ -267,10 +273,10 @@ def _step_edges(steps: np.ndarray) -> np.ndarray:
 
 
 @run_figure("loss", caption="The main loss and the overall probe loss over training (thin: seeds, thick: mean) with "
-                           "the phase change and detection threshold marked, above the accuracy and ICL score.")
+                           "the phase change and detection threshold marked, above the accuracy and ICL score.",
+                           cost=0.45)
 def _plot_loss(run: _Run, path: Path) -> Path:
-    fig, (ax, ax_acc) = plt.subplots(2, 1, figsize=(12, 7.5), sharex=True, layout="constrained",
-                                     height_ratios=[3, 2])
+    fig, (ax, ax_acc) = plt.subplots(2, 1, figsize=(12, 7.5), sharex=True, height_ratios=[3, 2])
     seeds_note = f"thin: {run.n_seeds} seeds, thick: mean" if run.n_seeds > 1 else "1 seed"
     for key, colour, label in ((run.main, "C0", run.main_label), ("loss", "C1", metric_label("loss"))):
         same = (key == "loss" and key in run.scalars and run.main in run.scalars
@@ -329,6 +335,8 @@ def _plot_loss(run: _Run, path: Path) -> Path:
     ax_acc.grid(alpha=0.3)
     clamp_legend(fig, run.clamps)
     fig.suptitle(run.title("Loss over training", width=100))
+    legend_w = legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
+    fixed_layout(fig, left=0.8, right=max(legend_w + 0.3, 1.0 if "icl_score" in run.scalars else 0.3), hgap=0.45)
     return save_figure(fig, path)
 
 
@@ -353,8 +361,7 @@ def _heatmaps(run: _Run, keys: list[str], path: Path, title: str, shared_unit: b
     names = run.head_names(keys[0])
     n_heads = run.heads[keys[0]].shape[3]
     panel_h = float(np.clip(0.22 * len(names) + 1.0, 2.2, 6.5))
-    fig, axes = plt.subplots(len(keys), 1, figsize=(10, panel_h * len(keys) + 0.8), sharex=True,
-                             layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(10, panel_h * len(keys) + 0.8), sharex=True, squeeze=False)
     edges = _step_edges(run.steps)
     mesh = None
     for ax, key in zip(axes[:, 0], keys):
@@ -377,17 +384,19 @@ def _heatmaps(run: _Run, keys: list[str], path: Path, title: str, shared_unit: b
         ax.set_title(f"{metric_label(key)} (mean over seeds)")
         ax.set_ylabel("head")
         if not shared_unit:
-            fig.colorbar(mesh, ax=ax, label="score", pad=0.01)
-    if shared_unit:
-        fig.colorbar(mesh, ax=axes[:, 0], label="score (mean over seeds)", pad=0.01, shrink=0.9)
+            fig.colorbar(mesh, ax=ax, label="score", pad=0.015, fraction=0.04)
     axes[-1, 0].set_xlabel(STEP_LABEL)
     mark = "  (dashed line: loss transition midpoint)" if run.transition and run.transition.detected else ""
     fig.suptitle(run.title(title + mark, width=95), fontsize=12)
+    fixed_layout(fig, left=0.8, right=1.0, hgap=0.45, bottom=0.55)   # right: the colorbars' ticks and label
+    if shared_unit:
+        shared_colorbar(fig, mesh, axes[:, 0], label="score (mean over seeds)", shrink=0.9)
     return save_figure(fig, path)
 
 
 @run_figure("heads_heatmap", caption="Induction and previous-token scores of every head over training (mean "
-                                    "over seeds), one heatmap row per head, with the loss transition midpoint dashed.")
+                                    "over seeds), one heatmap row per head, with the loss transition midpoint dashed.",
+                                    cost=0.4)
 def _plot_heads_heatmap(run: _Run, path: Path) -> Path | None:
     # without induction/prev_token measures there is nothing to draw (plot_run has warned)
     return _heatmaps(run, run.main_heads, path, "per-head scores over training", shared_unit=True)
@@ -423,15 +432,14 @@ def _label_line_ends(ax, x_end: float, final: np.ndarray, colours, strongest) ->
 
 @run_figure("heads_lines", caption="Induction and previous-token scores of every head over training (mean over "
                                   "seeds) as lines, colour for the head and line style for the layer, the strongest "
-                                  "head bold.")
+                                  "head bold.", cost=0.5)
 def _plot_head_lines(run: _Run, path: Path) -> Path | None:
     keys = run.main_heads
     if not keys:
         return None   # plot_run has warned: no induction/prev_token measures logged
     _, _, n_layers, n_heads = run.heads[keys[0]].shape
     colours, styles = _head_styles(n_layers, n_heads)
-    fig, axes = plt.subplots(len(keys), 1, figsize=(10, 3.6 * len(keys) + 0.8), sharex=True,
-                             layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(10, 3.6 * len(keys) + 0.8), sharex=True, squeeze=False)
     for ax, key in zip(axes[:, 0], keys):
         mean = seed_mean(run.heads[key])  # (N, L, H)
         strongest = run.strongest.get(key)
@@ -464,16 +472,17 @@ def _plot_head_lines(run: _Run, path: Path) -> Path | None:
         if run.transition.onset is not None and run.transition.end is not None:
             handles.append(Patch(color=BAND_COLOUR, alpha=0.3, label="loss transition onset–end"))
     # below the panels (at the upper right it ran into the title), with the clamps' entries
-    n_cols = min(len(handles), 5)
-    handles += clamp_handles(run.clamps)
-    fig.legend(handles=handles, loc="outside lower center", fontsize=9, ncols=n_cols, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", fontsize=9, ncols=min(len(handles), 5), frameon=False)
+    clamp_legend(fig, run.clamps)   # a legend of its own: its labels are long
     fig.suptitle(run.title("Per-head scores over training (bold: strongest head)", width=80), fontsize=12)
+    fixed_layout(fig, left=0.75, right=0.75, hgap=0.45)    # right: the head names at the lines' ends
     return save_figure(fig, path)
 
 
 @run_figure("composition", caption="K-composition (Elhage et al. 2021) of every later head with each layer-0 head "
                                   "over training (mean over seeds): one panel per later head, one line per layer-0 "
-                                  "head, the strongest previous-token head bold; dotted: the value at step 0.")
+                                  "head, the strongest previous-token head bold; dotted: the value at step 0.",
+                                  cost=0.5)
 def _plot_composition(run: _Run, path: Path) -> Path | None:
     K = run.metrics.get("k_composition")
     if K is None or K.ndim != 5:
@@ -487,7 +496,7 @@ def _plot_composition(run: _Run, path: Path) -> Path | None:
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows + 1.0), sharex=True, sharey=True,
-                             layout="constrained", squeeze=False)
+                             squeeze=False)
     for ax, (l, h) in zip(axes.flat, panels):
         for h0 in range(n_first):
             ax.plot(run.steps, mean[:, l, h, h0], color=colours[h0], lw=2.4 if h0 == bold else 1.1)
@@ -506,6 +515,7 @@ def _plot_composition(run: _Run, path: Path) -> Path | None:
                for h0 in range(n_first)]
     fig.legend(handles=handles, loc="outside lower center", fontsize=9, ncols=min(len(handles), 4), frameon=False)
     fig.suptitle(run.title("Which layer-0 head each later head reads its keys from", width=90), fontsize=12)
+    fixed_layout(fig, left=0.75, right=0.15, wgap=0.2, hgap=0.35, bottom=0.55)
     return save_figure(fig, path)
 
 
@@ -555,7 +565,8 @@ def _layer_heads(run: _Run, n_layers: int, n_heads: int) -> list[tuple[str, tupl
 
 @run_figure("attention", caption="Attention patterns on probe sequence 0 (seed 0) at snapshots through training, one "
                                 "row per layer with its relevant head (layer 0: the strongest previous-token head; "
-                                "later layers: the layer's strongest induction head), ideal induction targets boxed.")
+                                "later layers: the layer's strongest induction head), ideal induction targets boxed.",
+                                cost=0.65)
 def _plot_attention(run: _Run, path: Path) -> Path | None:
     att = run.attention
     if att is None:
@@ -568,7 +579,7 @@ def _plot_attention(run: _Run, path: Path) -> Path | None:
     cols = _snapshot_columns(att)
     size = 2.7
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(size * len(cols) + 1.4, size * len(rows) + 1.0),
-                             sharex=True, sharey=True, layout="constrained", squeeze=False)
+                             sharex=True, sharey=True, squeeze=False)
     # square-root scale: before the phase change weights are spread thin, and a linear scale
     # would show them as uniformly dark; linear attention has signed, unbounded weights instead
     signed = float(np.nanmin(att["patterns"])) < -1e-6
@@ -596,13 +607,14 @@ def _plot_attention(run: _Run, path: Path) -> Path | None:
     axes[0, 0].yaxis.set_major_locator(MaxNLocator(6, integer=True))
     for ax in axes.flat:
         ax.tick_params(labelsize=8)
-    if signed:
-        fig.colorbar(image, ax=axes, label="attention score (linear attention, signed)", shrink=0.85, pad=0.01)
-    else:
-        fig.colorbar(image, ax=axes, label="attention weight (square-root scale)", shrink=0.85, pad=0.01,
-                     ticks=[0, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0], format="%g")
     note = "; cyan boxes: ideal induction targets on each box's diagonal" if att["repeat_len"] else ""
     fig.suptitle(run.title(f"Attention on probe sequence 0 (seed 0){note}", width=110), fontsize=11)
+    fixed_layout(fig, left=1.05, right=1.05, top=0.3, bottom=0.5, wgap=0.12, hgap=0.15)
+    if signed:
+        shared_colorbar(fig, image, axes, label="attention score (linear attention, signed)", shrink=0.85)
+    else:
+        shared_colorbar(fig, image, axes, label="attention weight (square-root scale)", shrink=0.85,
+                        ticks=[0, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0], format="%g")
     return save_figure(fig, path)
 
 
@@ -626,7 +638,7 @@ def _position_steps(run: _Run) -> list[tuple[int, str]]:
 
 
 @run_figure("loss_by_position", caption="Probe loss at each position of the sequence (mean over seeds) at the "
-                                       "first and last logged steps and around the phase change.")
+                                       "first and last logged steps and around the phase change.", cost=0.2)
 def _plot_loss_by_position(run: _Run, path: Path) -> Path | None:
     lbp = run.metrics.get("loss_by_pos")
     if lbp is None:
@@ -638,7 +650,7 @@ def _plot_loss_by_position(run: _Run, path: Path) -> Path | None:
     positions = np.arange(1, mean.shape[1] + 1)  # entry i is the loss on predicting token i+1
     picks = _position_steps(run)
     colours = plt.get_cmap("plasma")(np.linspace(0.05, 0.85, len(picks)))
-    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(9, 5))
     for colour, (i, what) in zip(colours, picks):
         label = f"step {int(run.steps[i])}" + (f" ({what})" if what else "")
         ax.plot(positions, mean[i], color=colour, lw=1.8, label=label)
@@ -647,11 +659,13 @@ def _plot_loss_by_position(run: _Run, path: Path) -> Path | None:
     ax.set_title(run.title("Probe loss by position (mean over seeds)", width=80), fontsize=12)
     ax.grid(alpha=0.3)
     ax.legend(title="training step", loc="best")
+    lines = ax.title.get_text().count("\n") + 1
+    fixed_layout(fig, left=0.75, right=0.2, top=0.2 + 0.22 * lines, bottom=0.6)
     return save_figure(fig, path)
 
 
 @run_figure("all_scalars", caption="Every logged per-seed scalar and the learning rate over training, one small "
-                                  "panel each, with the phase-change midpoint and clamp windows.")
+                                  "panel each, with the phase-change midpoint and clamp windows.", cost=0.7)
 def _plot_all_scalars(run: _Run, path: Path) -> Path | None:
     """Every per-seed scalar (and lr) in small multiples, so new metrics show up unasked."""
     panels = list(run.scalars.items())
@@ -661,10 +675,10 @@ def _plot_all_scalars(run: _Run, path: Path) -> Path | None:
         return None
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows + 0.6), sharex=True,
-                             layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows + 0.6), sharex=True, squeeze=False)
     for ax, (key, values) in zip(axes.flat, panels):
-        _plot_seeds(ax, run.steps, values, metric_label(key), "C0")
+        logged = np.isfinite(values).any(axis=1)
+        _plot_seeds(ax, run.steps, values, metric_label(key), "C0", sparse=logged.sum() < 0.5 * len(logged))
         _mark_transition(ax, run.transition, band=False, per_seed=False)
         run.shade_clamps(ax)
         ax.set_title(metric_label(key), fontsize=11)
@@ -678,13 +692,18 @@ def _plot_all_scalars(run: _Run, path: Path) -> Path | None:
             ax.set_xlabel(STEP_LABEL)
     clamp_legend(fig, run.clamps)
     fig.suptitle(run.title("All logged scalars (thin: seeds, thick: mean)", width=110), fontsize=12)
+    fixed_layout(fig, left=0.65, right=0.2, top=0.35, wgap=0.7, hgap=0.65)   # hgap: x ticks of a short column
     return save_figure(fig, path)
 
 
-@run_figure("heads_all_measures", caption="Every logged per-head measure over training (mean over seeds), one "
-                                         "heatmap of all heads each, on its own colour scale.")
+@run_figure("heads_all_measures", caption="Every other logged per-head measure over training (mean over seeds; "
+                                         "the induction and previous-token scores are heads_heatmap's), one heatmap "
+                                         "of all heads each, on its own colour scale.", cost=0.45)
 def _plot_heads_all_measures(run: _Run, path: Path) -> Path | None:
-    return _heatmaps(run, list(run.heads), path, "every per-head measure", shared_unit=False)
+    others = [k for k in run.heads if k not in run.main_heads]   # heads_heatmap draws the main ones
+    what = "every other per-head measure (induction, previous-token: heads_heatmap.png)" if run.main_heads else \
+        "every per-head measure"
+    return _heatmaps(run, others, path, what, shared_unit=False)
 
 
 # ----------------------------------------------------------------------------- stages of development
@@ -889,7 +908,8 @@ def _development_legend(fig, per_seed: list[dict]) -> None:
                                   "log-time), the leading essential-dynamics PCs, and per seed the boundaries each "
                                   "detector finds (loss transitions; LLC maxima, minima, steepest and plateau "
                                   "points, the steepest change edged in black; ED turning points, the fastest "
-                                  "motion as an open diamond; head onsets); one colour per seed, one per detector.")
+                                  "motion as an open diamond; head onsets); one colour per seed, one per detector.",
+                                  cost=0.6)
 def _plot_development(run: _Run, path: Path) -> Path | None:
     if run.llc is None and run.outputs is None:
         return None      # neither llc.npz nor outputs.npz: the loss figure already shows the loss
@@ -915,7 +935,7 @@ def _plot_development(run: _Run, path: Path) -> Path | None:
     x_lo = min(positive)
     heights = [h for _, h in panels]
     fig, axes = plt.subplots(len(panels), 1, figsize=(10.5, 1.9 * sum(heights) + 1.6), sharex=True,
-                             height_ratios=heights, layout="constrained", squeeze=False)
+                             height_ratios=heights, squeeze=False)
     axes = dict(zip((name for name, _ in panels), axes[:, 0]))
     seeds = _seed_ids(run, len(per_seed))
 
@@ -989,13 +1009,14 @@ def _plot_development(run: _Run, path: Path) -> Path | None:
     _development_legend(fig, per_seed)
     fig.suptitle(run.title("Stages of development", width=95, found=False) + f"\n{_in_window_text(stages)}",
                  fontsize=12)
+    fixed_layout(fig, left=0.95, right=0.25, top=0.35, bottom=0.6, hgap=0.4)
     return save_figure(fig, path)
 
 
 @run_figure("essential_dynamics", caption="Essential dynamics: each seed's outputs on the probe projected onto the "
                                          "first two principal components shared by all seeds, coloured by training "
                                          "step (log scale), with turning points marked and the variance each "
-                                         "component explains.")
+                                         "component explains.", cost=0.3)
 def _plot_essential_dynamics(run: _Run, path: Path) -> Path | None:
     if run.outputs is None:
         return None
@@ -1012,7 +1033,7 @@ def _plot_essential_dynamics(run: _Run, path: Path) -> Path | None:
     seeds = _seed_ids(run, S)
     ncols = min(3, S)
     nrows = math.ceil(S / ncols)
-    fig = plt.figure(figsize=(max(3.9 * ncols + 3.4, 9.5), 3.7 * nrows + 1.4), layout="constrained")
+    fig = plt.figure(figsize=(max(3.9 * ncols + 3.4, 9.5), 3.7 * nrows + 1.4))
     grid = fig.add_gridspec(nrows, ncols + 1, width_ratios=[1] * ncols + [0.8])
     positive = steps[steps > 0]
     norm = LogNorm(vmin=float(positive.min()) if len(positive) else 1.0, vmax=max(float(steps.max()), 1.0))
@@ -1062,13 +1083,18 @@ def _plot_essential_dynamics(run: _Run, path: Path) -> Path | None:
     ax.set_ylabel("variance explained (%)")
     ax.set_title("explained variance", fontsize=11)
     ax.grid(alpha=0.25, axis="y")
-    bar = fig.colorbar(line, ax=fig.axes[:S], label=f"{STEP_LABEL} (log scale)", shrink=0.85, pad=0.01,
-                       location="bottom", aspect=40)
-    _plain_log_ticks(bar.ax.xaxis)
     kind = _outputs_kind(run.outputs)
     key = "circle: first step, square: last step, diamonds: turning points (step, PCs that turn)"
-    fig.suptitle(run.title(f"Essential dynamics of the {kind}", width=110, found=False) + f"\n{key}" + ("; grey: the other seeds" if S > 1 else ""),
-                 fontsize=12)
+    fig.suptitle(run.title(f"Essential dynamics of the {kind}", width=110, found=False) + f"\n{key}"
+                 + ("; grey: the other seeds" if S > 1 else ""), fontsize=12)
+    fixed_layout(fig, left=0.85, right=0.2, top=0.35, bottom=1.45, wgap=0.75, hgap=0.85)
+    # the step colour scale below the seeds' panels, clear of their x labels
+    boxes = [a.get_position() for a in fig.axes[:S]]
+    x0, x1 = min(b.x0 for b in boxes), max(b.x1 for b in boxes)
+    _, h = fig.get_size_inches()
+    cax = fig.add_axes((x0 + 0.075 * (x1 - x0), 0.62 / h, 0.85 * (x1 - x0), 0.14 / h))
+    bar = fig.colorbar(line, cax=cax, orientation="horizontal", label=f"{STEP_LABEL} (log scale)")
+    _plain_log_ticks(bar.ax.xaxis)
     return save_figure(fig, path)
 
 
@@ -1112,7 +1138,8 @@ def _robust_ylim(ax, values: np.ndarray) -> None:
 @run_figure("llc_chains", caption="Diagnostics of the LLC estimates: the LLC over training with each chain's "
                                  "estimate, and for the first, middle and last estimate (and the first flagged one) "
                                  "every SGLD chain's loss above the centre, L(w_t) − L(w*), and distance from it, "
-                                 "burn-in shaded; non-finite chains and unsettled estimates are named in the title.")
+                                 "burn-in shaded; non-finite chains and unsettled estimates are named in the title.",
+                                 cost=1.0)
 def _plot_llc_chains(run: _Run, path: Path) -> Path | None:
     llc = run.llc
     if llc is None or not len(llc["steps"]):
@@ -1184,7 +1211,8 @@ def _plot_llc_chains(run: _Run, path: Path) -> Path | None:
                 ax_l.axhline(mean[i, s] / nbeta, color=colour, ls="--", lw=1.1)   # LLC = nβ x mean after burn-in
         values = ", ".join(f"{mean[i, s]:.3g}" + (f" ± {std[i, s]:.2g}" if math.isfinite(std[i, s]) else "")
                            for s in range(min(S, 3))) + (", …" if S > 3 else "")
-        ax_l.set_title(f"step {int(steps[i])} ({label})\nLLC{' per seed' if S > 1 else ''} {values}", fontsize=10)
+        per_seed = textwrap.fill(f"LLC{' per seed' if S > 1 else ''} {values}", max(int(9 * 3.5), 30))   # column width
+        ax_l.set_title(f"step {int(steps[i])} ({label})\n{per_seed}", fontsize=10)
         ax_d.set_xlabel("SGLD step")
         if col == 0:
             ax_l.set_ylabel("L(w_t) − L(w*)")
