@@ -664,13 +664,21 @@ def _plot_loss_by_position(run: _Run, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-@run_figure("all_scalars", caption="Every logged per-seed scalar and the learning rate over training, one small "
-                                  "panel each, with the phase-change midpoint and clamp windows.", cost=0.7)
+@run_figure("all_scalars", caption="Every other logged per-seed scalar (the main loss, probe loss, accuracy and "
+                                  "ICL score are loss.png's) and the learning rate over training, one small panel "
+                                  "each, with the phase-change midpoint and clamp windows.", cost=0.4)
 def _plot_all_scalars(run: _Run, path: Path) -> Path | None:
-    """Every per-seed scalar (and lr) in small multiples, so new metrics show up unasked."""
-    panels = list(run.scalars.items())
-    if "lr" in run.metrics and run.metrics["lr"].ndim == 1:
-        panels.append(("lr", run.metrics["lr"][:, None]))
+    """Every per-seed scalar loss.png does not draw (and lr, unless constant) in small multiples, so new
+    metrics show up unasked."""
+    on_loss_figure = {run.main, "loss", run.main_acc, "icl_score", *run.baselines}
+    panels = [(k, v) for k, v in run.scalars.items() if k not in on_loss_figure]
+    lr = run.metrics.get("lr")
+    constant_lr = ""
+    if lr is not None and lr.ndim == 1 and len(lr):
+        if np.nanmax(lr) > np.nanmin(lr):
+            panels.append(("lr", lr[:, None]))
+        else:
+            constant_lr = f"; learning rate constant at {float(lr[0]):.3g}"
     if not panels:
         return None
     ncols = min(3, len(panels))
@@ -691,7 +699,9 @@ def _plot_all_scalars(run: _Run, path: Path) -> Path | None:
             ax.xaxis.set_tick_params(labelbottom=True)
             ax.set_xlabel(STEP_LABEL)
     clamp_legend(fig, run.clamps)
-    fig.suptitle(run.title("All logged scalars (thin: seeds, thick: mean)", width=110), fontsize=12)
+    fig.suptitle(run.title("Every other logged scalar (thin: seeds, thick: mean; the main loss, probe loss, accuracy "
+                           f"and ICL score: loss.png{constant_lr})", width=min(110, int(10 * 4.2 * ncols))),
+                 fontsize=12)
     fixed_layout(fig, left=0.65, right=0.2, top=0.35, wgap=0.7, hgap=0.65)   # hgap: x ticks of a short column
     return save_figure(fig, path)
 
