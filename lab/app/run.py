@@ -93,7 +93,8 @@ def _check_extends(run_dir: Path, cfg) -> None:
     steps = checkpoint_steps(run_dir)
     if steps and steps[-1] > cfg.train.steps:
         raise ConfigError(f"train.steps={cfg.train.steps} is below the run's newest checkpoint (step {steps[-1]}) in "
-                          f"{run_dir}; set train.steps above {steps[-1]} to extend it, or load that step with lab.runs")
+                          f"{run_dir}; set train.steps above {steps[-1]} to extend it, or load a step of it with "
+                          f"lab.load_run({str(run_dir)!r}, step=N)")
     status = str(load_summary(run_dir).get("status", ""))
     if status == "completed" and steps and steps[-1] == cfg.train.steps:
         raise ConfigError(f"{run_dir} already finished its {cfg.train.steps} steps; set train.steps higher to extend it")
