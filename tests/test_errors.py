@@ -100,3 +100,19 @@ def test_help_lists_what_users_choose():
     assert "schema_" not in p.stdout and "clamp_schema" not in p.stdout
     assert "\ntask: chan, copy, induction, markov, reddy, regression, singh, triggers\n" in p.stdout
     assert "\nexperiment: bi_induct, " in p.stdout
+
+
+def test_the_quick_exit_keeps_exit_codes_and_atexit(tmp_path):
+    """lab-train ends with lab.__main__.exit_now (os._exit, skipping the interpreter's teardown): the
+    exit code is sys.exit's (a message: printed, code 1), atexit's handlers still run (logging closes
+    its files there) and buffered output still arrives."""
+    marker = tmp_path / "atexit-ran"
+    code = ("import atexit, sys, lab.__main__ as m\n"
+            f"atexit.register(lambda: open({str(marker)!r}, 'w').write('yes'))\n"
+            "sys.stdout.write('buffered, no newline')\n"
+            "m.exit_now(sys.argv[1] if sys.argv[1] != '3' else 3)\n")
+    p = subprocess.run([sys.executable, "-c", code, "bad thing"], capture_output=True, text=True, timeout=HANG_S)
+    assert (p.returncode, p.stdout, p.stderr.strip()) == (1, "buffered, no newline", "bad thing")
+    assert marker.read_text() == "yes"
+    p = subprocess.run([sys.executable, "-c", code, "3"], capture_output=True, text=True, timeout=HANG_S)
+    assert p.returncode == 3, p.stderr
