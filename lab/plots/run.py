@@ -683,7 +683,8 @@ def _plot_all_scalars(run: _Run, path: Path) -> Path | None:
         return None
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows + 0.6), sharex=True, squeeze=False)
+    width = max(4.2 * ncols, 8.4)    # room for the title when one or two panels remain
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 3.0 * nrows + 0.6), sharex=True, squeeze=False)
     for ax, (key, values) in zip(axes.flat, panels):
         logged = np.isfinite(values).any(axis=1)
         _plot_seeds(ax, run.steps, values, metric_label(key), "C0", sparse=logged.sum() < 0.5 * len(logged))
@@ -700,7 +701,7 @@ def _plot_all_scalars(run: _Run, path: Path) -> Path | None:
             ax.set_xlabel(STEP_LABEL)
     clamp_legend(fig, run.clamps)
     fig.suptitle(run.title("Every other logged scalar (thin: seeds, thick: mean; the main loss, probe loss, accuracy "
-                           f"and ICL score: loss.png{constant_lr})", width=min(110, int(10 * 4.2 * ncols))),
+                           f"and ICL score: loss.png{constant_lr})", width=min(110, int(10 * width))),
                  fontsize=12)
     fixed_layout(fig, left=0.65, right=0.2, top=0.35, wgap=0.7, hgap=0.65)   # hgap: x ticks of a short column
     return save_figure(fig, path)
