@@ -27,7 +27,7 @@ import numpy as np
 # lab.plots.style first: it selects the headless Agg backend before pyplot loads
 from lab.plots.style import (CLAMPED_INFIX, LABELS, SCORE_CMAP, STEP_LABEL, STYLE, fixed_layout, metric_label,
                              save_figure, seed_mean, shared_colorbar)
-from lab.plots.clamp_windows import (CLAMP_COLOURS, ClampWindow, clamp_handles, clamp_legend, clamp_note, clamp_windows,
+from lab.plots.clamp_windows import (CLAMP_COLOURS, ClampWindow, clamp_legend, clamp_note, clamp_windows,
                                      shade_clamps)
 from lab.plots.registry import Figure, figure_decorator
 from lab.plots.compare import run_identity
@@ -1222,7 +1222,7 @@ def _plot_llc_chains(run: _Run, path: Path) -> Path | None:
                 ax_l.axhline(mean[i, s] / nbeta, color=colour, ls="--", lw=1.1)   # LLC = nβ x mean after burn-in
         values = ", ".join(f"{mean[i, s]:.3g}" + (f" ± {std[i, s]:.2g}" if math.isfinite(std[i, s]) else "")
                            for s in range(min(S, 3))) + (", …" if S > 3 else "")
-        per_seed = textwrap.fill(f"LLC{' per seed' if S > 1 else ''} {values}", max(int(9 * 3.5), 30))   # column width
+        per_seed = textwrap.fill(f"LLC{' per seed' if S > 1 else ''} {values}", 31)   # a 3.5-inch column at 10 pt
         ax_l.set_title(f"step {int(steps[i])} ({label})\n{per_seed}", fontsize=10)
         ax_d.set_xlabel("SGLD step")
         if col == 0:
