@@ -18,7 +18,8 @@ The plateau. The loss of the zero output a = b = c = 0, L0 = 1/2 mean T^2 = prod
 is the plateau: a random start's own output a (x) b (x) c is about as large as T and mostly orthogonal
 to it, so the first few steps shrink it and the loss falls from about 2 L0 onto L0 (a saddle of
 L), where it stays until the factors' overlaps with the target have grown; then it drops to 0.
-With b and c clamped, L is quadratic in a and falls exponentially, through L0, with no plateau.
+With b and c clamped, L is quadratic in a and falls exponentially from about 2 L0, through L0, with
+no plateau: its `plateau_length` (a few steps) is the time it takes to fall below 0.9 L0.
 So `clamp_study` times each run with `plateau.plateau_shape` at plateau level L0 of its own target
 (it varies over seeds with |t_k|^2) and final level 0 (T is rank 1, so the model fits it exactly,
 and gradient descent gets there; the median of the curve's end would sit above 0 for a seed still
