@@ -170,6 +170,59 @@ def test_perfect_copy_logits_by_hand():
     assert np.all(np.asarray(g["W_U"]) == 0) and np.any(np.asarray(g["blocks"][1]["attn"]["W_Q"][:, 1]) != 0)
 
 
+def test_copy_restricted_to_the_task_copy_keys_by_hand():
+    """Singh et al.'s copy reads the head's scores at the label positions only: the pattern renormalised there."""
+    pattern = jnp.array([[[1.0, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]]])
+    tokens = jnp.array([[2, 0, 2]])
+    got = np.exp(np.asarray(copy_logits(pattern, tokens, 3, keys=jnp.array([[False, True, True]])))) - 1e-6
+    np.testing.assert_allclose(got[0, 2], [0.3 / 0.8, 0, 0.5 / 0.8], atol=1e-6)
+    np.testing.assert_allclose(got[0, 1], [1.0, 0, 0], atol=1e-6)
+
+
+def test_embed_and_prev_token_key_are_singh_perfect_prev_token_input():
+    """`embed` on layer 0's output removes layer 0 (layer 1 reads the embedding); `prev_token_key` gives
+    each position the previous position's key: the keys of layer 1 are those of the previous tokens."""
+    clamps, model, params, args, _, _ = tiny_setup({
+        "emb": {"site": "blocks.0.resid_post", "value": "embed"},
+        "key": {"site": "blocks.1.attn.k", "value": "prev_token_key"}})
+    batch = hand_batch()
+    sites = ("blocks.0.resid_pre", "blocks.0.resid_post", "blocks.1.attn.k", "blocks.1.attn.q")
+    _, cache = clamps.forward(params, batch, args, 0, cache_names=sites)
+    np.testing.assert_array_equal(cache["blocks.0.resid_post"], cache["blocks.0.resid_pre"])
+    # layer 1's own keys on the embedding: the same model with only the embed clamp
+    only_emb, *_ = tiny_setup({"emb": {"site": "blocks.0.resid_post", "value": "embed"}})
+    _, plain = only_emb.forward(params, batch, args, 0, cache_names=sites)
+    k = np.asarray(plain["blocks.1.attn.k"])
+    np.testing.assert_allclose(cache["blocks.1.attn.k"][0, 0], k[0, 0])
+    np.testing.assert_allclose(cache["blocks.1.attn.k"][0, 1:], k[0, :-1])
+    np.testing.assert_allclose(cache["blocks.1.attn.q"], plain["blocks.1.attn.q"])
+    # gradients reach the embedding through the clamped residual, none reaches layer 0's attention
+    g = jax.grad(lambda p: clamps.forward(p, batch, args, 0)[0][0, -1].sum())(params)
+    assert np.any(np.asarray(g["W_E"]) != 0) and np.all(np.asarray(g["blocks"][0]["attn"]["W_Q"]) == 0)
+
+
+def test_copy_from_auto_waits_for_its_head_then_copies_it():
+    auto, model, params, args, _, _ = tiny_setup({"copy": {"site": "logits", "value": "perfect_copy", "copy_from": "auto"}})
+    assert auto.auto["copy"]["layer"] == 1 and not np.any(np.asarray(args["copy"]["heads"]))
+    fixed, *_ = tiny_setup({"copy": {"site": "logits", "value": "perfect_copy", "copy_from": "L1H1"}})
+    fixed_args = jax.tree.map(lambda x: jnp.asarray(x)[0], fixed.init_args(1))
+    seeded = jax.tree.map(lambda x: x[None], args)
+    chosen = jax.tree.map(lambda x: x[0], auto.choose_heads(seeded, "copy", np.array([[0.1, 0.9]]), 5))
+    batch = hand_batch()
+    np.testing.assert_allclose(auto.forward(params, batch, chosen, 0)[0], fixed.forward(params, batch, fixed_args, 0)[0],
+                               rtol=1e-6)
+    assert auto.describe()["copy"]["heads_per_seed"] == [[1]]
+
+
+def test_measure_group_applies_its_clamps_together():
+    clamps, *_ = tiny_setup({
+        "emb": {"site": "blocks.0.resid_post", "value": "embed", "apply": "measure", "group": "A"},
+        "key": {"site": "blocks.1.attn.k", "value": "prev_token_key", "apply": "measure", "group": "A"},
+        "pt": {"site": "blocks.0.attn.pattern", "value": "prev_token", "apply": "measure"}})
+    assert clamps.measure_groups() == ["A", "pt"]
+    assert [s.name for s in clamps.active("measure", "A")] == ["emb", "key"]
+
+
 def test_graft_from_a_checkpoint(tiny_overrides, tmp_path):
     src = lab.run(lab.load_config(tiny_overrides), tmp_path / "src", plots=False)
     cfg = lab.load_config(tiny_overrides + ["train.seed=7", "train.steps=10",
@@ -245,6 +298,10 @@ BAD_CLAMPS = [
     ("{site: blocks.0.attn.pattern, value: zero, start: 500}", "starts after training ends"),
     ("{site: blocks.0.atn.pattern, value: zero}", "no such hook site"),
     ("{site: logits, value: perfect_copy, copy_from: L2H0}", "no such head"),
+    ("{site: logits, value: perfect_copy, copy_from: L1}", "e.g. L1H0, or auto"),
+    ("{site: blocks.0.attn.pattern, value: embed}", "put it on blocks.<l>.resid_pre, resid_mid or resid_post"),
+    ("{site: blocks.1.attn.q, value: prev_token_key}", "put it on blocks.<l>.attn.k"),
+    ("{site: blocks.0.attn.pattern, value: zero, group: A}", "set apply: measure or drop group"),
     ("{site: blocks.0.resid_post, value: graft, source: /nonexistent}", "not a run directory"),
     ("{site: blocks.0.attn.pattern, value: zero, strat: 5}", "unknown config key 'clamps.c.strat'; did you mean 'clamps.c.start'?"),
     ("{value: zero}", "clamps.c.site is required"),

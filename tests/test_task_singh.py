@@ -101,6 +101,21 @@ def test_training_label_sets_exclude_held_out_ones():
            {tuple(s) for s in make(data_seed=6).label_sets[1]} != {tuple(s) for s in held}
 
 
+def test_one_exemplar_per_class_repeats_it_as_the_query():
+    """Singh et al.'s --exemplar_split 1 4 0: each training class has one vector, so the query is its
+    class's context item exactly; held-out exemplars (four here) are still distinct within a sequence."""
+    task = make(n_exemplars=1, n_heldout_exemplars=4)
+    b = draw(task, 500)
+    cls, idx = identify(task, b.features[:, 0::2])
+    assert np.all(idx == 0)
+    pos = np.argmax(b.context_classes == b.query_class[:, None], axis=1)
+    np.testing.assert_array_equal(b.features[:, -1], b.features[np.arange(500), 2 * pos])
+    held = jax.device_get(task.eval_sets()["heldout_exemplars"])
+    _, hidx = identify(task, held.features[:, 0::2])
+    hpos = np.argmax(held.context_classes == held.query_class[:, None], axis=1)
+    assert np.all(hidx >= 1) and np.all(hidx[:, -1] != hidx[np.arange(len(hidx)), hpos])
+
+
 def test_eval_sets_are_fresh():
     task = make()
     sets = task.eval_sets()
@@ -171,8 +186,7 @@ BASE = ["task=singh", "task.n_classes=12", "task.n_exemplars=6", "task.n_heldout
     (["task.n_context_classes=3"], "task.n_context_classes=3 must be in [2, task.n_context=2]"),
     (["task.n_context=4", "task.seq_len=9", "task.n_context_classes=3", "task.n_labels=2"],
      "task.n_labels=2 cannot give 3 context classes distinct labels"),
-    (["task.n_exemplars=1"], "task.n_exemplars=1 is too few for 2 distinct exemplars"),
-    (["task.n_heldout_exemplars=1"], "task.n_heldout_exemplars=1 is too few"),
+    (["task.n_exemplars=0"], "task.n_exemplars=0 must be positive"),
     (["task.n_heldout_classes=1"], "task.n_heldout_classes=1 cannot fill a sequence of 2 held-out classes"),
     (["task.n_heldout_label_sets=10"], "task.n_heldout_label_sets=10 leaves none of the C(5, 2) = 10 label sets"),
     (["task.n_classes=1"], "task.n_classes=1 is fewer than the 2 distinct classes"),

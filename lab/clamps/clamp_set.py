@@ -68,6 +68,7 @@ class ClampSpec:
     grad: bool
     source: Optional[str] = None
     copy_from: Optional[tuple] = None    # (layer, head), for kinds that take copy_from (perfect_copy)
+    group: str = ""     # apply: measure clamps of one group are applied together (default: the clamp's name)
 
     @property
     def axes(self) -> tuple:
@@ -95,9 +96,13 @@ def _index_mask(name, key, idx, size, what, limit) -> np.ndarray:
 
 
 def _parse_head(name: str, value: str, text, n_layers: int, n_heads: int) -> tuple:
+    """(layer, head) of `copy_from: L<l>H<h>`; `auto` is (last layer, None): the head is chosen per seed."""
+    if text == "auto":
+        return n_layers - 1, None
     m = re.fullmatch(r"L(\d+)H(\d+)", str(text or ""))
     if not m:
-        raise _err(name, "copy_from", text, f"{value} needs the head whose attention builds the logits, e.g. L1H0")
+        raise _err(name, "copy_from", text, f"{value} needs the head whose attention builds the logits, e.g. L1H0, "
+                                            "or auto (the last layer's head chosen per seed, as heads: auto)")
     l, h = int(m.group(1)), int(m.group(2))
     if l >= n_layers or h >= n_heads:
         raise _err(name, "copy_from", text, f"no such head (model.n_layers={n_layers}, model.n_heads={n_heads})")
@@ -156,15 +161,23 @@ class Clamps:
         if kind.copy_from:
             copy_from = _parse_head(name, c.value, c.copy_from, self.model.n_layers, self.H)
         grafted = kind.needs == "source"
-        if grafted or (c.heads == "auto" and c.source):
+        if grafted or ((c.heads == "auto" or c.copy_from == "auto") and c.source):
             if not c.source:
                 raise _err(name, "source", None, f"value={c.value} needs source: a run directory with checkpoints")
             self._load_source(name, c, sites if grafted else [])
-        heads = self._heads(name, c, sites)
+        if copy_from is not None and copy_from[1] is None:      # copy_from: auto
+            heads = self._auto_heads(name, c, copy_from[0])
+        elif copy_from is not None:
+            heads = np.eye(self.H, dtype=bool)[copy_from[1]]
+        else:
+            heads = self._heads(name, c, sites)
+        if c.group is not None and c.apply != "measure":
+            raise _err(name, "group", c.group, "groups gather apply: measure clamps into one clamped loss; "
+                                               "set apply: measure or drop group")
         for i, site in enumerate(sites):
             key = name if len(sites) == 1 else f"{name}/{site}"
             self.specs.append(ClampSpec(name, key, site, c.value, c.apply, bool(c.grad),
-                                        c.source if grafted else None, copy_from))
+                                        c.source if grafted else None, copy_from, c.group or name))
             self.base_args[key] = {
                 "start": np.float32(c.start), "stop": np.float32(NEVER if c.stop is None else c.stop),
                 "peak": np.float32(c.strength), "ramp": np.float32(c.ramp_steps),
@@ -212,21 +225,26 @@ class Clamps:
         if c.heads is None:
             return np.ones(self.H, bool)
         if c.heads == "auto":
-            if not 1 <= c.auto_k <= self.H:
-                raise _err(name, "auto_k", c.auto_k, f"must be in 1..{self.H} (model.n_heads)")
             if len({layer_of(s) for s in sites}) != 1:
                 raise _err(name, "heads", "auto", "automatic heads need a site in one layer")
-            measure = c.auto_measure or KINDS[c.value].auto_measure
-            step = c.start if c.auto_step is None else c.auto_step
-            if c.source is None and step > c.start:
-                raise _err(name, "auto_step", step, f"heads must be chosen before the window starts (start={c.start})")
-            self.auto[name] = {"measure": measure, "layer": layer_of(sites[0]), "k": c.auto_k,
-                               "step": None if c.source else step, "source": c.source,
-                               "heads_per_seed": None, "chosen_at_step": None}
-            return np.zeros(self.H, bool)   # inactive until the heads are chosen
+            return self._auto_heads(name, c, layer_of(sites[0]))
         if isinstance(c.heads, str) or not all(isinstance(h, int) for h in c.heads):
             raise _err(name, "heads", c.heads, "must be null (all heads), a list of head indices, or auto")
         return _index_mask(name, "heads", list(c.heads), self.H, "head", f"model.n_heads={self.H}")
+
+    def _auto_heads(self, name: str, c, layer: int) -> np.ndarray:
+        """`heads: auto` (or `copy_from: auto`): the top auto_k heads of `layer` by a per-head measure,
+        chosen per seed at auto_step (default: the window's start) or from a source run."""
+        if not 1 <= c.auto_k <= self.H:
+            raise _err(name, "auto_k", c.auto_k, f"must be in 1..{self.H} (model.n_heads)")
+        measure = c.auto_measure or KINDS[c.value].auto_measure
+        step = c.start if c.auto_step is None else c.auto_step
+        if c.source is None and step > c.start:
+            raise _err(name, "auto_step", step, f"heads must be chosen before the window starts (start={c.start})")
+        self.auto[name] = {"measure": measure, "layer": layer, "k": c.auto_k,
+                           "step": None if c.source else step, "source": c.source,
+                           "heads_per_seed": None, "chosen_at_step": None}
+        return np.zeros(self.H, bool)   # inactive until the heads are chosen
 
     def _load_source(self, name: str, c, sites: list[str]) -> None:
         """A frozen run's parameters (newest or `source_step` checkpoint), checked against this model."""
@@ -277,7 +295,12 @@ class Clamps:
 
     # ---- the clamped forward pass ----
     def active(self, mode: str, only: Optional[str] = None) -> list[ClampSpec]:
-        return [s for s in self.specs if s.apply in MODES[mode] and (only is None or s.name == only)]
+        """The clamps of `mode`; `only`: those of one measure group (a clamp's group defaults to its name)."""
+        return [s for s in self.specs if s.apply in MODES[mode] and (only is None or s.group == only)]
+
+    def measure_groups(self) -> list[str]:
+        """The `apply: measure` groups, each logged as one clamped loss."""
+        return list(dict.fromkeys(s.group for s in self.active("measure")))
 
     def mixes_sequences(self, mode: str, only: Optional[str] = None) -> bool:
         """Whether the clamped forward pass of `mode` computes a sequence's activations from other

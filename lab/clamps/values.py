@@ -25,6 +25,7 @@ The ideal patterns used by prev_token, induction and perfect_copy live beside th
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -47,11 +48,22 @@ def induction_pattern(weights: jax.Array, s) -> jax.Array:
     return s * weights + (1 - s) * jnp.eye(weights.shape[-1])
 
 
-def copy_logits(pattern: jax.Array, tokens: jax.Array, vocab: int) -> jax.Array:
+def copy_logits(pattern: jax.Array, tokens: jax.Array, vocab: int, keys=None) -> jax.Array:
     """(B, T, V) "perfect copy" logits: log of the attention mass on each token id, i.e. the head's
-    attention read out as a distribution over the tokens it attends to."""
+    attention read out as a distribution over the tokens it attends to. `keys` ((B, T) bool, or None
+    for every key): the keys the copy may read; the pattern is renormalised over them, so it is
+    softmax(scores restricted to those keys), as Singh et al.'s copy clamp restricts to the label
+    positions. Ids no read key holds get log(1e-6): probability ~1e-6 instead of Singh's exact 0."""
+    if keys is not None:
+        pattern = pattern * keys[:, None, :]
+        pattern = pattern / (pattern.sum(-1, keepdims=True) + 1e-30)
     mass = jnp.einsum("bqk,bkv->bqv", pattern, jax.nn.one_hot(tokens, vocab, dtype=pattern.dtype))
     return jnp.log(mass + 1e-6)
+
+
+def previous_position(x: jax.Array) -> jax.Array:
+    """x with each position (axis 1) holding the previous position's value; position 0 keeps its own."""
+    return jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
 
 
 # ---- the registry's types ----
@@ -64,7 +76,8 @@ class Context:
     strength: jax.Array       # the scheduled strength at this step
     extra: dict               # {site: activation} of the pass the kind `needs` ({} when none)
     grad: bool                # the clamp's `grad:`
-    head: Optional[tuple]     # (layer, head) of `copy_from`, for kinds that take it
+    head: Optional[tuple]     # (layer, head) of `copy_from`, for kinds that take it; head None: `copy_from: auto`,
+                              # the head is arrays["heads"] (chosen per seed, lab/train/callbacks.py)
     task: Any
     seq_len: int
     n_outputs: int            # the model's output size (vocabulary)
@@ -122,6 +135,16 @@ def on_logits(kind: str, site: str, axes: tuple) -> Optional[str]:
     return None if site == "logits" else f"value={kind} replaces the output logits; use site: logits"
 
 
+def on_residual(kind: str, site: str, axes: tuple) -> Optional[str]:
+    if re.fullmatch(r"blocks\.\d+\.resid_(pre|mid|post)", site):
+        return None
+    return f"value={kind} is a residual stream; put it on blocks.<l>.resid_pre, resid_mid or resid_post"
+
+
+def on_keys(kind: str, site: str, axes: tuple) -> Optional[str]:
+    return None if site.endswith(".attn.k") else f"value={kind} shifts a layer's keys; put it on blocks.<l>.attn.k"
+
+
 # ---- the kinds ----
 def _induction(ctx: Context) -> Value:
     """The pattern and the rows it covers come from the batch."""
@@ -136,9 +159,22 @@ def _scale(ctx: Context):
 
 
 def _perfect_copy(ctx: Context) -> Value:
+    """The copy head's pattern read out over the keys the task lets a copy read (`copy_keys`). With
+    `copy_from: auto` the head is a per-seed one-hot mask (all zero, so the value is unused, until chosen)."""
     layer, head = ctx.head
     site, tokens, vocab = f"blocks.{layer}.attn.pattern", ctx.batch.tokens, ctx.n_outputs
-    return Value(lambda x, cache: copy_logits(cache[site][:, head], tokens, vocab), reads=(site,))
+    keys = ctx.task.copy_keys(ctx.batch)
+    if head is None:
+        w = ctx.arrays["heads"].astype(jnp.float32)
+        pick = lambda p: jnp.einsum("bhqk,h->bqk", p, w / jnp.maximum(w.sum(), 1.0))
+    else:
+        pick = lambda p: p[:, head]
+    return Value(lambda x, cache: copy_logits(pick(cache[site]), tokens, vocab, keys), reads=(site,))
+
+
+def _embed(ctx: Context) -> Value:
+    """The residual stream as it entered layer 0 (embeddings, plus positions where they are added)."""
+    return Value(lambda x, cache: cache["blocks.0.resid_pre"], reads=("blocks.0.resid_pre",))
 
 
 KINDS: dict[str, ValueKind] = {k.name: k for k in (
@@ -154,5 +190,11 @@ KINDS: dict[str, ValueKind] = {k.name: k for k in (
     ValueKind("graft", lambda ctx: jax.lax.stop_gradient(ctx.extra[ctx.site]), needs="source"),
     ValueKind("perfect_copy", _perfect_copy, on_site=on_logits, copy_from=True),
     ValueKind("scale", _scale),
+    # the layers below the site removed: what reaches it is the embedding (Singh et al.'s "layer 0
+    # removed"); gradients reach the embeddings through it
+    ValueKind("embed", _embed, on_site=on_residual),
+    # each position's key is the previous position's (an ideal previous-token head K-composing with
+    # this layer); on the residual of `embed`, Singh et al.'s perfect_prev_token_input
+    ValueKind("prev_token_key", lambda ctx: (lambda x, cache: previous_position(x)), on_site=on_keys),
 )}
 VALUES = tuple(KINDS)     # the allowed `value:` names, in the order errors list them

@@ -123,7 +123,7 @@ class ClampConfig:
     """One clamp ("artificial optogenetics"): fix an activation to a value for a window of steps.
     Applied as where(mask, s*value + (1-s)*x, x) with s from the strength schedule; see lab/clamps/."""
     site: str = MISSING               # hook site, globs allowed: blocks.0.attn.pattern, blocks.*.attn.z, logits
-    value: str = MISSING              # prev_token | induction | zero | mean | resample | preserve | graft | perfect_copy | scale
+    value: str = MISSING              # prev_token | induction | zero | mean | resample | preserve | graft | perfect_copy | scale | embed | prev_token_key
     heads: Any = None                 # null: every head; a list of head indices; "auto": chosen from the measures
     layers: Optional[List[int]] = None   # keep only these layers of a glob site
     batch: Optional[List[int]] = None    # batch items touched; null: all
@@ -140,7 +140,8 @@ class ClampConfig:
     grad: bool = False                # mean / resample / preserve: let gradients flow through the clean pass
     source: Optional[str] = None      # graft, or heads=auto: a run directory whose checkpoint supplies the values/heads
     source_step: Optional[int] = None # that run's checkpoint step; null: its newest
-    copy_from: Optional[str] = None   # perfect_copy: the head, e.g. L1H0, whose attention builds the logits
+    copy_from: Optional[str] = None   # perfect_copy: the head, e.g. L1H0, whose attention builds the logits; auto: per seed (as heads: auto, last layer)
+    group: Optional[str] = None       # apply: measure clamps sharing a group are applied together, logged as <metric>_clamped_<group>
     auto_k: int = 1                   # heads=auto: heads chosen per seed
     auto_step: Optional[int] = None   # heads=auto without source: choose from the measures logged at this step (default: start)
     auto_measure: Optional[str] = None  # heads=auto: rank by this per-head measure (default: by value kind)

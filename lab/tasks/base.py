@@ -14,7 +14,7 @@ items add `features` (B, T, feature_dim), projected by the model and added to th
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 
@@ -135,6 +135,11 @@ class Task:
         """Where an ideal induction head attends: (B, T, T) weights over keys and (B, T) rows that
         have a target. The `induction` clamp value is built from this."""
         raise NotImplementedError(f"task {self.name!r} defines no ideal induction pattern")
+
+    def copy_keys(self, batch) -> Optional[jax.Array]:
+        """(B, T) bool: the keys a `perfect_copy` clamp reads its head's attention over (renormalised
+        over them); None: every key."""
+        return None
 
     def snapshot_info(self, probe) -> dict:
         """Extra fields saved with the attention snapshots of probe sequence 0 (for plot overlays)."""

@@ -210,5 +210,11 @@ class ClassificationTask(Task):
         rows = jnp.zeros((B, T), bool).at[:, -1].set(correct.sum(-1) > 0)
         return weights, rows
 
+    def copy_keys(self, batch: ClassBatch) -> jax.Array:
+        """The label tokens: a copy reads out which context label the query attends to (Singh et al.'s
+        copy clamp sets the logits from the head's scores at the label positions only)."""
+        B, N = batch.context_labels.shape
+        return jnp.zeros((B, 2 * N + 1), bool).at[:, label_positions(N)].set(True)
+
     def snapshot_info(self, probe) -> dict:
         return {"tokens": probe.tokens[0]}

@@ -137,7 +137,8 @@ class Trainer:
 
     def measures(self, params, clamp_args: dict, t, split: bool = False) -> dict:
         """Measures on the probe at step t, with the eval clamps applied; plus, for each
-        `apply: measure` clamp, the probe loss under that clamp alone (Singh et al.'s clamped loss).
+        `apply: measure` clamp, the probe loss under that clamp alone (Singh et al.'s clamped loss); clamps that share a
+        `group` are applied together and logged under the group's name.
         `split`: traced inside a chunk on a mesh whose "batch" axis has several devices, which then
         share the probe's forward passes (`split_over_batch_devices`)."""
         if not self.cfg.measures.enabled:
@@ -157,7 +158,7 @@ class Trainer:
         if self.cfg.measures.outputs:   # essential dynamics: the outputs on a fixed slice of the probe
             part = jax.tree.map(lambda x: x[:self.cfg.measures.outputs], self.probe)
             out["trajectory_outputs"] = task.trajectory_outputs(whole(part, (), 0, "eval")[0], part)
-        for name in dict.fromkeys(s.name for s in self.clamps.active("measure")):
+        for name in self.clamps.measure_groups():
             logits, _ = clamped(self.probe, (), 0, "measure", name)
             loss, acc = task.main_scores(logits, self.probe)
             out[f"{task.main_metric}_clamped_{name}"], out[f"{task.main_accuracy}_clamped_{name}"] = loss, acc
