@@ -22,7 +22,7 @@ SCRIPT_TASK = {"olsson_layers": "induction", "singh_subcircuits": "singh", "redd
 RECIPES = {
     "olsson": ["task=induction", "model=attn_only_2l"],
     "singh": ["task=singh", "model=singh", "optim.lr=3e-4", "train.batch_size=32", "train.log_every=10",
-              "train.steps=1300"],
+              "train.steps=6000", "task.n_exemplars=1", "task.n_heldout_exemplars=4", "clamp=one_l1_head"],
     "reddy": ["task=reddy", "model=reddy"],
     "bi_induct": ["task=copy", "optim.lr=3e-3", "train.steps=2000"],
     "von_oswald": ["task=regression", "model=linear_attn", "optim.lr=1e-2", "optim.schedule=warmup_cosine",

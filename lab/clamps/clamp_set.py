@@ -295,8 +295,11 @@ class Clamps:
 
     # ---- the clamped forward pass ----
     def active(self, mode: str, only: Optional[str] = None) -> list[ClampSpec]:
-        """The clamps of `mode`; `only`: those of one measure group (a clamp's group defaults to its name)."""
-        return [s for s in self.specs if s.apply in MODES[mode] and (only is None or s.group == only)]
+        """The clamps of `mode`; `only`: those of one measure group (a clamp's group defaults to its name).
+        A measure group is applied on top of the eval clamps: the network as it is evaluated (e.g. with
+        heads ablated for the whole run), plus the clamp whose loss is the progress measure."""
+        picked = [s for s in self.specs if s.apply in MODES[mode] and (only is None or s.group == only)]
+        return self.active("eval") + picked if mode == "measure" and only is not None else picked
 
     def measure_groups(self) -> list[str]:
         """The `apply: measure` groups, each logged as one clamped loss."""

@@ -53,12 +53,15 @@ def copy_logits(pattern: jax.Array, tokens: jax.Array, vocab: int, keys=None) ->
     attention read out as a distribution over the tokens it attends to. `keys` ((B, T) bool, or None
     for every key): the keys the copy may read; the pattern is renormalised over them, so it is
     softmax(scores restricted to those keys), as Singh et al.'s copy clamp restricts to the label
-    positions. Ids no read key holds get log(1e-6): probability ~1e-6 instead of Singh's exact 0."""
+    positions. Ids no read key holds get log(1e-6): probability ~1e-6 instead of Singh's exact 0.
+    The renormalisation is a difference of logs with the same 1e-6 floor, so its gradient stays finite
+    where a row has no mass on the keys (a `copy_from: auto` clamp before its head is chosen)."""
     if keys is not None:
         pattern = pattern * keys[:, None, :]
-        pattern = pattern / (pattern.sum(-1, keepdims=True) + 1e-30)
     mass = jnp.einsum("bqk,bkv->bqv", pattern, jax.nn.one_hot(tokens, vocab, dtype=pattern.dtype))
-    return jnp.log(mass + 1e-6)
+    if keys is None:
+        return jnp.log(mass + 1e-6)
+    return jnp.log(mass + 1e-6) - jnp.log(pattern.sum(-1, keepdims=True) + 1e-6)
 
 
 def previous_position(x: jax.Array) -> jax.Array:
