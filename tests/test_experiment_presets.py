@@ -156,3 +156,11 @@ def test_smoke_runs_leave_the_readme_table(monkeypatch):
     calls.clear()
     assert runner.main([]) == 0
     assert calls == [["experiments.olsson_layers"], ["experiments.report"]]
+
+
+@pytest.mark.parametrize("clamps", ["singh_A", "singh_match", "singh_copy", "[singh_A,singh_copy]", "perfect_prev_token"])
+def test_singh_clamp_presets_compose_with_the_papers_conditions(clamps):
+    """Singh et al.'s Fig. 5b conditions add to experiment=singh's one-active-head ablation, never replace it."""
+    cfg = load_config(["experiment=singh", f"clamp={clamps}"])
+    validate(cfg)
+    assert "one_l1_head" in cfg.clamps and len(cfg.clamps) >= 2
