@@ -169,7 +169,9 @@ def _figure_ablation(results: dict, path):
         per = np.asarray(per, float)
         for row in per:
             ax.plot(range(len(labels)), row, color="grey", lw=0.8, alpha=0.6, marker="o", ms=3)
-        ax.plot(range(len(labels)), np.nanmean(per, axis=0), color="black", lw=2, marker="s", label="mean over seeds")
+        counts = np.isfinite(per).sum(axis=0)                 # a condition no seed measured stays blank
+        mean = np.where(counts > 0, np.nansum(per, axis=0) / np.maximum(counts, 1), np.nan)
+        ax.plot(range(len(labels)), mean, color="black", lw=2, marker="s", label="mean over seeds")
         ax.axvspan(2.5, 4.5, color="tab:blue", alpha=0.06, lw=0)
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
