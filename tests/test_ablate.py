@@ -92,6 +92,33 @@ def test_no_ablation_is_the_plain_forward_pass(loaded, result):
         assert none["delta_loss"] == 0 and none["n_ablated"] == 0
 
 
+def test_icl_score_is_the_measures_icl_score_under_each_ablation(loaded, result):
+    """The ICL score of each condition is the late-minus-early token loss of that condition's logits on
+    the eval batch (the formula the measures log): by hand for no ablation and for the top heads."""
+    from lab.measures.losses import icl_positions, token_losses
+    from lab.model.hooks import Intervention
+    assert result["icl"] and result["icl_positions"] == list(icl_positions(24))
+    early, late = result["icl_positions"]
+    batch = jax.jit(loaded.task.sample, static_argnums=1)(jax.random.PRNGKey(0), 16)
+    for i, s in enumerate(loaded.seeds):
+        p, rows = _seed_params(loaded.params, i), _rows(result, s)
+        _, cache = loaded.model.apply(p, batch, cache_names=("blocks.0.attn.z", "blocks.1.attn.z"))
+        mask = np.zeros((2, 2), bool)
+        for l, h in _heads(rows["top"]["heads"]):
+            mask[l, h] = True
+        for cond, m in (("none", np.zeros((2, 2), bool)), ("top", mask)):
+            iv = {f"blocks.{l}.attn.z": Intervention(jnp.asarray(m[l])[None, None, :, None],
+                                                     cache[f"blocks.{l}.attn.z"].mean(0, keepdims=True))
+                  for l in range(2)}
+            by_pos = np.asarray(token_losses(loaded.model.apply(p, batch, iv)[0], batch.tokens).mean(0))
+            np.testing.assert_allclose(rows[cond]["icl_score"], by_pos[late] - by_pos[early], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(rows["top"]["delta_icl"], rows["top"]["icl_score"] - rows["none"]["icl_score"],
+                                   atol=1e-6)
+        draws = rows["random"]["draws"]
+        np.testing.assert_allclose(rows["random"]["icl_score"], np.mean([d["icl_score"] for d in draws]), rtol=1e-6)
+    assert "icl_mean" in result["summary"]["top"]
+
+
 def test_zero_ablating_every_head_equals_zero_W_O(run_dir, loaded):
     trainer, params = loaded, loaded.params
     r = ablate(run_dir, kind="zero", top_percent=100.0, eval_size=16, draws=3)   # top = every head
@@ -150,6 +177,9 @@ def test_cli_writes_outputs(cli_out, result):
     assert len(rows) == len(result["rows"]) == 2 * (1 + 2 * 2 + 2)   # seeds x (none, 4 single heads, top, random)
     assert [r["condition"] for r in rows[:7]] == ["none", "L0H0", "L0H1", "L1H0", "L1H1", "top", "random"]
     assert rows[6]["loss_std"] != "" and rows[0]["loss_std"] == ""
+    assert rows[6]["icl_std"] != "" and float(rows[5]["icl_score"]) == pytest.approx(result["rows"][5]["icl_score"],
+                                                                                      rel=1e-5, abs=1e-6)
+    assert " icl_score  heads\n" in stdout
     assert float(rows[5]["loss_repeat"]) == pytest.approx(result["rows"][5]["loss_repeat"], rel=1e-5)
     assert result["kind"] == "mean" and result["draws"] == 3 and result["eval_size"] == 16
     png = (cli_out / "ablation.png").read_bytes()

@@ -21,6 +21,7 @@ SCRIPT_TASK = {"olsson_layers": "induction", "singh_subcircuits": "singh", "redd
 # aside): a preset composes exactly the config they did.
 RECIPES = {
     "olsson": ["task=induction", "model=attn_only_2l"],
+    "olsson_smeared": ["task=induction", "model=smeared_1l"],
     "singh": ["task=singh", "model=singh", "optim.lr=3e-4", "train.batch_size=32", "train.log_every=10",
               "train.steps=6000", "task.n_exemplars=1", "task.n_heldout_exemplars=4", "clamp=one_l1_head"],
     "reddy": ["task=reddy", "model=reddy"],

@@ -37,7 +37,7 @@ def test_cached_run_is_reused(tmp_path, capsys):
     capsys.readouterr()
     module.main(["--smoke", "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "training" not in out and out.count("reusing the finished run") == 3
+    assert "training" not in out and out.count("reusing the finished run") == 4
     second = json.loads((tmp_path / "verdict.json").read_text())
     assert [c["values"] for c in first["claims"]] == [c["values"] for c in second["claims"]]
 

@@ -176,13 +176,14 @@ def test_tl_state_dict_of_a_model_with_mlps_in_numpy():
     ({"attention": "linear"}, 0, "linear attention (model.attention=linear)"),
     ({"readout_hidden": 128}, 0, "ReLU readout MLP in place of the unembedding (model.readout_hidden=128)"),
     ({}, 63, "continuous item inputs projected into the residual stream by W_F"),
+    ({"smeared_keys": True}, 0, "smeared keys (model.smeared_keys=true"),
 ])
 def test_models_transformer_lens_cannot_express_are_named(model, feature_dim, says):
     assert says in model_problem(model, feature_dim)
 
 
 @pytest.mark.parametrize("model", [{}, {"pos_embed": "rope"}, {"pos_embed": "sinusoidal", "layer_norm": False},
-                                   {"pos_embed": "none", "attn_scale": False, "attn_only": False}])
+                                   {"pos_embed": "none", "attn_scale": False, "attn_only": False}, {"smeared_keys": False}])
 def test_models_transformer_lens_can_express(model):
     assert model_problem(model) is None
 
@@ -205,11 +206,13 @@ def _with_model(run_dir, tmp_path, **keys):
     (["{run}", "--to", "onnx"], 2, "invalid choice: 'onnx'"),
     (["{run}", "--to", "safetensors", "--out", "{file}"], 2, "it is a file, not a directory"),
     (["{linear}", "--to", "transformer_lens"], 2, "has linear attention (model.attention=linear)"),
+    (["{smeared}", "--to", "transformer_lens"], 2, "has smeared keys (model.smeared_keys=true"),
 ])
 def test_bad_input_is_one_line_with_the_fix(run_dir, tmp_path, capsys, argv, code, says):
     (tmp_path / "a_file").write_text("x")
     paths = {"missing": tmp_path / "nothing", "run": run_dir, "file": tmp_path / "a_file",
-             "linear": _with_model(run_dir, tmp_path, attention="linear") if "{linear}" in argv else None}
+             "linear": _with_model(run_dir, tmp_path, attention="linear") if "{linear}" in argv else None,
+             "smeared": _with_model(run_dir, tmp_path, smeared_keys=True) if "{smeared}" in argv else None}
     got, out, err = _cli([a.format(**paths) for a in argv], capsys)
     assert got == code
     line = err.strip().splitlines()[-1]

@@ -195,3 +195,75 @@ def test_fused_attention_switch_picks_the_path_with_the_same_result():
         out[fused] = f(params), str(jax.make_jaxpr(f)(params))
     assert "name=softmax_attention" in out[True][1] and "name=softmax_attention" not in out[False][1]
     np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-5)
+
+
+# ---------------------------------------------------------------- smeared keys (Olsson et al. 2022)
+
+
+def test_smeared_keys_by_hand():
+    """3 positions, 1 head, k = 1, 2, 4 (one dimension), sigma(alpha) = 3/4 (alpha = ln 3):
+    k' = 1 (position 0 keeps its own key), 3/4*2 + 1/4*1 = 1.75, 3/4*4 + 1/4*2 = 3.5."""
+    from lab.model.transformer import smear_keys
+    k = jnp.array([1.0, 2.0, 4.0]).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(smear_keys(k, jnp.array([np.log(3.0)])).ravel(), [1.0, 1.75, 3.5], rtol=1e-6)
+    # two heads, each with its own mix: alpha = 0 (sigma 1/2) and a large alpha (sigma ~ 1: unsmeared)
+    k2 = jnp.stack([k[..., 0, :], 10 * k[..., 0, :]], axis=2)          # (1, 3, 2, 1)
+    got = np.asarray(smear_keys(k2, jnp.array([0.0, 40.0])))[0, :, :, 0]
+    np.testing.assert_allclose(got, [[1.0, 10.0], [1.5, 20.0], [3.0, 40.0]], rtol=1e-6)
+
+
+def test_smeared_keys_in_the_model():
+    """The option adds one alpha per head, initialised to 0 (sigma = 1/2); `attn.k` stays the unsmeared
+    projection and `attn.k_smeared` is what the scores use; the fused and hooked paths agree; the
+    plain model is unchanged (no parameter, no site)."""
+    plain, m = tiny_model(init_std=0.5), tiny_model(smeared_keys=True, init_std=0.5)   # sharp patterns
+    assert "smear_alpha" not in plain.init(jax.random.key(0))["blocks"][0]["attn"]
+    assert "blocks.0.attn.k_smeared" not in plain.hook_names
+    params = m.init(jax.random.key(0))
+    np.testing.assert_array_equal(params["blocks"][1]["attn"]["smear_alpha"], np.zeros(2))
+    params["blocks"][0]["attn"]["smear_alpha"] = jnp.array([np.log(3.0), -1.0])
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 11)
+    logits, cache = m.run_with_cache(params, tokens, ["blocks.0.attn.*"])
+    k, ks = np.asarray(cache["blocks.0.attn.k"]), np.asarray(cache["blocks.0.attn.k_smeared"])
+    mix = np.array([0.75, 1 / (1 + np.e)])[None, None, :, None]
+    np.testing.assert_allclose(ks[:, 1:], mix * k[:, 1:] + (1 - mix) * k[:, :-1], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ks[:, 0], k[:, 0], rtol=1e-6)
+    scores = np.einsum("bqhe,bkhe->bhqk", cache["blocks.0.attn.q"], ks) / np.sqrt(8)
+    causal = np.tril(np.ones((12, 12), bool))
+    np.testing.assert_allclose(np.where(causal, cache["blocks.0.attn.scores"], 0), np.where(causal, scores, 0),
+                               rtol=1e-4, atol=1e-6)
+    fused = m.apply(params, tokens)[0]                                    # no hook on the pattern: fused kernel
+    np.testing.assert_allclose(fused, logits, rtol=1e-5, atol=1e-6)
+    unsmeared = params | {"blocks": {l: {**b, "attn": {n: v for n, v in b["attn"].items() if n != "smear_alpha"}}
+                                     for l, b in params["blocks"].items()}}
+    assert np.abs(np.asarray(fused) - np.asarray(plain.apply(unsmeared, tokens)[0])).max() > 1e-3
+
+
+def test_smeared_keys_follow_rope():
+    """With RoPE the keys are smeared after the rotation: k_smeared = mix * R_j k_j + (1 - mix) * R_{j-1} k_{j-1}."""
+    from lab.model.transformer import rotary
+    m = tiny_model(smeared_keys=True, pos_embed="rope")
+    params = m.init(jax.random.key(2))
+    params["blocks"][0]["attn"]["smear_alpha"] = jnp.array([1.0, -2.0])
+    _, cache = m.run_with_cache(params, jnp.arange(12)[None] % 11, ["blocks.0.attn.k", "blocks.0.attn.k_smeared"])
+    rk = np.asarray(rotary(cache["blocks.0.attn.k"], 10000.0))
+    mix = (1 / (1 + np.exp(-np.array([1.0, -2.0]))))[None, None, :, None]
+    np.testing.assert_allclose(cache["blocks.0.attn.k_smeared"][:, 1:], mix * rk[:, 1:] + (1 - mix) * rk[:, :-1],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_smeared_1l_model_trains_and_alpha_gets_gradient(tiny_overrides):
+    """configs/model/smeared_1l.yaml: one update of a 1-layer smeared-key model runs and moves each
+    head's alpha (it receives a non-zero, finite gradient)."""
+    import lab
+    trainer = lab.Trainer(lab.load_config(tiny_overrides + ["model=smeared_1l", "model.d_model=16",
+                                                             "model.n_heads=2"]))
+    assert trainer.model.n_layers == 1 and trainer.cfg.model.smeared_keys
+    state = jax.tree.map(lambda x: x[0], trainer.init_state())
+    args = jax.tree.map(lambda x: x[0], trainer.clamp_args)
+    batch = trainer.task.sample(jax.random.key(1), 8)
+    loss, grads = trainer.loss_and_grad(state["params"], batch, args, {}, 0)
+    g = np.asarray(grads["blocks"][0]["attn"]["smear_alpha"])
+    assert g.shape == (2,) and np.all(np.isfinite(g)) and np.all(g != 0) and np.isfinite(float(loss))
+    new, _ = jax.jit(trainer.train_step)(state, args, {}, 0)
+    assert np.all(np.asarray(new["params"]["blocks"][0]["attn"]["smear_alpha"]) != 0)

@@ -5,7 +5,9 @@ random heads?
 For a run directory: restore the newest checkpoint, sample an evaluation batch, score every head's
 induction attention on it (unablated, the task's per-head `induction` measure), then measure the
 task's main loss and accuracy (`loss_repeat` / `acc_repeat` for token induction: the tokens
-induction can predict) with heads ablated at `blocks.{l}.attn.z`, for each seed:
+induction can predict), and for a task that logs one the in-context-learning score (`icl_score`,
+Olsson et al. 2022: the loss at a late position minus at an early one; None otherwise), with heads
+ablated at `blocks.{l}.attn.z`, for each seed:
 
   none        nothing ablated
   L{l}H{h}    that head alone
@@ -33,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab.core import head_name
+from lab.measures.losses import icl_positions
 from lab.model.hooks import Intervention
 from lab.train.restore import load_run
 from lab.train.runtime import configure_compile_cache
@@ -42,8 +45,9 @@ CONDITIONS = ("none", "top", "random")          # the summary conditions; single
 
 
 def csv_fields(result: dict) -> list[str]:
+    icl = ["icl_score", "delta_icl", "icl_std"] if result.get("icl") else []
     return ["seed", "condition", "heads", "n_ablated", result["metric"], result["accuracy"], "delta_loss",
-            "delta_acc", "loss_std", "acc_std"]
+            "delta_acc", "loss_std", "acc_std", *icl]
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -60,14 +64,17 @@ def head_stats(model, task, measures_cfg, params: dict, batch):
     return means, scores, loss, acc
 
 
-def evaluate_masks(model, task, params: dict, batch, masks, values):
-    """The task's main loss and accuracy (e.g. loss_repeat, acc_repeat), each (N,), for N head masks (N, L, H): where masks[n, l, h], head h's
-    z in layer l is replaced by values[l] (broadcastable to z, e.g. (1, T, H, d_head) or 0)."""
+def evaluate_masks(model, task, params: dict, batch, masks, values, measures_cfg=None):
+    """The task's main loss and accuracy (e.g. loss_repeat, acc_repeat) and its ICL score (NaN for a task
+    that logs none, or without `measures_cfg`), each (N,), for N head masks (N, L, H): where
+    masks[n, l, h], head h's z in layer l is replaced by values[l] (broadcastable to z, e.g.
+    (1, T, H, d_head) or 0)."""
     def one(mask):
         interventions = {f"blocks.{l}.attn.z": Intervention(mask[l][None, None, :, None], values[l])
                          for l in range(model.n_layers)}
         logits, _ = model.apply(params, batch, interventions)
-        return task.main_scores(logits, batch)
+        icl = task.icl_score(logits, batch, measures_cfg) if measures_cfg is not None else None
+        return (*task.main_scores(logits, batch), jnp.float32(jnp.nan) if icl is None else icl)
 
     return jax.lax.map(one, masks)   # one condition at a time: memory of one forward pass
 
@@ -123,7 +130,8 @@ def ablate(run_dir, kind: str = "mean", top_percent: float = 2.0, draws: int = 2
     L, H = model.n_layers, model.n_heads
     batch = jax.jit(task.sample, static_argnums=1)(jax.random.PRNGKey(eval_seed), eval_size)
     stats_fn = jax.jit(partial(head_stats, model, task, cfg.measures))
-    eval_fn = jax.jit(partial(evaluate_masks, model, task))
+    eval_fn = jax.jit(partial(evaluate_masks, model, task, measures_cfg=cfg.measures))
+    has_icl = bool(task.logs_icl_score)
     lk, ak = task.main_metric, task.main_accuracy
     n = n_per_layer(H, top_percent)
     rng = np.random.default_rng(seed)
@@ -138,24 +146,28 @@ def ablate(run_dir, kind: str = "mean", top_percent: float = 2.0, draws: int = 2
         top = top_mask(scores, n)
         rand = random_masks(L, H, n, draws, rng)
         masks = np.concatenate([np.zeros((1, L, H), bool), singles, top[None], rand])
-        loss, acc = (np.asarray(x, float) for x in eval_fn(p, batch, jnp.asarray(masks), values))
-        base_loss, base_acc = loss[0], acc[0]
+        loss, acc, icl = (np.asarray(x, float) for x in eval_fn(p, batch, jnp.asarray(masks), values))
+        base_loss, base_acc, base_icl = loss[0], acc[0], icl[0]
 
-        def row(condition, heads, n_ablated, l, a, l_std=None, a_std=None):
-            return {"seed": s, "condition": condition, "heads": heads, "n_ablated": int(n_ablated),
-                    lk: float(l), ak: float(a), "delta_loss": float(l - base_loss),
-                    "delta_acc": float(a - base_acc), "loss_std": l_std, "acc_std": a_std}
+        def row(condition, heads, n_ablated, l, a, c, l_std=None, a_std=None, c_std=None):
+            out = {"seed": s, "condition": condition, "heads": heads, "n_ablated": int(n_ablated),
+                   lk: float(l), ak: float(a), "delta_loss": float(l - base_loss),
+                   "delta_acc": float(a - base_acc), "loss_std": l_std, "acc_std": a_std}
+            if has_icl:
+                out.update(icl_score=float(c), delta_icl=float(c - base_icl), icl_std=c_std)
+            return out
 
-        rows.append(row("none", "", 0, base_loss, base_acc))
+        rows.append(row("none", "", 0, base_loss, base_acc, base_icl))
         for j, m in enumerate(singles, start=1):
-            rows.append(row(heads_text(m), heads_text(m), 1, loss[j], acc[j]))
+            rows.append(row(heads_text(m), heads_text(m), 1, loss[j], acc[j], icl[j]))
         k = 1 + L * H
-        rows.append(row("top", heads_text(top), top.sum(), loss[k], acc[k]))
-        r_loss, r_acc = loss[k + 1:], acc[k + 1:]
+        rows.append(row("top", heads_text(top), top.sum(), loss[k], acc[k], icl[k]))
+        r_loss, r_acc, r_icl = loss[k + 1:], acc[k + 1:], icl[k + 1:]
         rand_row = row("random", " | ".join(heads_text(m) for m in rand), n * L, r_loss.mean(), r_acc.mean(),
-                       _std(r_loss), _std(r_acc))
-        rand_row["draws"] = [{"heads": heads_text(m), lk: float(a), ak: float(b)}
-                             for m, a, b in zip(rand, r_loss, r_acc)]
+                       r_icl.mean(), _std(r_loss), _std(r_acc), _std(r_icl) if has_icl else None)
+        rand_row["draws"] = [{"heads": heads_text(m), lk: float(a), ak: float(b),
+                              **({"icl_score": float(c)} if has_icl else {})}
+                             for m, a, b, c in zip(rand, r_loss, r_acc, r_icl)]
         rows.append(rand_row)
 
         scores_all.append(scores.tolist())
@@ -177,12 +189,18 @@ def ablate(run_dir, kind: str = "mean", top_percent: float = 2.0, draws: int = 2
         base = pooled("none", lk)
         summary[c] = {"loss_mean": float(np.mean(lo)), "loss_std": _std(lo), "acc_mean": float(np.mean(ac)),
                       "acc_std": _std(ac), "delta_loss_mean": float(np.mean(lo) - np.mean(base)), "n": len(lo)}
+        if has_icl:
+            ic = pooled(c, "icl_score")
+            summary[c].update(icl_mean=float(np.mean(ic)), icl_std=_std(ic),
+                              delta_icl_mean=float(np.mean(ic) - np.mean(pooled("none", "icl_score"))))
     return {
         "run_dir": str(Path(run_dir)), "step": step, "kind": kind, "top_percent": top_percent,
         "n_per_layer": n, "draws": draws, "eval_size": eval_size, "eval_seed": eval_seed, "seed": seed,
         "n_layers": L, "n_heads": H, "seeds": list(run.seeds), "n_outputs": int(model.n_outputs),
         "metric": lk, "accuracy": ak, "metric_label": task.main_metric_label,
-        "chance_loss": float(task.chance_loss),
+        "chance_loss": float(task.chance_loss), "icl": has_icl,
+        "icl_positions": list(icl_positions(task.seq_len, cfg.measures.icl_early, cfg.measures.icl_late))
+        if has_icl else None,
         "induction_scores": scores_all,
         "single_delta_loss": np.mean(single_delta, axis=0).tolist(),
         "single_delta_acc": np.mean(single_delta_acc, axis=0).tolist(),
@@ -208,20 +226,27 @@ def format_table(result: dict) -> str:
     n = result["n_per_layer"]
     lines = [f"{result['kind']} ablation of {result['run_dir']} at step {result['step']}: "
              f"{result['eval_size']} eval sequences, seeds {result['seeds']}, {n} head(s)/layer for top and random",
-             f"{'seed':>5}  {'condition':<10} {result['metric']:>16} {'Δloss':>8} {result['accuracy']:>16}  heads"]
+             f"{'seed':>5}  {'condition':<10} {result['metric']:>16} {'Δloss':>8} {result['accuracy']:>16}"
+             + (f" {'icl_score':>16}" if result.get("icl") else "") + "  heads"]
     for r in result["rows"]:
         if r["condition"] not in CONDITIONS:
             continue
         loss, acc = f"{r[result['metric']]:.4f}", f"{r[result['accuracy']]:.4f}"
         if r["loss_std"] is not None:
             loss, acc = f"{loss} ± {r['loss_std']:.4f}", f"{acc} ± {r['acc_std']:.4f}"
+        icl = ""
+        if result.get("icl"):
+            icl = f"{r['icl_score']:.4f}" + (f" ± {r['icl_std']:.4f}" if r["icl_std"] is not None else "")
+            icl = f" {icl:>16}"
         heads = f"{result['draws']} draws" if r["condition"] == "random" else r["heads"]
-        lines.append(f"{r['seed']:>5}  {r['condition']:<10} {loss:>16} {r['delta_loss']:>+8.4f} {acc:>16}  {heads}")
+        lines.append(f"{r['seed']:>5}  {r['condition']:<10} {loss:>16} {r['delta_loss']:>+8.4f} {acc:>16}{icl}  {heads}")
     if len(result["seeds"]) > 1:
         for c in CONDITIONS:
             s = result["summary"][c]
             loss, acc = f"{s['loss_mean']:.4f} ± {s['loss_std']:.4f}", f"{s['acc_mean']:.4f} ± {s['acc_std']:.4f}"
-            lines.append(f"{'all':>5}  {c:<10} {loss:>16} {s['delta_loss_mean']:>+8.4f} {acc:>16}")
+            icl = f" {s['icl_mean']:.4f} ± {s['icl_std']:.4f}" if result.get("icl") else ""
+            icl = f" {icl.strip():>16}" if icl else ""
+            lines.append(f"{'all':>5}  {c:<10} {loss:>16} {s['delta_loss_mean']:>+8.4f} {acc:>16}{icl}")
     delta = np.asarray(result["single_delta_loss"])
     lines.append("Δloss with one head ablated" + (" (mean over seeds)" if len(result["seeds"]) > 1 else "") + ":")
     lines.append("      " + "".join(f"{f'H{h}':>8}" for h in range(result["n_heads"])))

@@ -9,8 +9,8 @@ parameters at one checkpoint, for other tools.
   [n_heads, d_model, d_head], ...), zeros for the biases the lab does not have.
 
 Both write `export.json` (the run, step, seeds, format and files) and a short README.md saying how to
-load them. Models TransformerLens cannot express (linear attention, a ReLU readout in place of the
-unembedding, continuous item inputs) are refused with one line naming the feature.
+load them. Models TransformerLens cannot express (linear attention, smeared keys, a ReLU readout in
+place of the unembedding, continuous item inputs) are refused with one line naming the feature.
 """
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ def model_problem(model_cfg, feature_dim: int = 0) -> Optional[str]:
     if get("readout_hidden"):
         return (f"a ReLU readout MLP in place of the unembedding (model.readout_hidden={get('readout_hidden')}): "
                 "TransformerLens unembeds linearly")
+    if get("smeared_keys", False):
+        return ("smeared keys (model.smeared_keys=true: each key mixed with the previous position's by a learned "
+                "per-head weight, Olsson et al. 2022): TransformerLens' attention has no smeared keys")
     if get("pos_embed", "learned") not in ("learned", "sinusoidal", "rope", "none"):
         return f"positional embedding {get('pos_embed')!r} (model.pos_embed)"
     if feature_dim:

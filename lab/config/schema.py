@@ -34,6 +34,7 @@ class ModelConfig:
     attn_scale: bool = True           # scores / sqrt(d_head); Reddy (2024)'s network has no scaling
     readout_hidden: Optional[int] = None  # a ReLU MLP of this width replaces the unembedding (Reddy's classifier)
     fused_attention: bool = True      # softmax attention with a hand-written backward when no hook reads the pattern
+    smeared_keys: bool = False        # Olsson et al. 2022: each key mixed with the previous position's by a learned per-head sigma(alpha_h)
 
 
 @dataclass

@@ -61,7 +61,36 @@ def rotary(x: jax.Array, base: float) -> jax.Array:
     return jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).reshape(x.shape)
 
 
+SMEAR_INIT = 0.0   # alpha_h at initialisation: sigma(0) = 0.5, an even mix of each key with the previous one
+
+
+def smear_keys(k: jax.Array, alpha: jax.Array) -> jax.Array:
+    """Olsson et al. (2022)'s smeared keys: k'_j = sigma(alpha_h) k_j + (1 - sigma(alpha_h)) k_{j-1} for
+    k of shape (batch, pos, head, d_head) and one learned scalar alpha_h per head, (head,). Position 0
+    has no previous key and keeps its own: k_{-1} := k_0, so k'_0 = k_0."""
+    prev = jnp.concatenate([k[:, :1], k[:, :-1]], axis=1)   # k_{j-1}, with k_{-1} = k_0
+    mix = jax.nn.sigmoid(alpha)[None, None, :, None].astype(k.dtype)
+    return mix * k + (1 - mix) * prev
+
+
 class Attention(nnx.Module):
+    """Multi-head attention. With `smeared_keys` (Olsson et al. 2022) each head h has a learned scalar
+    `smear_alpha[h]` and its scores use the smeared keys k'_j = sigma(alpha_h) k_j + (1 - sigma(alpha_h)) k_{j-1}
+    (k'_0 = k_0: position 0 has no previous key), which lets a single layer attend by the previous
+    token's identity, i.e. form an induction head without a previous-token head in an earlier layer.
+
+    - alpha starts at SMEAR_INIT = 0, an even mix (sigma = 0.5): no prior for smearing or not, and the
+      one place from which Adam, which moves alpha by about lr per step, can reach either end within a
+      run; a start near "unsmeared" (alpha = 3, sigma = 0.95) would barely move in a few thousand steps.
+    - The keys are smeared after the rotary embedding (pos_embed=rope), so the score of query i with
+      key j is exactly sigma q_i.k_j + (1 - sigma) q_i.k_{j-1}, each term with its own relative position,
+      as without RoPE; smearing before it would rotate position j-1's key as if it sat at j.
+    - Hook sites: `attn.k` stays the key projection of each position's own residual (x_j W_K, before
+      RoPE, as in every model and TransformerLens' hook_k); the smeared key the scores use has its own
+      site, `attn.k_smeared` (after RoPE), present only in smeared-key models. An intervention on `attn.k`
+      reaches the scores through the smear (a patched k_j changes k'_j and k'_{j+1}).
+    """
+
     def __init__(self, cfg, d_head: int, rngs: nnx.Rngs):
         D, H, s = cfg.d_model, cfg.n_heads, cfg.init_std
         self.W_Q = _normal(rngs, (D, H, d_head), s)
@@ -72,6 +101,8 @@ class Attention(nnx.Module):
         self.scale = 1 / math.sqrt(d_head) if cfg.attn_scale else 1.0
         self.linear = cfg.attention == "linear"
         self.fused = cfg.fused_attention and not self.linear
+        if getattr(cfg, "smeared_keys", False):   # a run saved before the option has none
+            self.smear_alpha = nnx.Param(jnp.full((H,), SMEAR_INIT))
 
     def __call__(self, x, hooks: Hooks, p: str):
         q = hooks(f"{p}.q", jnp.einsum("btd,dhe->bthe", x, self.W_Q[...]))
@@ -79,6 +110,8 @@ class Attention(nnx.Module):
         v = hooks(f"{p}.v", jnp.einsum("btd,dhe->bthe", x, self.W_V[...]))
         if self.rope_base is not None:
             q, k = rotary(q, self.rope_base), rotary(k, self.rope_base)
+        if hasattr(self, "smear_alpha"):   # after RoPE: see the class docstring
+            k = hooks(f"{p}.k_smeared", smear_keys(k, self.smear_alpha[...]))
         if self.fused and not (hooks.wants(f"{p}.scores") or hooks.wants(f"{p}.pattern")):
             hooks.seen += [f"{p}.scores", f"{p}.pattern"]
             return self._project(hooks(f"{p}.z", softmax_attention(q, k, v, self.scale)), hooks, p)

@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 
-from lab.measures.losses import token_losses
+from lab.measures.losses import icl_positions, icl_score, token_losses
 
 
 # forward(batch, cache_names) -> (logits, cache): the model's pass with this run's eval clamps applied
@@ -49,6 +49,9 @@ class Task:
     # Reference predictors' losses logged as scalars, drawn dotted next to the main loss: key -> label
     baselines: dict = {}
     trajectory_kind: str = "log-probability of the next token at every position"   # what trajectory_outputs holds
+    # Whether its measures log Olsson et al.'s `icl_score` (next-token loss at a late position minus at
+    # an early one, over every sequence); then `icl_score` computes it for any logits (lab-ablate).
+    logs_icl_score: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "Task":
@@ -118,6 +121,15 @@ class Task:
         """(main_metric, main_accuracy) of `logits` on `batch`: also the loss under an
         `apply: measure` clamp and the loss lab-ablate reports."""
         raise NotImplementedError
+
+    def icl_score(self, logits: jax.Array, batch, measures_cfg):
+        """The in-context-learning score of `logits` on `batch` as the measures log it (the mean
+        next-token loss at position measures.icl_late minus at measures.icl_early), or None for a task
+        that logs none (logs_icl_score false). lab-ablate reports it under each head ablation."""
+        if not self.logs_icl_score:
+            return None
+        early, late = icl_positions(self.seq_len, measures_cfg.icl_early, measures_cfg.icl_late)
+        return icl_score(token_losses(logits, batch.tokens).mean(0), early, late)
 
     # ---- measures ----
     def measures(self, model, params, probe, forward: Forward, measures_cfg, snapshot: bool) -> dict:

@@ -73,6 +73,7 @@ class TokenBatch(NamedTuple):
 class InductionTask(BaseTask):
     name = "induction"
     main_metric, main_accuracy, main_metric_label = "loss_repeat", "acc_repeat", "loss on repeated part"
+    logs_icl_score = True
 
     seq_len: int
     vocab_size: int

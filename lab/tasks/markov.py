@@ -165,6 +165,7 @@ def statistical_induction_score(pattern: jax.Array, tokens: jax.Array) -> tuple[
 class MarkovTask(BaseTask):
     name = "markov"
     main_metric, main_accuracy, main_metric_label = "loss_markov", "acc_markov", "loss after burn-in"
+    logs_icl_score = True
     # reference predictors' losses (same positions as the main metric) for the loss plot
     baselines = {"loss_unigram": "in-context unigram predictor", "loss_bigram": "in-context bigram predictor (Bayes)",
                  "loss_oracle": "true transition matrix"}

@@ -126,6 +126,7 @@ def bigram_oracle_losses(tokens: jax.Array, bigram: jax.Array) -> jax.Array:
 class TriggersTask(BaseTask):
     name = "triggers"
     main_metric, main_accuracy, main_metric_label = "loss_trigger", "acc_trigger", "loss after repeated triggers"
+    logs_icl_score = True
 
     seq_len: int
     vocab_size: int
