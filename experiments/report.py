@@ -3,6 +3,7 @@ verdict.json files (smoke verdicts are skipped: they check the scripts, not the 
 
     python -m experiments.report                 # reads experiments/out/*/verdict.json
     python -m experiments.report --out DIR       # verdicts under DIR/*/verdict.json
+    python -m experiments.report --keep          # experiments without a verdict keep their rows
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 import ast
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -68,16 +70,7 @@ def _cell(text: str) -> str:
 def table(verdicts: list[dict]) -> str:
     lines = ["| experiment | claim | measured | value | values (per seed or condition) | threshold | outcome |",
              "|---|---|---|---|---|---|---|"]
-    for v in verdicts:
-        for i, c in enumerate(v["claims"]):
-            name = f"**{v['title']}** ({v['paper']}; `{v['command']}`, {v['seconds'] / 60:.0f} min)" if i == 0 else ""
-            shown = {"held": "✅ held", "did not hold": "❌ did not hold", "not measured": "— not measured",
-                     "control": "◻ control (cannot fail; not counted)"}[outcome(c)]
-            why = [c.get("not_measured"), c.get("note")]
-            note = "".join(f" — {w}" for w in why if w)
-            lines.append(f"| {_cell(name)} | {_cell(c['claim'])} | {_cell(c['quantity'])} | {_cell(value_text(c))} "
-                         f"| {_cell(values_text(c))} | {_cell(c['threshold'])} | {shown}{_cell(note)} |")
-    return "\n".join(lines)
+    return "\n".join(lines + [row for v in verdicts for row in table_rows(v)])
 
 
 def collect(out_root: Path) -> tuple[list[dict], list[str]]:
@@ -95,21 +88,76 @@ def collect(out_root: Path) -> tuple[list[dict], list[str]]:
     return verdicts, missing
 
 
-def write_readme(out_root: Path = OUT_ROOT, readme: Path = README) -> str:
+SHOWN = {"held": "✅ held", "did not hold": "❌ did not hold", "not measured": "— not measured",
+         "control": "◻ control (cannot fail; not counted)"}
+
+
+def table_rows(verdict: dict) -> list[str]:
+    lines = []
+    for i, c in enumerate(verdict["claims"]):
+        name = f"**{verdict['title']}** ({verdict['paper']}; `{verdict['command']}`, {verdict['seconds'] / 60:.0f} min)" \
+            if i == 0 else ""
+        why = [c.get("not_measured"), c.get("note")]
+        note = "".join(f" — {w}" for w in why if w)
+        lines.append(f"| {_cell(name)} | {_cell(c['claim'])} | {_cell(c['quantity'])} | {_cell(value_text(c))} "
+                     f"| {_cell(values_text(c))} | {_cell(c['threshold'])} | {SHOWN[outcome(c)]}{_cell(note)} |")
+    return lines
+
+
+def kept_rows(text: str) -> dict[str, list[str]]:
+    """The rows the README's table already holds, per experiment (a block starts at a row whose first
+    cell names `python -m experiments.<name>`), so that a table regenerated where only some
+    experiments have run keeps the others' published rows."""
+    if START not in text or END not in text:
+        return {}
+    body = text.split(START, 1)[1].split(END, 1)[0]
+    blocks, name = {}, None
+    for line in body.splitlines():
+        if not line.startswith("| ") or line.startswith("| experiment |"):
+            continue
+        first = line.split(" | ", 1)[0]
+        m = re.search(r"python -m experiments\.(\w+)", first)
+        if m:
+            name = m.group(1)
+        if name:
+            blocks.setdefault(name, []).append(line)
+    return blocks
+
+
+def _row_outcome(line: str) -> str:
+    last = line.rstrip(" |").rsplit(" | ", 1)[-1]
+    return next((k for k, v in SHOWN.items() if last.startswith(v)), "not measured")
+
+
+def write_readme(out_root: Path = OUT_ROOT, readme: Path = README, keep: bool = False) -> str:
+    """Regenerate the table from the verdicts under out_root. keep: an experiment without a
+    verdict there keeps its rows from the README (they came from an earlier run: say so above the table)."""
     verdicts, missing = collect(out_root)
-    body = table(verdicts)
-    tests = [c for v in verdicts for c in v["claims"] if c.get("kind") != CONTROL]
-    held = sum(outcome(c) == "held" for c in tests)
-    failed = sum(outcome(c) == "did not hold" for c in tests)
-    unmeasured = len(tests) - held - failed
-    controls = sum(c.get("kind") == CONTROL for v in verdicts for c in v["claims"])
-    body = (f"{held} of {held + failed} measured claims held in {len(verdicts)} experiments"
-            f" ({unmeasured} not measured; {controls} controls shown but not counted).\n\n" + body)
-    if missing:
-        body += "\n\nNo verdict yet: " + ", ".join(missing) + "."
     text = readme.read_text() if readme.exists() else f"# Experiments\n\n{START}\n{END}\n"
     if START not in text or END not in text:
         raise SystemExit(f"{readme} lacks the markers {START} ... {END} that delimit the generated table")
+    old = kept_rows(text) if keep else {}
+    by_name = {v["experiment"]: v for v in verdicts}
+    rows, outcomes, n_exp, still_missing = [], [], 0, []
+    for name in experiment_modules():
+        if name in by_name:
+            rows += table_rows(by_name[name])
+            outcomes += [outcome(c) for c in by_name[name]["claims"]]
+        elif name in old:
+            rows += old[name]
+            outcomes += [_row_outcome(r) for r in old[name]]
+        else:
+            still_missing += [m for m in missing if m.split(" ")[0] == name]
+            continue
+        n_exp += 1
+    held, failed = outcomes.count("held"), outcomes.count("did not hold")
+    unmeasured, controls = outcomes.count("not measured"), outcomes.count("control")
+    header = ["| experiment | claim | measured | value | values (per seed or condition) | threshold | outcome |",
+              "|---|---|---|---|---|---|---|"]
+    body = (f"{held} of {held + failed} measured claims held in {n_exp} experiments"
+            f" ({unmeasured} not measured; {controls} controls shown but not counted).\n\n" + "\n".join(header + rows))
+    if still_missing:
+        body += "\n\nNo verdict yet: " + ", ".join(still_missing) + "."
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{START}\n{body}\n{END}{tail}")
@@ -119,8 +167,10 @@ def write_readme(out_root: Path = OUT_ROOT, readme: Path = README) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT_ROOT, help="directory holding <experiment>/verdict.json")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the README's rows of experiments that have no verdict under --out")
     args = parser.parse_args(argv)
-    body = write_readme(args.out)
+    body = write_readme(args.out, keep=args.keep)
     print(body)
     for v in collect(args.out)[0]:
         for c in v["claims"]:

@@ -131,3 +131,24 @@ def test_report_table_from_verdicts(tmp_path):
     verdict["mode"] = "smoke"
     (tmp_path / name / "verdict.json").write_text(json.dumps(verdict))
     assert "0 of 0 measured claims" in report.write_readme(tmp_path, readme)
+
+
+def test_report_keep_holds_published_rows_of_experiments_not_rerun(tmp_path):
+    """--keep: an experiment without a verdict here keeps its rows (and its outcomes in the count)."""
+    from experiments import report
+    from experiments.common import claim
+    first, second = report.experiment_modules()[:2]
+    (tmp_path / first).mkdir()
+    verdict = {"experiment": first, "title": "T", "paper": "P", "mode": "default", "command": f"python -m experiments.{first}",
+               "seconds": 60.0, "claims": [claim("a", "New.", "q", [0.5, 0.7], "> 0.4", True)]}
+    (tmp_path / first / "verdict.json").write_text(json.dumps(verdict))
+    old = [f"| **Old** (Q; `python -m experiments.{second}`, 3 min) | Kept. | q | 1 | | > 0 | ❌ did not hold — why |",
+           "|  | Also kept. | q | 1 | | > 0 | ◻ control (cannot fail; not counted) |"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.START}\n| experiment | claim |\n|---|---|\n"
+                      f"| **T** (P; `python -m experiments.{first}`, 9 min) | Stale. | q | 1 | | > 0 | ✅ held |\n"
+                      + "\n".join(old) + f"\n{report.END}\n")
+    body = report.write_readme(tmp_path, readme, keep=True)
+    assert "Stale." not in body and "| New. |" in body and all(row in body for row in old)
+    assert body.startswith("1 of 2 measured claims held in 2 experiments (0 not measured; 1 controls")
+    assert second not in body.partition("No verdict yet:")[2]
