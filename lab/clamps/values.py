@@ -32,6 +32,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from lab.model.transformer import previous_position
+
 PASSES = ("clean", "probe", "source")   # the extra passes a kind can read (`ValueKind.needs`)
 
 
@@ -62,11 +64,6 @@ def copy_logits(pattern: jax.Array, tokens: jax.Array, vocab: int, keys=None) ->
     if keys is None:
         return jnp.log(mass + 1e-6)
     return jnp.log(mass + 1e-6) - jnp.log(pattern.sum(-1, keepdims=True) + 1e-6)
-
-
-def previous_position(x: jax.Array) -> jax.Array:
-    """x with each position (axis 1) holding the previous position's value; position 0 keeps its own."""
-    return jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
 
 
 # ---- the registry's types ----

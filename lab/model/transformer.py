@@ -64,11 +64,16 @@ def rotary(x: jax.Array, base: float) -> jax.Array:
 SMEAR_INIT = 0.0   # alpha_h at initialisation: sigma(0) = 0.5, an even mix of each key with the previous one
 
 
+def previous_position(x: jax.Array) -> jax.Array:
+    """x with each position (axis 1) holding the previous position's value; position 0 keeps its own."""
+    return jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
+
+
 def smear_keys(k: jax.Array, alpha: jax.Array) -> jax.Array:
     """Olsson et al. (2022)'s smeared keys: k'_j = sigma(alpha_h) k_j + (1 - sigma(alpha_h)) k_{j-1} for
     k of shape (batch, pos, head, d_head) and one learned scalar alpha_h per head, (head,). Position 0
     has no previous key and keeps its own: k_{-1} := k_0, so k'_0 = k_0."""
-    prev = jnp.concatenate([k[:, :1], k[:, :-1]], axis=1)   # k_{j-1}, with k_{-1} = k_0
+    prev = previous_position(k)   # k_{j-1}, with k_{-1} = k_0
     mix = jax.nn.sigmoid(alpha)[None, None, :, None].astype(k.dtype)
     return mix * k + (1 - mix) * prev
 
