@@ -152,8 +152,8 @@ def _figure(runs: dict, path):
 def main(argv=None):
     exp = Experiment("hoogland_stages", "Stages from the LLC and essential dynamics", PAPER, argv)
     seeds = exp.seeds(1, 5, 10)
-    smoke = ["measures.llc.every=10", "measures.llc.draws=4", "measures.llc.burn_in=1", "measures.llc.chains=2",
-             "measures.llc.batch_size=4"] if exp.smoke else []
+    smoke = ["train.steps=100", "measures.llc.every=10", "measures.llc.draws=4", "measures.llc.burn_in=1",
+             "measures.llc.chains=2", "measures.llc.batch_size=4"] if exp.smoke else []
     lm = exp.run("induction", [f"experiment={PRESET_LM}", f"train.seeds={seeds}", *smoke])
     reg = exp.run("regression", [f"experiment={PRESET}", f"train.seeds={seeds}", *smoke])
     claims = []
