@@ -81,6 +81,7 @@ STEPS = {"none": 6000, "1": 6000, "A": 5000, "match": 2000, "copy": 5000, "A+cop
 SWEEP_STEPS = {("classes", "none"): 8000, ("classes", ONLY_B): 3000, ("classes", ONLY_C): 3000, ("classes", "A"): 6000,
                ("labels", "none"): 8000, ("labels", ONLY_B): 3000, ("labels", ONLY_C): 3000, ("labels", "A"): 6000}
 LATE_START = 1000          # mid-plateau: the unclamped loss sits near ln 2 from ~300 steps to ~2000 and beyond
+LATE_STEPS = 4000          # a clamp switched on at 1000 needs at most the clamped-from-0 run's steps after it
 # The apply: measure twins of the clamps (Singh's appendix progress measures), one group per condition.
 MEASURE_CLAMPS = [
     "+clamps.pm_A_embed={site: blocks.0.resid_post, value: embed, apply: measure, group: A}",
@@ -174,7 +175,7 @@ def main(argv=None):
     # ---- beyond the paper: clamps switched on mid-plateau, heads chosen per seed then ----
     late_start = exp.pick(10, LATE_START, LATE_START * scale)
     late_conds = exp.pick(smoke=["copy"], default=list(LATE))
-    p3 = {c: run(f"late_{c}", c, steps1["none"], start=late_start) for c in late_conds}
+    p3 = {c: run(f"late_{c}", c, LATE_STEPS * scale, start=late_start) for c in late_conds}
     x3 = {c: crossings(r, threshold) for c, r in p3.items()}
 
     # ---- the three-factor toy model's prediction ----
