@@ -281,7 +281,10 @@ def make_claims(p1, x1, s1, p2, s2, p3, x3, late_start, toy):
             diffs, "95 % CI of the mean difference below 0",
             None if any(d is None for d in diffs) else ci_beyond(diffs, 0.0, "below"), not_measured=not_trained,
             paper="Singh et al., appendix: clamped losses as progress measures show the subcircuits forming during the plateau",
-            note="crossings under the clamp " + ", ".join("never" if v is None else f"{v:.0f}" for v in xc)))
+            note="crossings under the clamp " + ", ".join("never" if v is None else f"{v:.0f}" for v in xc)
+                 + ("; A replaces layer 0's output by the embedding, an input the network trained with layer 0 never "
+                    "saw, so its loss under A can rise as training goes on (out of distribution, not a missing subcircuit)"
+                    if g == "A" else "")))
     # Fig. 6
     for ax in p2:
         for c, what, paper in (("none", "the unclamped plateau", "Fig. 6: more classes and more labels delay the phase change"),
