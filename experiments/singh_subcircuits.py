@@ -278,8 +278,8 @@ def make_claims(p1, x1, s1, p2, s2, p3, x3, late_start, toy):
         claims.append(claim(
             f"progress_{g}_leads", f"In the unclamped run, the loss under the {g} clamp crosses 0.4·ln 2 before the loss itself does.",
             f"crossing step of the probe loss with the {g} clamp applied (apply: measure) − of the plain probe loss, same seed",
-            diffs, "95 % CI of the mean difference below 0",
-            None if any(d is None for d in diffs) else ci_beyond(diffs, 0.0, "below"), not_measured=not_trained,
+            diffs, "95 % CI of the mean difference below 0, over the seeds where both cross",
+            ci_beyond(diffs, 0.0, "below"), not_measured=not_trained,
             paper="Singh et al., appendix: clamped losses as progress measures show the subcircuits forming during the plateau",
             note="crossings under the clamp " + ", ".join("never" if v is None else f"{v:.0f}" for v in xc)
                  + ("; A replaces layer 0's output by the embedding, an input the network trained with layer 0 never "
