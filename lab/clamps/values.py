@@ -159,16 +159,13 @@ def _scale(ctx: Context):
 
 
 def _perfect_copy(ctx: Context) -> Value:
-    """The copy head's pattern read out over the keys the task lets a copy read (`copy_keys`). With
-    `copy_from: auto` the head is a per-seed one-hot mask (all zero, so the value is unused, until chosen)."""
-    layer, head = ctx.head
-    site, tokens, vocab = f"blocks.{layer}.attn.pattern", ctx.batch.tokens, ctx.n_outputs
+    """The copy head's pattern read out over the keys the task lets a copy read (`copy_keys`). The head
+    is the clamp's one-hot head mask: `copy_from: L<l>H<h>`'s head, or with `copy_from: auto` the head
+    chosen per seed (all zero, so the value is unused, until chosen)."""
+    site, tokens, vocab = f"blocks.{ctx.head[0]}.attn.pattern", ctx.batch.tokens, ctx.n_outputs
     keys = ctx.task.copy_keys(ctx.batch)
-    if head is None:
-        w = ctx.arrays["heads"].astype(jnp.float32)
-        pick = lambda p: jnp.einsum("bhqk,h->bqk", p, w / jnp.maximum(w.sum(), 1.0))
-    else:
-        pick = lambda p: p[:, head]
+    w = ctx.arrays["heads"].astype(jnp.float32)
+    pick = lambda p: jnp.einsum("bhqk,h->bqk", p, w / jnp.maximum(w.sum(), 1.0))
     return Value(lambda x, cache: copy_logits(pick(cache[site]), tokens, vocab, keys), reads=(site,))
 
 
