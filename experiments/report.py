@@ -67,12 +67,6 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def table(verdicts: list[dict]) -> str:
-    lines = ["| experiment | claim | measured | value | values (per seed or condition) | threshold | outcome |",
-             "|---|---|---|---|---|---|---|"]
-    return "\n".join(lines + [row for v in verdicts for row in table_rows(v)])
-
-
 def collect(out_root: Path) -> tuple[list[dict], list[str]]:
     verdicts, missing = [], []
     for name in experiment_modules():
