@@ -277,7 +277,7 @@ class Experiment:
         """A reused run's summary recomputed from its metrics with the current analysis (detectors
         and statistics change more often than trainings need to), written back to summary.json."""
         from lab.analysis.summary import summarize
-        from lab.app.run import stages_of_run
+        from lab.app.after import stages_of_run
         from lab.train.state import build
         fresh = summarize(metrics, cfg, build(cfg)[0], summary["seeds"], summary.get("status", "completed"))
         for key in ("clamps", "skipped_updates"):   # written by lab.run beside the summary proper

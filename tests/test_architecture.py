@@ -108,4 +108,4 @@ def test_no_import_cycle_counting_function_local_imports():
 def test_one_deliberate_function_local_import():
     mods = modules()
     local = sorted((m, t) for m, p in mods.items() for t, in_function in lab_imports(p, set(mods)) if in_function)
-    assert local == [("lab.app.cli", "lab.app.run")]
+    assert local == [("lab.app.cli", "lab.app.run"), ("lab.app.run", "lab.app.after")]

@@ -22,7 +22,7 @@ from conftest import HANG_S, TINY
 from fake_run import make_fake_run
 from lab.analysis.summary import NOT_MEASURED, summarize
 from lab.app import ablate as ablate_cli
-from lab.app.cli import plot_main
+from lab.app.plot import plot_main
 from lab.app.run import run
 from lab.config.compose import load_config, validate
 from lab.core import ConfigError

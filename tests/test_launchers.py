@@ -28,7 +28,7 @@ def test_multirun_on_each_launcher(launcher, tmp_path):
     assert len(failed) == 2 and all("non-finite" in r["error"] for r in failed)
     assert all(float(r["optim.lr"]) == 0.1 for r in ok)
     if launcher == "basic":   # lab-plot on a sweep directory also writes the sweep report
-        p = subprocess.run([sys.executable, "-c", "from lab.app.cli import plot_main; plot_main()", str(sweep)],
+        p = subprocess.run([sys.executable, "-c", "from lab.app.plot import plot_main; plot_main()", str(sweep)],
                            capture_output=True, text=True, timeout=HANG_S)
         assert p.returncode == 0, p.stderr[-2000:]
         assert (sweep / "report" / "report.html").stat().st_size > 10_000

@@ -113,7 +113,7 @@ def test_cli_run_writes_outputs_then_resumes_and_replots(tmp_path, tiny_override
 
     for png in (run_dir / "plots").iterdir():
         png.unlink()
-    p = subprocess.run([sys.executable, "-c", "from lab.app.cli import plot_main; plot_main()", str(run_dir)],
+    p = subprocess.run([sys.executable, "-c", "from lab.app.plot import plot_main; plot_main()", str(run_dir)],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (run_dir / "plots" / "loss.png").stat().st_size > 10_000

@@ -1,5 +1,5 @@
-"""Entry points: `lab-train` (a Hydra app; `python -m lab` is the same) and `lab-plot` (lab.app.plot,
-imported here so `lab.app.cli:plot_main` keeps working).
+"""The entry point of `lab-train` (a Hydra app; `python -m lab` is the same). `lab-plot` is lab.app.plot's:
+importing it here would load matplotlib and scipy before every run's first step.
 
 The training path (lab.app.run) is imported inside the app, after the config is known and XLA's
 CPU threading is set from `train.xla_cpu_threads`: the one deliberate function-local import of
@@ -26,7 +26,6 @@ from hydra.types import RunMode
 from lab.app.safety import precheck
 from lab.config.compose import CONFIG_DIR, check_override_keys, register_configs
 from lab.core import AnalysisInterrupted, ConfigError, TrainingDiverged, failure_reason, request_stop
-from lab.app.plot import plot_main  # noqa: F401  (lab-plot; JAX-free, so it lives in its own module)
 from lab.rundir import checkpoint_steps, load_summary, write_text_atomic
 from lab.train.runtime import configure_xla_threads, place_on_gpus
 log = logging.getLogger("lab")

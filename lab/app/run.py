@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import threading
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import jax
 from omegaconf import OmegaConf
 
-from lab.analysis.development import stage_report
-from lab.analysis.summary import summarize
 from lab.config.compose import RETIRED_KEYS, load_config
-from lab.core import AnalysisInterrupted, ConfigError, set_stop_phase, stop_requests
-from lab.plots.parallel import draw_run_figures
-from lab.rundir import (RunDirBusy, checkpoint_steps, load_llc, load_outputs, load_summary, lock_run_dir,
-                        records_to_arrays, records_up_to, unlock_run_dir, write_text_atomic)
-from lab.train.callbacks import (AttentionSnapshots, Checkpointer, LLCFile, LogLines, MetricsFile,
+from lab.core import AnalysisInterrupted, ConfigError
+from lab.rundir import (RunDirBusy, checkpoint_steps, load_summary, lock_run_dir,
+                        records_up_to, unlock_run_dir, write_text_atomic)
+from lab.train.callbacks import (AttentionSnapshots, Callback, Checkpointer, LLCFile, LogLines, MetricsFile,
                                  OutputTrajectory, ProgressBar, TensorBoard, WandbLogger, check_wandb)
 from lab.train.checkpoint import Checkpoints
 from lab.train.runtime import configure_compile_cache
@@ -141,14 +140,42 @@ def _restore(run_dir: Path, cfg, trainer, checkpoints, metrics_path: Path) -> No
     log.info("resumed from step %d", step)
 
 
-def stages_of_run(summary: dict, run_dir: Path) -> dict:
-    """The stage-boundary report (lab/analysis/development.py) from the summary and the run's
-    llc.npz and outputs.npz; a failure here is logged and noted, never losing the summary."""
-    try:
-        return stage_report(summary, load_llc(run_dir), load_outputs(run_dir))
-    except Exception as e:   # an analysis bug must not cost the run its summary.json
-        log.warning("stage report failed (%s: %s); summary.json is written without it", type(e).__name__, e)
-        return {"error": f"{type(e).__name__}: {e}"}
+def _import_after():
+    import lab.app.after as after   # deliberate, and on a thread: see AfterTraining
+    return after
+
+
+class AfterTraining(Callback):
+    """`lab.app.after` (summary, fits, plots), imported on a background thread once the first chunk of
+    training is logged. Its imports (scipy, ruptures, matplotlib: seconds on a laptop) then overlap
+    training, where the main thread waits on XLA, instead of delaying the first training step or adding
+    to the wait after the last one. Started later than that, they would hold the GIL while the first
+    programs are traced; `module()` waits for the import (or imports at once if training never got
+    that far)."""
+
+    def __init__(self):
+        self._thread: Optional[threading.Thread] = None
+        self._module = None
+
+    def start(self) -> None:
+        if self._thread is None and "lab.app.after" not in sys.modules:
+            self._thread = threading.Thread(target=self._load, name="lab-import-after", daemon=True)
+            self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            self._module = _import_after()
+        except BaseException:   # imported again by module(), which raises it where it can be reported
+            pass
+
+    def on_log(self, trainer, record, outputs) -> None:
+        if record["step"] > 0:
+            self.start()
+
+    def module(self):
+        if self._thread is not None:
+            self._thread.join()
+        return self._module or _import_after()
 
 
 def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_callbacks: Sequence = (),
@@ -195,52 +222,11 @@ def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_cal
         unlock_run_dir(run_dir)
 
 
-def _after_training(cfg, trainer, run_dir: Optional[Path], snapshots, log_lines, plots: bool) -> tuple[dict, bool]:
-    """The summary, stage report, attention snapshots and plots of a run that stopped training, each
-    announced as it starts. A stop signal during them (lab-train counts signals: lab.core.request_stop)
-    is answered within POLL_S seconds: the summary is still written, the plots are skipped. Returns the
-    summary and whether a signal during this analysis cut it short."""
-    set_stop_phase("analysis")
-    before = len(stop_requests())      # signals that stopped training: the plots are drawn all the same
-
-    def stopped() -> bool:             # a second signal (in all), or a new one after training finished
-        return len(stop_requests()) >= 2 or len(stop_requests()) > before
-
-    if trainer.records:
-        log.info("summary: phase changes and stages of %s and %d per-head curves", trainer.task.main_metric,
-                 len(trainer.task.head_scores) * cfg.model.n_layers * cfg.model.n_heads * len(trainer.seeds))
-    summary = summarize(records_to_arrays(trainer.records), cfg, trainer.task,
-                        trainer.seeds, trainer.status) if trainer.records else {"status": trainer.status}
-    if trainer.clamps:
-        summary["clamps"] = trainer.clamps.describe()
-    if cfg.train.on_nonfinite == "skip":
-        summary["skipped_updates"] = [int(sum(r["skipped_updates"][i] for r in trainer.records
-                                              if "skipped_updates" in r)) for i in range(len(trainer.seeds))]
-    if run_dir is None:
-        return summary, False
-    if trainer.records and not stopped():
-        summary["stages"] = stages_of_run(summary, run_dir)
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
-    log_lines.note(f"{summary['status']}: {summary.get('verdict', '')}".rstrip(": "), console=False)
-    # the probe fetched first: slicing device arrays would compile a program per slice (0.2 s)
-    snapshots.save(run_dir / "attention.npz", summary, trainer.task.snapshot_info(jax.device_get(trainer.probe)))
-    if not (plots and trainer.records):
-        return summary, False
-    if stopped():
-        log.warning("plots skipped (stop signal); draw them with: lab-plot %s", run_dir)
-        return summary, len(stop_requests()) > before
-    log.info("drawing the figures into %s", run_dir / "plots")
-    _, finished = draw_run_figures(run_dir, should_stop=stopped)
-    if not finished:
-        log.warning("plots cut short (stop signal); draw them with: lab-plot %s", run_dir)
-    return summary, len(stop_requests()) > before
-
-
 def _train(cfg, trainer, run_dir: Optional[Path], checkpoints, plots: bool, extra_callbacks) -> RunResult:
     mesh = dict(trainer.mesh.shape) if trainer.mesh is not None else "none (one device)"
     log.info("%d XLA %s device(s); seeds x batch mesh: %s", jax.device_count(), jax.default_backend(), mesh)
-    snapshots = AttentionSnapshots()
-    callbacks = [snapshots]
+    snapshots, after = AttentionSnapshots(), AfterTraining()
+    callbacks = [snapshots, after]
     if run_dir is not None:
         callbacks.append(MetricsFile(run_dir / "metrics.jsonl"))
         # before the Checkpointer, so the callback state saved at a step holds that step's record
@@ -267,7 +253,8 @@ def _train(cfg, trainer, run_dir: Optional[Path], checkpoints, plots: bool, extr
     try:
         trainer.fit()
     finally:
-        summary, cut_short = _after_training(cfg, trainer, run_dir, snapshots, log_lines if run_dir else None, plots)
+        summary, cut_short = after.module().after_training(cfg, trainer, run_dir, snapshots,
+                                                            log_lines if run_dir else None, plots)
     if cut_short:
         raise AnalysisInterrupted(f"stopped during the analysis after training; lab-plot {run_dir} draws the plots")
     return RunResult(cfg, trainer, summary, run_dir, trainer.metrics())

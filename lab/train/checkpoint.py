@@ -23,11 +23,11 @@ import hashlib
 import io
 import json
 import logging
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
 import jax
-import orbax.checkpoint as ocp
 
 from lab.core import ConfigError, first_line
 from lab.rundir import load_checkpoint_index, save_checkpoint_index
@@ -130,23 +130,35 @@ def _placed_abstract(x) -> jax.ShapeDtypeStruct:
     sharding the checkpoint was saved with, and refuse ("topology mismatch") where that device layout
     does not exist: lab-train makes one XLA device per CPU core, a notebook has one. Arrays without a
     sharding (jax.eval_shape's) are restored onto the first device; the trainer places them on its mesh."""
-    s = ocp.utils.to_shape_dtype_struct(x)
+    s = orbax().utils.to_shape_dtype_struct(x)
     if getattr(s, "sharding", None) is None:
         s = jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     return s
+
+
+def orbax():
+    """orbax.checkpoint, imported at first use: a third of a second that a run's start need not wait for."""
+    import orbax.checkpoint as ocp
+    return ocp
 
 
 class Checkpoints:
     def __init__(self, directory: Path, keep: int):
         self.directory = Path(directory).absolute()
         self.keep = keep
-        # pruning is ours (`_prune`): orbax's max_to_keep would count the checkpoints kept for good too
-        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=False)
-        with _quiet(*_ORBAX_LOGGERS):   # it reads every step's metadata, and logs a damaged file whole
-            self.manager = ocp.CheckpointManager(self.directory, options=options)
         index = load_checkpoint_index(self.directory.parent)
         self.reasons: dict[int, list[str]] = {s: r for s, r in index["checkpoints"].items() if r}
         self.transitions: list = index["transitions"]   # the online detector's, set by the Checkpointer
+
+    @cached_property
+    def manager(self):
+        """orbax's manager of the directory, made at its first use (orbax is imported then: not before
+        a run's first training step, since the first checkpoint comes after it)."""
+        ocp = orbax()
+        # pruning is ours (`_prune`): orbax's max_to_keep would count the checkpoints kept for good too
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=False)
+        with _quiet(*_ORBAX_LOGGERS):   # it reads every step's metadata, and logs a damaged file whole
+            return ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: dict, reasons=("periodic",)) -> None:
         """Save `state` as checkpoint `step` for `reasons` (module docstring), then prune the rolling
@@ -158,7 +170,7 @@ class Checkpoints:
             self.add_reasons(step, reasons)
             return
         self._write_reasons(step, reasons)   # first: a checkpoint on disk is never missing from the index
-        self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        self.manager.save(step, args=orbax().args.StandardSave(state), force=True)
         self.manager.wait_until_finished()
         # orbax has renamed the finished checkpoint into place
         self._write_manifest(step, checkpoint_manifest(self._step_dir(step), self._callback_path(step)))
@@ -220,7 +232,7 @@ class Checkpoints:
             if why is None:
                 try:
                     with _quiet(*_ORBAX_LOGGERS):
-                        state = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
+                        state = self.manager.restore(s, args=orbax().args.StandardRestore(abstract))
                 except Exception as e:   # orbax/tensorstore raise many kinds; any failure means unreadable
                     why = f"unreadable: {first_line(e)[:200]}"
             if why is not None:
@@ -364,4 +376,5 @@ class Checkpoints:
                     cb.load_state_dict(state)
 
     def close(self) -> None:
-        self.manager.close()
+        if "manager" in self.__dict__:   # made (cached_property) only if a checkpoint was read or written
+            self.manager.close()

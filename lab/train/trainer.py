@@ -85,6 +85,7 @@ class Trainer:
         self.records: list[dict] = []
         self.status = "running"
         self._chunk_fns: dict[int, callable] = {}
+        self._measure_fn = None
         self._t0 = time.perf_counter()
 
     # ---- pure functions (one seed; vmapped over seeds) ----
@@ -187,8 +188,7 @@ class Trainer:
         (state, clamp_args), (interventions, step0) = per_seed, shared
         step = lambda s, i: self.train_step(s, clamp_args, interventions, step0 + i)
         state, (losses, gnorms) = jax.lax.scan(step, state, jnp.arange(n_steps))
-        return state, {"train_loss": losses, "grad_norm": gnorms,
-                       **self.measures(state["params"], clamp_args, step0 + n_steps, self.batch_devices > 1)}
+        return state, {"train_loss": losses, "grad_norm": gnorms}
 
     # ---- the local learning coefficient ----
     def llc_due(self, before: int, after: int) -> bool:
@@ -264,6 +264,19 @@ class Trainer:
             self._chunk_fns[n_steps] = jitted if mesh is None else self._placed(jitted, mesh)
         return self._chunk_fns[n_steps]
 
+    def measure_fn(self):
+        """(params[S], clamp_args[S], step) -> the measures of every seed (`measures`). One program for
+        step 0 and the end of every chunk, apart from the chunk's: a chunk with its measures inside took
+        as long to compile as the two apart, and step 0 needed the measures compiled once more."""
+        if self._measure_fn is None:
+            fn = self.over_seeds(lambda xs, t: self.measures(*xs, t, self.batch_devices > 1))
+            mesh = self.mesh
+            if mesh is not None:
+                fn = jax.shard_map(fn, mesh=mesh, in_specs=(P("seeds"), P()), out_specs=P("seeds"), check_vma=False)
+            jitted = jax.jit(lambda params, args, t: fn((params, args), t))
+            self._measure_fn = jitted if mesh is None else self._placed(jitted, mesh)
+        return self._measure_fn
+
     @staticmethod
     def _placed(jitted, mesh: Mesh):
         """`jitted`, first moving its per-seed arguments onto the mesh: a restored checkpoint or new
@@ -318,9 +331,11 @@ class Trainer:
         try:
             for cb in self.all_callbacks:
                 cb.on_start(self)
+            first = None
             if self.step == 0 and self.cfg.measures.enabled and self.stop_signal is None:
-                measure = self.over_seeds(lambda xs, t: self.measures(*xs, t))
-                out = jax.device_get(jax.jit(measure)((self.state["params"], self.clamp_args), jnp.int32(0)))
+                if self.cfg.train.steps > 0:
+                    first = self._first_chunk_in_background()
+                out = jax.device_get(self.measure_fn()(self.state["params"], self.clamp_args, jnp.int32(0)))
                 if self.llc_due(0, 0):
                     out.update(self.estimate_llc())
                 self._log(0, out)
@@ -332,7 +347,10 @@ class Trainer:
                 logged, self.state_logged = self.step, False
                 # the old state's buffers are donated: until the chunk's outputs are on the host and its
                 # record is logged, no state matches a step (Checkpointer.on_end then saves nothing)
-                state, out = self.chunk_fn(n)(self.state, self.clamp_args, shared)
+                done, first = first.result(self) if first is not None else None, None
+                state, out = done or self.chunk_fn(n)(self.state, self.clamp_args, shared)
+                if self.cfg.measures.enabled:
+                    out = {**out, **self.measure_fn()(state["params"], self.clamp_args, jnp.int32(self.step + n))}
                 out = self.fetch(out)
                 self._check_finite(out, n)
                 self.state, self.step = state, self.step + n   # together: a checkpoint's label is its content
@@ -355,6 +373,11 @@ class Trainer:
             for cb in self.all_callbacks:
                 cb.on_end(self)
         return self
+
+    def _first_chunk_in_background(self) -> "_FirstChunk":
+        """The first chunk, compiled and run on a thread while the step-0 measures compile in this one:
+        two programs compile side by side, a core each (XLA compiles without the GIL)."""
+        return _FirstChunk(self, min(self.cfg.train.log_every, self.cfg.train.steps))
 
     @staticmethod
     def fetch(out: dict) -> dict:
@@ -404,6 +427,37 @@ class Trainer:
     # ---- results ----
     def metrics(self) -> dict[str, np.ndarray]:
         return records_to_arrays(self.records)
+
+
+class _FirstChunk:
+    """A run's first chunk on a thread, from a copy of the state (so the step-0 measures read the state
+    itself, and nothing is lost if the result is dropped). `result(trainer)` waits for it and returns
+    (state, outputs), raising its exception here; or None if the step-0 callbacks changed the clamp
+    arrays or the interventions the chunk ran with: the loop then runs the chunk again with them."""
+
+    def __init__(self, trainer, n_steps: int):
+        self.inputs = (trainer.clamp_args, trainer.interventions)
+        self.leaves = jax.tree.leaves(self.inputs)
+        self.tree = jax.tree.structure(self.inputs)
+        state, fn = jax.tree.map(jnp.copy, trainer.state), trainer.chunk_fn(n_steps)
+        args = (state, trainer.clamp_args, (trainer.interventions, jnp.int32(0)))
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name="lab-first-chunk", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as e:   # raised again in the main thread by result()
+            self._error = e
+
+    def result(self, trainer):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        now = (trainer.clamp_args, trainer.interventions)
+        same = jax.tree.structure(now) == self.tree and all(a is b for a, b in zip(jax.tree.leaves(now), self.leaves))
+        return self._value if same else None
 
 
 def split_over_batch_devices(forward, n_devices: int):
