@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup setup-ray setup-peers run test test-all bench bench-sweep experiments clean
+.PHONY: setup setup-ray setup-peers run test test-all bench bench-sweep bench-peers experiments clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,9 @@ $(RAY_VENV)/.installed: pyproject.toml
 	touch $@
 
 # The peers the lab is checked against (TransformerLens on CPU torch), in an environment of their own:
-# tests/test_export.py loads a lab-export into HookedTransformer there; a benchmark against TransformerLens
-# can use it too. torch's CPU build comes from PyTorch's CPU index (or a local wheel pip finds).
+# tests/test_export.py loads a lab-export into HookedTransformer there; `make bench-peers` times
+# TransformerLens's training there (benchmarks/peer_transformer_lens.py). torch's CPU build comes from
+# PyTorch's CPU index (or a local wheel pip finds).
 # torch first and alone, so that only it is looked up on that index; then the rest from the usual one.
 # transformer_lens 3.9.0: the last release with HookedTransformer (4.0 replaced it by TransformerBridge).
 PEERS_VENV := .venv-peers
@@ -65,6 +66,10 @@ bench: $(STAMP)
 
 bench-sweep: $(STAMP)
 	$(BIN)/python benchmarks/sweep_bench.py $(ARGS)
+
+# The lab against TransformerLens (in .venv-peers, see setup-peers), whole processes in alternating rounds.
+bench-peers: $(STAMP) $(PEERS_VENV)/.installed
+	$(BIN)/python benchmarks/peers.py --peer-python $(PEERS_VENV)/bin/python $(ARGS)
 
 # Reproduce the seed papers' findings (experiments/README.md): every script in experiments/ (found there,
 # in the order of their ORDER constants; `python -m experiments --list`) writes experiments/out/<name>/

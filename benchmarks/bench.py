@@ -213,44 +213,20 @@ def launch_timings() -> None:
     training chunk's record in metrics.jsonl (log_every steps, so it includes that chunk's training),
     the training in between, and the time from the last step's record to the process's exit (summary,
     fits, plots, final checkpoint, shutdown); first with an empty compile cache (cold), then again
-    with the cache the first run filled (warm). metrics.jsonl is polled every 10 ms."""
-    import json
-    import subprocess
+    with the cache the first run filled (warm). metrics.jsonl is polled every 10 ms (benchmarks/launch.py)."""
     import tempfile
-    cache, steps = tempfile.mkdtemp(prefix="lab-bench-cache-"), None
+
+    from launch import time_lab_process
+    cache = tempfile.mkdtemp(prefix="lab-bench-cache-")
     for label in ("cold", "warm"):
         run_dir = tempfile.mkdtemp(prefix=f"lab-bench-{label}-")
-        metrics = os.path.join(run_dir, "metrics.jsonl")
         cmd = [sys.executable, "-m", "lab", *args.overrides, f"train.compile_cache={cache}", "train.progress=false",
                f"hydra.run.dir={run_dir}"]
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        first = last = None
-        seen, pending = 0, ""   # bytes of metrics.jsonl read so far; an unfinished last line
-        while proc.poll() is None:
-            # only the new lines are read and parsed: re-reading the whole file every poll cost the
-            # measured run a core's worth of CPU, slowing its training and its analysis alike
-            if os.path.exists(metrics) and os.path.getsize(metrics) > seen:
-                with open(metrics, "rb") as f:
-                    f.seek(seen)
-                    chunk = f.read()
-                seen += len(chunk)
-                *lines, pending = (pending + chunk.decode()).split("\n")
-                now = time.perf_counter() - t0
-                if steps is None and os.path.exists(os.path.join(run_dir, "config.yaml")):
-                    import yaml
-                    steps = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["train"]["steps"]
-                for line in lines:
-                    step = json.loads(line)["step"] if line.strip() else 0
-                    if first is None and step > 0:
-                        first = now
-                    if last is None and steps is not None and step >= steps:
-                        last = now
-            time.sleep(0.01)
-        total = time.perf_counter() - t0
-        if proc.returncode or first is None or last is None:
-            print(f"launch timing ({label} cache): the run failed: {proc.stderr.read()[-300:]}")
+        timing = time_lab_process(cmd, run_dir)
+        if not timing.ok:
+            print(f"launch timing ({label} cache): the run failed: {timing.error()}")
             return
+        first, last, total = timing.first, timing.last, timing.total
         print(f"whole lab-train process ({label} compile cache): launch -> first chunk logged {first:.1f} s | "
               f"training to the last step {last - first:.1f} s | last step -> exit (summary, plots, checkpoint) "
               f"{total - last:.1f} s = {100 * (total - last) / max(last - first, 1e-9):.0f} % of the training "

@@ -35,3 +35,11 @@ def test_llc_comparison_runs_without_its_peer():
                        capture_output=True, text=True, timeout=HANG_S, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "lab (JAX)" in p.stdout and "s/estimate" in p.stdout
+
+
+def test_peers_benchmark_says_how_to_create_its_environment():
+    """benchmarks/peers.py (`make bench-peers`) names `make setup-peers` and exits 2 without TransformerLens's Python."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--peer-python", "/nonexistent"],
+                       capture_output=True, text=True, timeout=HANG_S, cwd=ROOT)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "make setup-peers" in p.stderr
