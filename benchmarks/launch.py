@@ -26,6 +26,18 @@ class LaunchTiming:
     returncode: int
     stderr: str                  # the last 2000 characters the process wrote to stderr
     last_record: Optional[dict]  # the last record of metrics.jsonl
+    first_step: Optional[int] = None   # the step of the first record with step > 0 (the first chunk's length)
+    steps: Optional[int] = None        # the run's last step
+
+    @property
+    def to_first_step(self) -> Optional[float]:
+        """Seconds from launch to the start of the first training step: the first chunk's record, less
+        that chunk's training at the rate the run then kept up to its last step (an estimate: the
+        process says nothing when a step starts, and polling cannot see inside a compiled chunk)."""
+        if not self.ok or not self.first_step or not self.steps or self.steps <= self.first_step:
+            return None
+        rate = (self.steps - self.first_step) / max(self.last - self.first, 1e-9)
+        return self.first - self.first_step / rate
 
     @property
     def ok(self) -> bool:
@@ -43,7 +55,7 @@ def time_lab_process(cmd: list[str], run_dir: str, steps: Optional[int] = None,
     runs (`python -m lab` imports the lab found there first). stdout is
     discarded; stderr goes to a temporary file (a pipe nobody reads could fill and stall the run)."""
     metrics = os.path.join(run_dir, "metrics.jsonl")
-    first = last = None
+    first = last = first_step = None
     seen, pending = 0, ""   # bytes of metrics.jsonl read so far; an unfinished last line
     last_line = None
     with tempfile.TemporaryFile("w+") as err:
@@ -68,7 +80,7 @@ def time_lab_process(cmd: list[str], run_dir: str, steps: Optional[int] = None,
                     last_line = line
                     step = json.loads(line)["step"]
                     if first is None and step > 0:
-                        first = now
+                        first, first_step = now, step
                     if last is None and steps is not None and step >= steps:
                         last = now
             if done:
@@ -78,4 +90,4 @@ def time_lab_process(cmd: list[str], run_dir: str, steps: Optional[int] = None,
         err.seek(0)
         stderr = err.read()[-2000:]
     return LaunchTiming(first, last, total, proc.returncode, stderr,
-                        json.loads(last_line) if last_line is not None else None)
+                        json.loads(last_line) if last_line is not None else None, first_step, steps)

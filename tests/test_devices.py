@@ -63,3 +63,30 @@ def test_lab_train_makes_one_xla_device_per_core(tmp_path, tiny_overrides):
                         f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, env=env, timeout=HANG_S)
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"{usable_cores()} XLA cpu device(s)" in (tmp_path / "train.log").read_text()
+
+
+DRAWS = """
+import json, sys, jax, jax.numpy as jnp
+from lab.train.runtime import fast_compiling_threefry
+applied = fast_compiling_threefry() if sys.argv[1] == "fast" else None
+def draws(key):
+    k1, k2, k3 = jax.random.split(jax.random.fold_in(key, 7), 3)
+    return {"bits": jax.random.bits(k1, (257,)), "normal": jax.random.normal(k2, (3, 5)),
+            "randint": jax.random.randint(k3, (64,), 0, 65), "vmapped": jax.vmap(lambda k: jax.random.uniform(k, (4,)))(
+                jax.random.split(key, 6))}
+out = jax.jit(draws)(jax.random.PRNGKey(11))
+print(json.dumps({"applied": applied, **{k: jnp.ravel(v).tolist() for k, v in out.items()}}))
+"""
+
+
+def test_fast_compiling_threefry_draws_the_same_bits():
+    """lab.train.runtime.fast_compiling_threefry changes how XLA compiles threefry on CPU, never the
+    numbers: jitted draws (split, fold_in, bits, normal, randint, vmapped) equal a process without it."""
+    runs = {}
+    for mode in ("fast", "default"):
+        p = subprocess.run([sys.executable, "-c", DRAWS, mode], capture_output=True, text=True, timeout=HANG_S)
+        assert p.returncode == 0, p.stderr[-2000:]
+        runs[mode] = json.loads(p.stdout.strip().splitlines()[-1])
+    assert runs["fast"].pop("applied") is True        # the lowering was replaced
+    assert runs["default"].pop("applied") is None
+    assert runs["fast"] == runs["default"]

@@ -31,7 +31,7 @@ from lab.rundir import records_to_arrays
 from lab.train import llc_chains
 from lab.train.callbacks import AutoHeads
 from lab.train.restore import load_run
-from lab.train.runtime import batch_axis_mode, cache_sized_microbatch, largest_divisor
+from lab.train.runtime import batch_axis_mode, cache_sized_microbatch, fast_compiling_threefry, largest_divisor
 from lab.train.state import build, init_state, seed_range
 
 # Signals that stop a run cleanly (after the chunk, with a checkpoint). SIGUSR2 is what submitit asks SLURM
@@ -56,6 +56,7 @@ def auto_microbatch(cfg, task, model) -> int:
 
 class Trainer:
     def __init__(self, cfg, callbacks: Optional[list] = None):
+        fast_compiling_threefry()   # before anything is lowered; the same random bits
         self.task, self.model, self.optimizer, self.schedule = build(cfg)
         self.cfg = cfg
         self.seeds = seed_range(cfg.train)
