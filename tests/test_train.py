@@ -182,3 +182,33 @@ def test_train_log_follows_the_run(tmp_path, tiny_overrides):
     last = r.trainer.records[-1]
     assert f"rep_loss={np.mean(last['loss_repeat']):.4g}" in progress[-1]
     assert lines[-1].endswith(f"- completed: {r.summary['verdict']}")
+
+
+def test_an_intervention_set_at_step_0_reaches_the_first_chunk(tiny_overrides):
+    """The first chunk compiles and runs on a thread beside the step-0 measures (issue 28), from the
+    clamp arrays and interventions of that moment. A step-0 callback that changes them must still train
+    the first chunk with the new ones: such a run equals one whose intervention was set before training,
+    and differs from one without it."""
+    import jax.numpy as jnp
+
+    from lab.model.hooks import Intervention
+    from lab.train.callbacks import Callback
+    from lab.train.trainer import Trainer
+
+    cfg = lab.load_config(tiny_overrides + ["train.steps=20"])
+    zero_layer_0 = lambda: {"blocks.0.attn.pattern": Intervention(jnp.ones((), bool), jnp.zeros(()))}
+
+    class SetAtStepZero(Callback):
+        def on_log(self, trainer, record, outputs):
+            if record["step"] == 0:
+                trainer.interventions = zero_layer_0()
+
+    late = Trainer(cfg, callbacks=[SetAtStepZero()]).fit()
+    early = Trainer(cfg)
+    early.interventions = zero_layer_0()
+    early.fit()
+    plain = Trainer(cfg).fit()
+    losses = lambda t: [r["train_loss"] for r in t.records if r["step"] > 0]
+    assert len(losses(late)) == 2
+    assert losses(late) == losses(early)
+    assert losses(late)[0] != losses(plain)[0]
