@@ -1,6 +1,7 @@
 """The layers of lab/ (ARCHITECTURE.md): the import-linter contract holds, it names every module's
 layer, and an AST scan that counts imports written inside functions finds no import cycle and only
-the one deliberate function-local import of the lab's own modules (lab.app.cli -> lab.app.run)."""
+the two deliberate function-local imports of the lab's own modules (lab.app.cli -> lab.app.run,
+lab.app.run -> lab.app.after)."""
 import ast
 import subprocess
 import sys

@@ -121,7 +121,7 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
 
 
 def test_lab_plot_cli_on_a_run_and_a_multirun_dir(tmp_path, capsys):
-    from lab.app.cli import plot_main
+    from lab.app.plot import plot_main
     for job in ("0", "1"):
         make_fake_run(tmp_path / "sweep" / job, seeds=1, steps=12)
     with pytest.raises(SystemExit) as exit_:
@@ -302,7 +302,7 @@ def test_compare_labels_from_config_differences(tmp_path):
 
 
 def test_lab_plot_compare_cli(tmp_path, capsys, monkeypatch):
-    from lab.app.cli import plot_main
+    from lab.app.plot import plot_main
     for job in ("0", "1"):
         make_fake_run(tmp_path / "sweep" / job, seeds=1, steps=8, T=16, with_attention=False,
                       config={"optim.lr": [1e-3, 3e-3][int(job)]})
