@@ -50,7 +50,7 @@ run: $(STAMP)
 
 # One pytest worker per core (at most 4: each holds its own JAX); a file's tests stay on one worker,
 # so module fixtures are built once.
-PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --durations=25
 
 # lint-imports: the layers of lab/ (ARCHITECTURE.md), in a second, before the tests
 test: $(STAMP)
