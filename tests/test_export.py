@@ -177,6 +177,7 @@ def test_tl_state_dict_of_a_model_with_mlps_in_numpy():
     ({"readout_hidden": 128}, 0, "ReLU readout MLP in place of the unembedding (model.readout_hidden=128)"),
     ({}, 63, "continuous item inputs projected into the residual stream by W_F"),
     ({"smeared_keys": True}, 0, "smeared keys (model.smeared_keys=true"),
+    ({"pos_embed": "relative"}, 0, "relative positions (model.pos_embed=relative"),
 ])
 def test_models_transformer_lens_cannot_express_are_named(model, feature_dim, says):
     assert says in model_problem(model, feature_dim)

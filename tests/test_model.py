@@ -16,7 +16,7 @@ def tiny_model(**kw):
     return Model(cfg, vocab_size=11, seq_len=12)
 
 
-@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope", "none"])
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope", "relative", "none"])
 @pytest.mark.parametrize("attn_only", [True, False])
 def test_forward_shapes_and_cache(pos, attn_only):
     m = tiny_model(pos_embed=pos, attn_only=attn_only, layer_norm=not attn_only)
@@ -267,3 +267,57 @@ def test_smeared_1l_model_trains_and_alpha_gets_gradient(tiny_overrides):
     assert g.shape == (2,) and np.all(np.isfinite(g)) and np.all(g != 0) and np.isfinite(float(loss))
     new, _ = jax.jit(trainer.train_step)(state, args, {}, 0)
     assert np.all(np.asarray(new["params"]["blocks"][0]["attn"]["smear_alpha"]) != 0)
+
+
+# ---------------------------------------------------------------- relative positions (Shaw et al. 2018; Edelman et al. 2024)
+
+# q_0 = (1, 0), q_1 = (0, 1), q_2 = (1, 1); one key-side vector per offset: r_0 = (1, 2), r_1 = (3, 4), r_2 = (5, 6).
+# s[i, j] = q_i . r_{i-j}: row 0: q_0.r_0 = 1; row 1: q_1.r_1 = 4, q_1.r_0 = 2; row 2: q_2.r_2 = 11, q_2.r_1 = 7,
+# q_2.r_0 = 3; 0 above the diagonal.
+REL_Q = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
+REL_TABLE = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+REL_SCORES = [[1.0, 0.0, 0.0], [4.0, 2.0, 0.0], [11.0, 7.0, 3.0]]
+
+
+def test_relative_key_scores_by_hand():
+    from lab.model.transformer import relative_key_scores
+    q = jnp.array(REL_Q).reshape(1, 3, 1, 2)
+    table = jnp.array(REL_TABLE).reshape(3, 1, 2)
+    np.testing.assert_allclose(relative_key_scores(q, table)[0, 0], REL_SCORES)
+    # a longer table (offsets beyond the sequence) changes nothing; a second head reads its own vectors
+    q2, t2 = jnp.concatenate([q, -q], 2), jnp.concatenate([table, 10 * table], 1)
+    long = jnp.concatenate([t2, jnp.ones((4, 2, 2))], 0)
+    got = np.asarray(relative_key_scores(q2, long))[0]
+    np.testing.assert_allclose(got[0], REL_SCORES)
+    np.testing.assert_allclose(got[1], -10 * np.array(REL_SCORES))
+
+
+def test_relative_positions_in_the_model():
+    """One layer, one head, d_model 2, no LayerNorm, no scaling, W_Q = I, W_K = 0 (no content term) and
+    token embeddings equal to REL_Q: the scores are REL_SCORES, so the pattern's row 1 is
+    softmax(4, 2) = (1, e^-2) / (1 + e^-2) = (0.8808, 0.1192) and row 2 softmax(11, 7, 3) =
+    (1, e^-4, e^-8) / (1 + e^-4 + e^-8) = (0.98169, 0.017980, 0.000329). No absolute position enters
+    the stream; the fused switch is ignored (explicit path) and the logits agree with the hooked run."""
+    cfg = OmegaConf.structured(ModelConfig(n_layers=1, n_heads=1, d_model=2, layer_norm=False, attn_scale=False,
+                                           pos_embed="relative"))
+    m = Model(cfg, vocab_size=3, seq_len=3)
+    params = m.init(jax.random.key(0))
+    assert "W_pos" not in params and params["blocks"][0]["attn"]["W_rel"].shape == (3, 1, 2)
+    assert "pos_embed" not in m.hook_names
+    attn = params["blocks"][0]["attn"]
+    attn["W_Q"], attn["W_K"] = jnp.eye(2).reshape(2, 1, 2), jnp.zeros((2, 1, 2))
+    attn["W_rel"] = jnp.array(REL_TABLE).reshape(3, 1, 2)
+    params["W_E"] = jnp.array(REL_Q)
+    logits, cache = m.run_with_cache(params, jnp.array([[0, 1, 2]]), ["blocks.0.attn.scores", "blocks.0.attn.pattern"])
+    causal = np.tril(np.ones((3, 3), bool))
+    np.testing.assert_allclose(np.where(causal, cache["blocks.0.attn.scores"][0, 0], 0), REL_SCORES, rtol=1e-6)
+    np.testing.assert_allclose(cache["blocks.0.attn.pattern"][0, 0],
+                               [[1, 0, 0], [0.880797, 0.119203, 0], [0.981690, 0.017980, 0.000329]], atol=2e-6)
+    np.testing.assert_allclose(m.apply(params, jnp.array([[0, 1, 2]]))[0], logits, rtol=1e-6)
+
+
+def test_relative_positions_validate():
+    from lab.config.compose import load_config, validate
+    validate(load_config(["model.pos_embed=relative"]))
+    with pytest.raises(Exception, match="model.pos_embed"):
+        validate(load_config(["model.pos_embed=shaw"]))

@@ -47,6 +47,9 @@ def model_problem(model_cfg, feature_dim: int = 0) -> Optional[str]:
     if get("smeared_keys", False):
         return ("smeared keys (model.smeared_keys=true: each key mixed with the previous position's by a learned "
                 "per-head weight, Olsson et al. 2022): TransformerLens' attention has no smeared keys")
+    if get("pos_embed", "learned") == "relative":
+        return ("relative positions (model.pos_embed=relative: a learned key vector per offset i - j added to "
+                "the scores, Shaw et al. 2018): TransformerLens has no relative-position attention")
     if get("pos_embed", "learned") not in ("learned", "sinusoidal", "rope", "none"):
         return f"positional embedding {get('pos_embed')!r} (model.pos_embed)"
     if feature_dim:

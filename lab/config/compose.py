@@ -177,7 +177,7 @@ def validate(cfg) -> None:
                           "change one, or set model.d_head explicitly")
     if m.d_head is not None:
         positive("model.d_head", m.d_head)
-    choice("model.pos_embed", m.pos_embed, ("learned", "sinusoidal", "rope", "none"))
+    choice("model.pos_embed", m.pos_embed, ("learned", "sinusoidal", "rope", "relative", "none"))
     choice("model.attention", m.attention, ("softmax", "linear"))
     if m.readout_hidden is not None:
         positive("model.readout_hidden", m.readout_hidden)

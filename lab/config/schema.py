@@ -27,7 +27,7 @@ class ModelConfig:
     attn_only: bool = True
     d_mlp: Optional[int] = None       # default 4 * d_model
     layer_norm: bool = True           # pre-LayerNorm in each block and before the unembedding
-    pos_embed: str = "learned"        # learned | sinusoidal | rope | none
+    pos_embed: str = "learned"        # learned | sinusoidal | rope | relative (Shaw et al.: learned per-offset key vectors in each layer) | none
     rope_base: float = 10000.0
     init_std: float = 0.02
     attention: str = "softmax"        # softmax | linear (von Oswald et al.'s linear self-attention: no softmax)

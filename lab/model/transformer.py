@@ -78,6 +78,18 @@ def smear_keys(k: jax.Array, alpha: jax.Array) -> jax.Array:
     return mix * k + (1 - mix) * prev
 
 
+def relative_key_scores(q: jax.Array, table: jax.Array) -> jax.Array:
+    """Shaw et al. (2018)'s relative-position term of the attention scores, as Edelman et al. (2024) use
+    it: s[b, h, i, j] = q[b, i, h] . table[i - j, h] for j <= i (0 above the diagonal, which the causal
+    mask hides). q is (batch, pos, head, d_head); table (max_offset, head, d_head) holds one learned
+    key-side vector per offset i - j = 0 .. max_offset - 1 and head. Returns (batch, head, query, key)."""
+    T = q.shape[1]
+    per_offset = jnp.einsum("bqhe,ohe->bhqo", q, table[:T])               # q_i . r_o for every offset o
+    offset = jnp.arange(T)[:, None] - jnp.arange(T)[None, :]             # (query, key): i - j
+    rel = jnp.take_along_axis(per_offset, jnp.broadcast_to(jnp.maximum(offset, 0), per_offset.shape), axis=-1)
+    return jnp.where(offset >= 0, rel, 0.0)
+
+
 class Attention(nnx.Module):
     """Multi-head attention. With `smeared_keys` (Olsson et al. 2022) each head h has a learned scalar
     `smear_alpha[h]` and its scores use the smeared keys k'_j = sigma(alpha_h) k_j + (1 - sigma(alpha_h)) k_{j-1}
@@ -94,9 +106,14 @@ class Attention(nnx.Module):
       RoPE, as in every model and TransformerLens' hook_k); the smeared key the scores use has its own
       site, `attn.k_smeared` (after RoPE), present only in smeared-key models. An intervention on `attn.k`
       reaches the scores through the smear (a patched k_j changes k'_j and k'_{j+1}).
+
+    With `pos_embed=relative` (Shaw et al. 2018; Edelman et al. 2024's model) each layer has a learned
+    table `W_rel` (seq_len, head, d_head), one key-side vector per offset i - j, and the scores are
+    (q_i . k_j + q_i . W_rel[i - j]) * scale (see `relative_key_scores`); the stream carries no position.
+    These scores have no fused kernel: the model takes the explicit path, so `attn.scores` includes the term.
     """
 
-    def __init__(self, cfg, d_head: int, rngs: nnx.Rngs):
+    def __init__(self, cfg, d_head: int, rngs: nnx.Rngs, seq_len: int = 0):
         D, H, s = cfg.d_model, cfg.n_heads, cfg.init_std
         self.W_Q = _normal(rngs, (D, H, d_head), s)
         self.W_K = _normal(rngs, (D, H, d_head), s)
@@ -108,6 +125,9 @@ class Attention(nnx.Module):
         self.fused = cfg.fused_attention and not self.linear
         if getattr(cfg, "smeared_keys", False):   # a run saved before the option has none
             self.smear_alpha = nnx.Param(jnp.full((H,), SMEAR_INIT))
+        if cfg.pos_embed == "relative":
+            self.W_rel = _normal(rngs, (seq_len, H, d_head), s)
+            self.fused = False
 
     def __call__(self, x, hooks: Hooks, p: str):
         q = hooks(f"{p}.q", jnp.einsum("btd,dhe->bthe", x, self.W_Q[...]))
@@ -120,7 +140,10 @@ class Attention(nnx.Module):
         if self.fused and not (hooks.wants(f"{p}.scores") or hooks.wants(f"{p}.pattern")):
             hooks.seen += [f"{p}.scores", f"{p}.pattern"]
             return self._project(hooks(f"{p}.z", softmax_attention(q, k, v, self.scale)), hooks, p)
-        scores = jnp.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
+        scores = jnp.einsum("bqhe,bkhe->bhqk", q, k)
+        if hasattr(self, "W_rel"):
+            scores = scores + relative_key_scores(q, self.W_rel[...])
+        scores = scores * self.scale
         causal = causal_mask(x.shape[1])
         if self.linear:   # linear self-attention (von Oswald et al. 2022): the causal scores themselves
             scores = hooks(f"{p}.scores", jnp.where(causal, scores, 0.0))
@@ -152,9 +175,9 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg, d_head: int, rngs: nnx.Rngs):
+    def __init__(self, cfg, d_head: int, rngs: nnx.Rngs, seq_len: int = 0):
         self.ln1 = _norm(cfg.d_model, cfg.layer_norm, rngs)
-        self.attn = Attention(cfg, d_head, rngs)
+        self.attn = Attention(cfg, d_head, rngs, seq_len)
         if not cfg.attn_only:
             self.ln2 = _norm(cfg.d_model, cfg.layer_norm, rngs)
             self.mlp = MLP(cfg, rngs)
@@ -192,7 +215,7 @@ class Transformer(nnx.Module):
         self.pos_kind = cfg.pos_embed
         if cfg.pos_embed == "learned":
             self.W_pos = _normal(rngs, (seq_len, D), s)
-        self.blocks = nnx.List([Block(cfg, d_head, rngs) for _ in range(cfg.n_layers)])
+        self.blocks = nnx.List([Block(cfg, d_head, rngs, seq_len) for _ in range(cfg.n_layers)])
         self.ln_final = _norm(D, cfg.layer_norm, rngs)
         if cfg.readout_hidden:
             self.readout = Readout(D, cfg.readout_hidden, n_outputs, s, rngs)
