@@ -12,9 +12,9 @@ from conftest import CACHE
 from lab.config.compose import validate
 from lab.core import ConfigError
 from lab.config.compose import load_config
-from lab.tasks.markov import (MarkovBatch, MarkovTask, bigram_predictor, kl_to_model, predictor_losses,
-                              stationary_distribution, statistical_induction_keys, statistical_induction_score,
-                              unigram_predictor)
+from lab.tasks.markov import (MarkovBatch, MarkovTask, bigram_predictor, complete_doubly_stochastic, kl_to_model,
+                              predictor_losses, stationary_distribution, statistical_induction_keys,
+                              statistical_induction_score, unigram_predictor)
 
 TINY = ["task=markov", "task.seq_len=24", "task.burn_in=4", "task.probe_size=8", "model.d_model=16",
         "model.n_heads=2", "train=tiny", f"train.compile_cache={CACHE}", "train.tensorboard=false"]
@@ -74,6 +74,43 @@ def test_initial_state_stationary_or_uniform():
     u = sample(make(initial_state="uniform"))
     pi_u = np.asarray(stationary_distribution(jnp.asarray(u.transitions)))
     np.testing.assert_allclose(pi_u[np.arange(N), u.tokens[:, 0]].mean(), 1 / k, atol=0.008)
+
+
+def test_complete_doubly_stochastic_by_hand():
+    """Block [[.5, .2], [.3, .4]]: last column 1 - .7 = .3 and 1 - .7 = .3; last row 1 - (.5 + .3 + 0) ... i.e.
+    1 - .8 = .2, 1 - .6 = .4, and the corner 1 - (.3 + .3) = .4 (= Σ block - (k - 2) = 1.4 - 1)."""
+    P = np.asarray(complete_doubly_stochastic(jnp.array([[0.5, 0.2], [0.3, 0.4]])))
+    np.testing.assert_allclose(P, [[0.5, 0.2, 0.3], [0.3, 0.4, 0.3], [0.2, 0.4, 0.4]], atol=1e-6)
+    # a block whose first row sums past 1 completes to a negative entry: the sampler redraws it
+    assert complete_doubly_stochastic(jnp.array([[0.7, 0.5], [0.1, 0.1]]))[0, 2] < 0
+
+
+def test_doubly_stochastic_chains():
+    """Rows and columns sum to 1 with every entry positive; the uniform measure on the 3-state Birkhoff
+    polytope is symmetric under permuting rows or columns, so every entry averages 1/3; π is uniform, so
+    the in-context unigram predictor does no better than the uniform guess ln 3 while the bigram one does."""
+    task = make(transitions="doubly_stochastic", seq_len=48)
+    b = sample(task)
+    P = b.transitions
+    np.testing.assert_allclose(P.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(P.sum(-2), 1.0, atol=1e-5)
+    assert P.min() > 0
+    np.testing.assert_allclose(P.mean(0), 1 / 3, atol=0.01)
+    np.testing.assert_allclose(stationary_distribution(jnp.asarray(P[:100])), 1 / 3, atol=1e-4)
+    x = jnp.asarray(b.tokens)
+    mask = task.scored()[None]
+    uni = float(jnp.mean(jnp.where(mask, predictor_losses(unigram_predictor(x, 3, 1.0), x), 0)) / mask.mean())
+    bi = float(jnp.mean(jnp.where(mask, predictor_losses(bigram_predictor(x, 3, 1.0), x), 0)) / mask.mean())
+    assert uni > math.log(3) - 0.005 and bi < math.log(3) - 0.05
+
+
+def test_probe_transitions():
+    """The probe follows probe_transitions (Dirichlet columns do not sum to 1), training batches `transitions`."""
+    task = make(transitions="doubly_stochastic", probe_transitions="dirichlet")
+    assert np.abs(np.asarray(task.probe().transitions).sum(-2) - 1).max() > 0.1
+    np.testing.assert_allclose(np.asarray(task.sample(jax.random.key(0), 4).transitions).sum(-2), 1.0, atol=1e-5)
+    same = make(transitions="doubly_stochastic", probe_transitions="doubly_stochastic")
+    np.testing.assert_allclose(np.asarray(same.probe().transitions).sum(-2), 1.0, atol=1e-5)
 
 
 def test_sampling_is_seeded():
@@ -140,6 +177,10 @@ def test_phase_threshold_lies_between_the_predictors():
     ("task.initial_state=first", "task.initial_state='first' is not allowed; choose one of stationary, uniform"),
     ("task.burn_in=-1", "task.burn_in=-1 must be >= 0"),
     ("task.seq_len=17", "task.seq_len=17 leaves no prediction after task.burn_in=16"),
+    ("task.transitions=birkhoff", "task.transitions='birkhoff' is not allowed; choose one of dirichlet, doubly_stochastic"),
+    ("task.probe_transitions=uniform", "task.probe_transitions='uniform' is not allowed; choose one of dirichlet"),
+    ("task.transitions=doubly_stochastic", "task.transitions=doubly_stochastic samples uniformly by rejection, "
+                                           "which accepts too rarely for task.n_states=5; use n_states <= 4"),
 ])
 def test_config_errors(override, message):
     cfg = load_config(["task=markov", override])

@@ -7,6 +7,12 @@ distribution π (π P = π; `initial_state: uniform` draws it uniformly instead)
 x_{t+1} ~ P[x_t, ·] for t = 0..T-2. The model predicts the next token at every position; since P
 is new in every sequence, it can only be estimated from the context.
 
+`transitions: doubly_stochastic` is Edelman et al.'s control: P uniform on the Birkhoff polytope (rows
+and columns sum to 1; their rejection sampler, see `uniform_doubly_stochastic`), so π is uniform and
+the in-context unigram predictor is no better than the uniform guess: no unigram stage to pass through.
+`probe_transitions` draws the probe (every measure) from the other prior, so both conditions are
+measured on the same Dirichlet chains, as in their figure.
+
 Two in-context strategies bracket what the model learns (Edelman et al.'s phases: uniform, then
 unigram, then bigram):
   - unigram:  p_t(b) = (n_t(b) + α) / (t + 1 + kα),                 n_t(b) = #{s <= t : x_s = b}
@@ -32,9 +38,9 @@ loss curve locks onto it; α = 1 and T = 64 as a CPU-sized context.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -47,18 +53,23 @@ from lab.measures.losses import icl_positions, icl_score, masked_mean, token_los
 from lab.tasks.base import Task as BaseTask, TrainedCheck
 
 INITIAL_STATES = ("stationary", "uniform")
+TRANSITIONS = ("dirichlet", "doubly_stochastic")
+MAX_DOUBLY_STOCHASTIC_STATES = 4   # rejection accepts 1 draw in ~900 at k = 4 and far fewer beyond (Edelman et al. stop at 5)
 FORMED_TAIL = 3        # head_formed judges the mean of a score's last 3 logged values
 
 
 @dataclass
 class Config(TaskConfig):
-    """In-context Markov chains: a fresh k-state chain with Dirichlet(α) rows in every sequence."""
+    """In-context Markov chains: a fresh k-state chain with Dirichlet(α) rows (or, as a control, a uniformly
+    drawn doubly-stochastic matrix) in every sequence."""
     name: str = "markov"
     seq_len: int = 64              # T, tokens per sequence (no BOS)
     n_states: int = 5              # k, the number of states = token ids 0..k-1
     dirichlet_alpha: float = 1.0   # α: rows P[a, .] ~ Dirichlet(α·1); also the predictors' pseudo-count
     initial_state: str = "stationary"  # x_0 ~ π(P), the stationary distribution | uniform over the k states
     burn_in: int = 16              # the main metric scores predictions from positions t >= burn_in only
+    transitions: str = "dirichlet"     # dirichlet: rows ~ Dirichlet(α) | doubly_stochastic: uniform on the Birkhoff polytope (Edelman et al.'s control)
+    probe_transitions: Optional[str] = None  # the probe's chains: null = as `transitions` | dirichlet | doubly_stochastic
 
 
 def validate(cfg) -> None:
@@ -70,6 +81,12 @@ def validate(cfg) -> None:
     if t.initial_state not in INITIAL_STATES:
         raise ConfigError(f"task.initial_state={t.initial_state!r} is not allowed; choose one of "
                           f"{', '.join(INITIAL_STATES)}")
+    for key in ("transitions", "probe_transitions"):
+        if t[key] is not None and t[key] not in TRANSITIONS:
+            raise ConfigError(f"task.{key}={t[key]!r} is not allowed; choose one of {', '.join(TRANSITIONS)}")
+    if "doubly_stochastic" in (t.transitions, t.probe_transitions) and t.n_states > MAX_DOUBLY_STOCHASTIC_STATES:
+        raise ConfigError(f"task.transitions=doubly_stochastic samples uniformly by rejection, which accepts too rarely "
+                          f"for task.n_states={t.n_states}; use n_states <= {MAX_DOUBLY_STOCHASTIC_STATES}")
     if t.burn_in < 0:
         raise ConfigError(f"task.burn_in={t.burn_in} must be >= 0")
     if t.seq_len < t.burn_in + 2:
@@ -93,6 +110,34 @@ def stationary_distribution(P: jax.Array) -> jax.Array:
     pi = jnp.linalg.solve(A, jnp.ones(P.shape[:-1])[..., None])[..., 0]
     pi = jnp.clip(pi, 0.0)
     return pi / pi.sum(-1, keepdims=True)
+
+
+def complete_doubly_stochastic(block: jax.Array) -> jax.Array:
+    """The k x k matrix whose top-left (k-1) x (k-1) block is `block` and whose last column and row make
+    every row and column sum to 1: P[a, k-1] = 1 - Σ_{b<k-1} block[a, b], then P[k-1, b] = 1 - Σ_{a<k-1} P[a, b]
+    (so P[k-1, k-1] = Σ block - (k - 2)). It is doubly stochastic iff every entry is >= 0, and every
+    doubly-stochastic matrix is the completion of its own block: the (k-1)² free coordinates of the
+    Birkhoff polytope."""
+    top = jnp.concatenate([block, 1 - block.sum(-1, keepdims=True)], -1)           # (..., k-1, k)
+    return jnp.concatenate([top, 1 - top.sum(-2, keepdims=True)], -2)               # (..., k, k)
+
+
+def uniform_doubly_stochastic(key: jax.Array, k: int) -> jax.Array:
+    """A k x k doubly-stochastic matrix drawn uniformly from the Birkhoff polytope (Edelman et al. 2024's
+    `doubly_stochastic` chains, their k < 6 sampler): the (k-1)² free entries uniform on [0, 1),
+    completed by `complete_doubly_stochastic`, redrawn until every entry is positive (rejection; the
+    completion is affine, so what is accepted is uniform on the polytope). Its stationary distribution
+    is uniform, so the in-context unigram statistics carry no information about the next token beyond
+    what the uniform guess has. About 1 in 8 draws is accepted for k = 3 and 1 in 900 for k = 4 (hence MAX_DOUBLY_STOCHASTIC_STATES)."""
+    def draw(key):
+        return complete_doubly_stochastic(jax.random.uniform(key, (k - 1, k - 1)))
+
+    def redraw(state):
+        key, sub = jax.random.split(state[0])
+        return key, draw(sub)
+
+    key, sub = jax.random.split(key)
+    return jax.lax.while_loop(lambda state: ~jnp.all(state[1] > 0), redraw, (key, draw(sub)))[1]
 
 
 # Edelman et al.'s statistical-induction keys are the keys after every earlier occurrence
@@ -177,6 +222,8 @@ class MarkovTask(BaseTask):
     burn_in: int
     probe_size: int
     probe_seed: int
+    transitions: str = "dirichlet"
+    probe_transitions: Optional[str] = None
 
     @property
     def model_vocab_size(self) -> int:
@@ -227,7 +274,10 @@ class MarkovTask(BaseTask):
     def _sample_one(self, key: jax.Array) -> MarkovBatch:
         k, T = self.n_states, self.seq_len
         k_P, k_0, k_u = jax.random.split(key, 3)
-        P = jax.random.dirichlet(k_P, jnp.full((k,), self.dirichlet_alpha), (k,))
+        if self.transitions == "doubly_stochastic":
+            P = uniform_doubly_stochastic(k_P, k)
+        else:
+            P = jax.random.dirichlet(k_P, jnp.full((k,), self.dirichlet_alpha), (k,))
         pi = stationary_distribution(P) if self.initial_state == "stationary" else jnp.full((k,), 1.0 / k)
         x0 = jax.random.categorical(k_0, jnp.log(pi)).astype(jnp.int32)
         cum = jnp.cumsum(P, -1)
@@ -241,6 +291,13 @@ class MarkovTask(BaseTask):
 
     def sample(self, key: jax.Array, batch_size: int) -> MarkovBatch:
         return jax.vmap(self._sample_one)(jax.random.split(key, batch_size))
+
+    def probe(self) -> MarkovBatch:
+        """The fixed probe, of `probe_transitions` chains when set (e.g. a model trained on doubly-stochastic
+        chains measured on Dirichlet ones, as Edelman et al. test it), else of the training chains."""
+        if self.probe_transitions in (None, self.transitions):
+            return super().probe()
+        return replace(self, transitions=self.probe_transitions, probe_transitions=None).probe()
 
     def scored(self) -> jax.Array:
         """(T-1,) bool: the predictions (from positions t >= burn_in) the main metric averages."""
