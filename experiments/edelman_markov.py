@@ -1,25 +1,43 @@
 """Statistical induction heads (Edelman et al. 2024, "The evolution of statistical induction heads:
 in-context learning Markov chains").
 
-A 2-layer attention-only transformer on in-context Markov chains (task=markov: a fresh k-state
-chain per sequence) is compared during training with the two in-context predictors that bracket it:
-the unigram one (state frequencies in the context) and the bigram one (transition counts; Bayes
-optimal). KL(predictor || model) on the probe tracks which one the model is closest to. Claims:
-training passes through the unigram solution, then moves abruptly to the bigram solution, and that
-transition comes with the statistical induction head (layer 1 attends to tokens that followed earlier
-occurrences of the current token).
+Their model and optimiser (preset `edelman`; their code: github.com/EzraEdelman/Evolution-of-Statistical-
+Induction-Heads, training_pipeline.py, mingpt/model_rpe.py, mingpt/trainer.py, datasets.py): a 2-layer
+attention-only transformer, 1 head per layer, d_model 16, pre-LayerNorm, learned relative positions
+(Shaw et al.: a key-side vector per offset i - j added to the scores, `model.pos_embed=relative`), no
+absolute positions; AdamW lr 5e-4, betas (0.9, 0.95), weight decay 0.1, constant lr; batch 64; k = 3
+states, 101-token sequences (100 predictions), Dirichlet(1) rows; 2000 steps.
+
+Two conditions, both measured on the same probe of Dirichlet chains (task.probe_transitions):
+  - markov: trained on Dirichlet chains (task.transitions=dirichlet);
+  - doubly_stochastic: their control, trained on chains whose transition matrix is uniform on the
+    Birkhoff polytope (their rejection sampler), so the stationary distribution is uniform and the
+    in-context unigram predictor is worth nothing: no unigram solution to stop at.
+The model is compared during training with the two in-context predictors that bracket it: the unigram
+one (state frequencies in the context) and the bigram one (transition counts; Bayes optimal for
+Dirichlet chains). KL(predictor || model) on the probe tracks which one the model is closest to.
+
+Claims (Dirichlet run): training passes through the unigram solution and stays there for a stretch
+(a plateau: steps at which KL to the bigram predictor is >= 2x KL to the unigram one), then moves
+abruptly to the bigram solution as the statistical induction head forms (layer 1 attends to the tokens
+that followed earlier occurrences of the current token). Control, paired by seed (same initialisation):
+less time at the unigram solution, and the bigram transition (the first step where the probe loss is
+below halfway from the unigram predictor's loss to the bigram one's) earlier.
 
 Stages per seed: summary.json's change-point stages of loss_markov (chance -> unigram -> bigram);
 the unigram stage is the step where KL to the unigram predictor is smallest before the model gets
 closer to the bigram predictor; the transition to bigram is a change-point transition of KL to the
-bigram predictor after that step (abrupt: steep enough to cross its whole range within 35 % of the
-run). Its timing against the induction head compares onsets: where KL to the bigram predictor
-starts to fall, and where the first layer-1 head that becomes a statistical induction head starts
-to rise. A sigmoid fit of the whole fall is not used: the fall starts at once after a short unigram
-stage, and the sigmoid then puts its midpoint before the run.
+bigram predictor after that step. Its timing against the induction head compares onsets: where KL to
+the bigram predictor starts to fall, and where the first layer-1 head that becomes a statistical
+induction head starts to rise.
 
-    python -m experiments.edelman_markov          # 5 seeds x 2000 steps
-    python -m experiments.edelman_markov --full   # 8 seeds x 4000 steps
+Deviations from their code: no dropout (theirs 0.1 on embeddings, attention, residual and relative
+vectors; the lab's model has none); weight decay on every parameter (theirs: linear maps only); W_O
+initialised with std 0.02 (theirs 0.01); the loss plotted is the mean over positions >= 16 of the probe
+(theirs: the last token's); 5 seeds by default (their mixture figure: 10).
+
+    python -m experiments.edelman_markov          # 5 seeds x 2000 steps per condition, their scale
+    python -m experiments.edelman_markov --full   # 10 seeds x 4000 steps per condition (GPU node)
 """
 from __future__ import annotations
 

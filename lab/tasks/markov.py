@@ -34,7 +34,8 @@ Phase detection runs between the unigram and bigram predictors' losses (`phase_t
 
 Defaults: k = 5 rather than Edelman et al.'s k = 3, because with k = 3 the first drop (chance to
 unigram, about 0.1 nat) is as large as the unigram-to-bigram gap and a single sigmoid fit of the
-loss curve locks onto it; α = 1 and T = 64 as a CPU-sized context.
+loss curve locks onto it; α = 1 and T = 64 as a CPU-sized context. The `edelman` experiment preset
+sets their k = 3 and T = 101 (its script reads the stages from KL curves, not one sigmoid).
 """
 from __future__ import annotations
 
