@@ -20,6 +20,14 @@ that. Because y_q is odd in w while every term of a one-layer linear-attention o
 the form Σ_i y_i (x_q^T A x_i + ...) is even in w, the best one-layer model *is* ŷ_GD with A = η* I (by
 the coordinate symmetry of the input distribution), so loss_query → gd_loss is the expected end point.
 
+For a K-layer model the measures also compare it with K steps of GD from w = 0 with one fitted rate
+(`gd_steps_loss`) and with K steps of GD++ (`gdpp_loss`, `pred_distance_gdpp`, `sensitivity_cosine_gdpp`),
+von Oswald et al.'s multi-layer references: GD++ also maps every input by x ← (I − γ_l Σ_i x_i x_iᵀ) x
+at each step (`gdpp_prediction`); both are fitted on FIT_SIZE sequences of the training distribution
+(`fit_references`). With model.attn_mask=context (every token reads the context tokens, as in their
+code) K linear layers can run either exactly; under the causal mask they cannot (a context token
+would only read the tokens before it).
+
 Per-head scores (so the lab's plots and phase detection have their usual keys):
   - "induction" here is the *GD-kernel alignment* of the head (`gd_attention_score`): the Pearson
     correlation, over the context keys, between the query's attention row and the kernel x_q·x_i that
@@ -213,8 +221,8 @@ def fit_references(task: "RegressionTask", steps: int) -> References:
 
 
 def gdpp_sensitivity(features: jax.Array, etas, gammas) -> jax.Array:
-    """∂ŷ_GD++/∂x_q (B, d): GD++'s prediction is linear in x_q, ŷ = x_q·((Π_l (I − γ_l C_l))ᵀ-mapped w);
-    taken by autodiff of `gdpp_prediction` (sequences do not interact)."""
+    """∂ŷ_GD++/∂x_q (B, d), by autodiff of `gdpp_prediction` (ŷ is linear in x_q; sequences do not
+    interact, so the gradient of the batch sum is each sequence's own)."""
     def total(xq):
         return gdpp_prediction(features.at[:, -1, :-1].set(xq), etas, gammas).sum()
     return jax.grad(total)(features[:, -1, :-1])
