@@ -119,17 +119,15 @@ def _agreement_figure(runs, target_var, path):
         axes[0].plot(run.steps, np.nanmedian(run.curve("pred_distance_gdpp") / target_var, 1), color=c, lw=2,
                      label=f"K = {depth}")
         axes[1].plot(run.steps, np.nanmedian(run.curve("sensitivity_cosine_gdpp"), 1), color=c, lw=2, label=f"K = {depth}")
-        for name, x, fc in (("model", run.final("loss_query"), c), ("GD", run.final("gd_steps_loss"), "tab:orange"),
-                            ("GD++", run.final("gdpp_loss"), "white")):
-            off = {"model": 0.0, "GD": -0.2, "GD++": 0.2}[name]
-            axes[2].scatter(np.full(len(x), depth + off), x, color=fc, edgecolor="k" if name == "GD++" else fc,
-                            s=22, zorder=3, label=None)
-    axes[2].scatter([], [], color="grey", s=22, label="trained model (per seed)")
-    axes[2].scatter([], [], color="tab:orange", s=22, label="K steps of GD")
-    axes[2].scatter([], [], color="white", edgecolor="k", s=22, label="K steps of GD++")
+        axes[2].scatter(np.full(run.final("loss_query").shape, depth), run.final("loss_query"), color=c, s=22, zorder=3,
+                        alpha=0.7, label=f"trained {depth}-layer model (per seed)")
+    ks = list(runs)
+    axes[2].plot(ks, [float(runs[k].final("gd_steps_loss").mean()) for k in ks], "s--", color="tab:orange", label="K steps of GD")
+    axes[2].plot(ks, [float(runs[k].final("gdpp_loss").mean()) for k in ks], "o--", color="k", mfc="white",
+                 label="K steps of GD++")
     axes[0].axhline(PRED_TOL, color="grey", ls=":", lw=0.8)
     axes[0].set_yscale("log")
-    axes[0].set_title("preds diff: ‖ŷ − ŷ_GD++‖² / Var(y_q)")
+    axes[0].set_title("preds diff: mean (ŷ − ŷ_GD++)² / Var(y_q)")
     axes[1].axhline(COS_MIN, color="grey", ls=":", lw=0.8)
     axes[1].set_ylim(-0.05, 1.02)
     axes[1].set_title("model cos: cos(∂ŷ/∂x_q, ∂ŷ_GD++/∂x_q)")
@@ -142,7 +140,7 @@ def _agreement_figure(runs, target_var, path):
     axes[2].set_ylim(bottom=0)
     axes[2].set_title("loss at the end of training")
     axes[2].legend(fontsize=8)
-    return save_figure(fig, path, "Trained K-layer linear self-attention against K steps of GD++ (medians over seeds)")
+    return save_figure(fig, path, "Trained K-layer linear self-attention against K steps of GD++ (medians over seeds; for K = 1 GD++ is one GD step)")
 
 
 def _claims_for(depth: int, run, target_var: float) -> list[dict]:
