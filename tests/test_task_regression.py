@@ -171,3 +171,100 @@ def test_tiny_end_to_end(tmp_path):
     for key in ("induction", "prev_token", "prev_token_corrected"):
         assert r.metrics[key].shape == (5, 1, 1, 1) and np.all(np.isfinite(r.metrics[key])), key
     assert (tmp_path / "summary.json").exists() and (tmp_path / "plots" / "loss.png").exists()
+
+
+# ---- K steps of GD and of GD++ (von Oswald et al. 2022's multi-layer references) ----
+
+def test_gd_steps_and_gdpp_by_hand():
+    # d = 1, N = 2: x = (1, 2), y = (2, 4) (w = 2), x_q = 1; η = 0.1 every step
+    f = jnp.asarray([[[1, 2], [2, 4], [1, 0]]], jnp.float32)
+    # one step: w_1 = η Σ y_i x_i = 0.1 (2 + 8) = 1, ŷ = 1
+    np.testing.assert_allclose(R.gdpp_prediction(f, jnp.asarray([0.1])), [1.0], rtol=1e-6)
+    # two steps: residuals r = y − w_1 x = (1, 2), w_2 = 1 + 0.1 (1·1 + 2·2) = 1.5
+    np.testing.assert_allclose(R.gdpp_prediction(f, jnp.asarray([0.1, 0.1])), [1.5], rtol=1e-6)
+    # GD++ with γ_1 = 0.1: C = Σ x_i² = 5, so step 1 also maps every x to (1 − 0.5) x = x/2; step 2 then
+    # adds 0.1 Σ (x_q/2)(x_i/2) r_i = 0.1 (0.25 + 1) = 0.125: ŷ = 1.125; γ_2 never reaches ŷ
+    for g2 in (0.0, 3.0):
+        np.testing.assert_allclose(R.gdpp_prediction(f, jnp.asarray([0.1, 0.1]), jnp.asarray([0.1, g2])),
+                                   [1.125], rtol=1e-6)
+    # ŷ is linear in x_q with slope 1.125
+    np.testing.assert_allclose(R.gdpp_sensitivity(f, jnp.asarray([0.1, 0.1]), jnp.asarray([0.1, 0.0])),
+                               [[1.125]], rtol=1e-6)
+    # one GD++ step is one GD step, whatever γ
+    np.testing.assert_allclose(R.gdpp_prediction(f, jnp.asarray([0.5]), jnp.asarray([7.0])),
+                               R.gd_prediction(f, 0.5), rtol=1e-6)
+
+
+def test_fitted_references():
+    task = make()
+    one = R.fit_references(task, 1)
+    features, target = R.fit_sample(task, R.FIT_SIZE, task.probe_seed + R.FIT_SEED_OFFSET)
+    # one step: the loss is quadratic in η, minimised at Σ_b g_b y_b / Σ_b g_b² with g = ŷ_GD at η = 1
+    g = np.asarray(R.gd_prediction(jnp.asarray(features), 1.0), np.float64)
+    np.testing.assert_allclose(one.eta_gd, g @ target / (g @ g), rtol=1e-3)
+    np.testing.assert_allclose(one.gdpp_fit_loss, one.gd_fit_loss, rtol=1e-6)
+    two = R.fit_references(task, 2)
+    assert two.gdpp_fit_loss < two.gd_fit_loss < one.gd_fit_loss   # more steps help; GD++ starts from GD
+    assert two.gammas_gdpp[-1] == 0.0 and len(two.etas_gdpp) == 2
+    pred = R.gdpp_prediction(jnp.asarray(features), jnp.asarray(two.etas_gdpp), jnp.asarray(two.gammas_gdpp))
+    np.testing.assert_allclose(R.half_squared_error(pred, jnp.asarray(target)), two.gdpp_fit_loss, rtol=1e-4)
+    assert R.fit_references(task, 2) is two                            # cached per (task, K)
+
+
+def gdpp_model(task, etas, gammas, mask="context"):
+    """len(etas) linear self-attention layers that run GD++ exactly (von Oswald et al.'s construction,
+    src/data.py create_weights(lin_diag=True)): the stream is [x, s] (W_F = I), every layer's head
+    has W_Q = W_K = projection on x, W_V = I and W_O = diag(−γ_l I, −η_l), so position t gets
+    (−γ_l Σ_i (x_t·x_i) x_i, −η_l Σ_i (x_t·x_i) s_i) from the context i; the query's s is −ŷ: W_U = −1."""
+    D, d = task.dim + 1, task.dim
+    cfg = lab.load_config(["task=regression", "model=linear_attn", f"model.d_model={D}",
+                           f"model.n_layers={len(etas)}", f"model.attn_mask={mask}"])
+    model = Model.for_task(cfg.model, task)
+    px = np.diag([1.0] * d + [0.0])[:, None, :]
+    blocks = {l: {"attn": {"W_Q": px, "W_K": px, "W_V": np.eye(D)[:, None, :],
+                           "W_O": -np.diag([g] * d + [e])[None]}} for l, (e, g) in enumerate(zip(etas, gammas))}
+    params = {"W_E": np.zeros((1, D)), "W_F": np.eye(D), "W_U": -np.eye(D)[:, d:], "blocks": blocks}
+    return model, jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+
+
+def test_context_mask_linear_attention_runs_gdpp():
+    task = make(probe_size=64)
+    probe = task.probe()
+    etas, gammas = [0.2, 0.3], [0.05, 0.0]
+    model, params = gdpp_model(task, etas, gammas)
+    logits, _ = model.apply(params, probe)
+    ref = R.gdpp_prediction(probe.features, jnp.asarray(etas), jnp.asarray(gammas))
+    np.testing.assert_allclose(task.prediction(logits), ref, rtol=1e-4, atol=1e-5)
+    # under the causal mask a context token reads only the ones before it: not GD++ any more
+    causal, _ = gdpp_model(task, etas, gammas, mask="causal")
+    assert float(jnp.max(jnp.abs(task.prediction(causal.apply(params, probe)[0]) - ref))) > 1e-2
+
+
+def test_measures_of_an_exact_gdpp_model():
+    task = make(probe_size=64)
+    ref = R.fit_references(task, 2)
+    model, params = gdpp_model(task, ref.etas_gdpp, ref.gammas_gdpp)
+    probe = task.probe()
+    forward = lambda batch, names: model.apply(params, batch, cache_names=names)
+    out = jax.jit(lambda p: task.measures(model, p, probe, forward, None, False))(params)
+    np.testing.assert_allclose(out["loss_query"], out["gdpp_loss"], rtol=1e-4)
+    assert float(out["pred_distance_gdpp"]) < 1e-8
+    np.testing.assert_allclose(out["sensitivity_cosine_gdpp"], 1.0, rtol=1e-5)
+    assert out["gdpp_loss"] < out["gd_steps_loss"] < out["gd_loss"]
+
+
+@pytest.mark.parametrize("override,message", [
+    (["model.attn_mask=full"], "model.attn_mask='full' is not allowed"),
+    (["model.attention=softmax"], "model.attn_mask=context (every position reads the context tokens"),
+])
+def test_attn_mask_errors(override, message):
+    cfg = lab.load_config(["task=regression", "model=linear_attn", "model.attn_mask=context"] + override)
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_context_mask_by_hand():
+    from lab.model.kernels import context_mask
+    # T = 3: positions 0, 1 are the context, 2 the query; every row reads keys 0 and 1 only
+    np.testing.assert_array_equal(context_mask(3), [[1, 1, 0], [1, 1, 0], [1, 1, 0]])

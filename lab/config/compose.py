@@ -179,6 +179,10 @@ def validate(cfg) -> None:
         positive("model.d_head", m.d_head)
     choice("model.pos_embed", m.pos_embed, ("learned", "sinusoidal", "rope", "relative", "none"))
     choice("model.attention", m.attention, ("softmax", "linear"))
+    choice("model.attn_mask", m.get("attn_mask", "causal"), ("causal", "context"))
+    if m.get("attn_mask", "causal") == "context" and m.attention != "linear":
+        raise ConfigError("model.attn_mask=context (every position reads the context tokens, von Oswald et al.) "
+                          "is for model.attention=linear; set model.attention=linear or model.attn_mask=causal")
     if m.readout_hidden is not None:
         positive("model.readout_hidden", m.readout_hidden)
     if m.pos_embed == "rope" and (m.d_head or m.d_model // m.n_heads) % 2:

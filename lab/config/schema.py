@@ -35,6 +35,7 @@ class ModelConfig:
     readout_hidden: Optional[int] = None  # a ReLU MLP of this width replaces the unembedding (Reddy's classifier)
     fused_attention: bool = True      # softmax attention with a hand-written backward when no hook reads the pattern
     smeared_keys: bool = False        # Olsson et al. 2022: each key mixed with the previous position's by a learned per-head sigma(alpha_h)
+    attn_mask: str = "causal"         # causal | context: every position attends to the context (all but the last position), not itself if last; von Oswald et al.'s linear self-attention
 
 
 @dataclass

@@ -13,6 +13,14 @@ def causal_mask(T: int) -> jax.Array:
     return jnp.tril(jnp.ones((T, T), bool))
 
 
+def context_mask(T: int) -> jax.Array:
+    """(T, T) bool: every query position reads keys 0 .. T-2 (the context), none reads the last position
+    (the query token). Von Oswald et al. (2022)'s linear self-attention: keys and values are the N context
+    tokens for every token, so a context token also reads the ones after it. T = 3:
+    [[1, 1, 0], [1, 1, 0], [1, 1, 0]]."""
+    return jnp.ones((T, T), bool).at[:, -1].set(False)
+
+
 def _bmm(a, b):
     """a @ b over two leading batch axes, (., ., M, K) x (., ., K, N) -> (., ., M, N). The attention
     core writes every product of T x T arrays in this form: the form XLA:CPU's fast matmul library

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lab.model.hooks import ActivationCache, Hooks, resolve_interventions, resolve_names
-from lab.model.kernels import causal_mask, dense, softmax_attention
+from lab.model.kernels import causal_mask, context_mask, dense, softmax_attention
 
 
 def _normal(rngs: nnx.Rngs, shape, std):
@@ -123,6 +123,7 @@ class Attention(nnx.Module):
         self.scale = 1 / math.sqrt(d_head) if cfg.attn_scale else 1.0
         self.linear = cfg.attention == "linear"
         self.fused = cfg.fused_attention and not self.linear
+        self.context_only = getattr(cfg, "attn_mask", "causal") == "context"   # a run saved before the option has none
         if getattr(cfg, "smeared_keys", False):   # a run saved before the option has none
             self.smear_alpha = nnx.Param(jnp.full((H,), SMEAR_INIT))
         if cfg.pos_embed == "relative":
@@ -144,8 +145,8 @@ class Attention(nnx.Module):
         if hasattr(self, "W_rel"):
             scores = scores + relative_key_scores(q, self.W_rel[...])
         scores = scores * self.scale
-        causal = causal_mask(x.shape[1])
-        if self.linear:   # linear self-attention (von Oswald et al. 2022): the causal scores themselves
+        causal = context_mask(x.shape[1]) if self.context_only else causal_mask(x.shape[1])
+        if self.linear:   # linear self-attention (von Oswald et al. 2022): the masked scores themselves
             scores = hooks(f"{p}.scores", jnp.where(causal, scores, 0.0))
             pattern = hooks(f"{p}.pattern", scores)
         else:

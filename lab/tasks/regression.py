@@ -20,6 +20,14 @@ that. Because y_q is odd in w while every term of a one-layer linear-attention o
 the form Σ_i y_i (x_q^T A x_i + ...) is even in w, the best one-layer model *is* ŷ_GD with A = η* I (by
 the coordinate symmetry of the input distribution), so loss_query → gd_loss is the expected end point.
 
+For a K-layer model the measures also compare it with K steps of GD from w = 0 with one fitted rate
+(`gd_steps_loss`) and with K steps of GD++ (`gdpp_loss`, `pred_distance_gdpp`, `sensitivity_cosine_gdpp`),
+von Oswald et al.'s multi-layer references: GD++ also maps every input by x ← (I − γ_l Σ_i x_i x_iᵀ) x
+at each step (`gdpp_prediction`); both are fitted on FIT_SIZE sequences of the training distribution
+(`fit_references`). With model.attn_mask=context (every token reads the context tokens, as in their
+code) K linear layers can run either exactly; under the causal mask they cannot (a context token
+would only read the tokens before it).
+
 Per-head scores (so the lab's plots and phase detection have their usual keys):
   - "induction" here is the *GD-kernel alignment* of the head (`gd_attention_score`): the Pearson
     correlation, over the context keys, between the query's attention row and the kernel x_q·x_i that
@@ -33,11 +41,13 @@ NotImplementedError): the `induction` clamp value does not apply.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lab.config.schema import TaskConfig
 from lab.core import ConfigError, choice, positive
@@ -111,6 +121,113 @@ def gd_prediction(features: jax.Array, eta) -> jax.Array:
     return eta * jnp.einsum("bi,bid,bd->b", y, x, xq)
 
 
+def gdpp_prediction(features: jax.Array, etas, gammas=None) -> jax.Array:
+    """ŷ after K = len(etas) steps of GD++ from w = 0 (von Oswald et al. 2022, sec. 4 "GD++"; the K-layer
+    construction of their code, src/data.py `create_weights(lin_diag=True)`): step l takes a GD step
+    with rate η_l on the current inputs and, in parallel, transforms every input (context and query)
+    by x ← (I − γ_l C_l) x with C_l = Σ_i x_i x_iᵀ over the current context inputs. Tracking the
+    residuals r_i = y_i − w·x_i and the prediction p = w·x_q, step l is
+        p ← p + η_l Σ_i (x_q·x_i) r_i,   r_j ← r_j − η_l Σ_i (x_j·x_i) r_i,   x ← (I − γ_l C_l) x.
+    gammas=None (all 0) is K steps of plain GD with rates η_l; with K = 1 GD++ is one GD step. The
+    last γ never reaches ŷ. features (B, N+1, d+1); etas, gammas (K,). Returns (B,)."""
+    x, r, xq = split_features(features)
+    p = jnp.zeros(r.shape[0], features.dtype)
+    gammas = jnp.zeros(len(etas)) if gammas is None else gammas
+    for l in range(len(etas)):
+        kq = jnp.einsum("bd,bid->bi", xq, x)                  # x_q·x_i
+        kc = jnp.einsum("bjd,bid->bji", x, x)                 # x_j·x_i
+        cov = jnp.einsum("bid,bie->bde", x, x)                # C_l
+        p = p + etas[l] * jnp.sum(kq * r, -1)
+        r = r - etas[l] * jnp.einsum("bji,bi->bj", kc, r)
+        x = x - gammas[l] * jnp.einsum("bde,bie->bid", cov, x)
+        xq = xq - gammas[l] * jnp.einsum("bde,be->bd", cov, xq)
+    return p
+
+
+def _split_theta(theta, steps: int):
+    """GD++ parameters as one vector [η_1..η_K, γ_1..γ_{K-1}] (γ_K never reaches ŷ) -> (etas, gammas)."""
+    return theta[:steps], jnp.concatenate([theta[steps:], jnp.zeros(1)])
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _reference_loss(theta, features, target, steps: int, shared: bool):
+    """(loss, gradient in θ) of K GD steps with one rate θ[0] (shared) or of GD++ with θ = [η, γ]."""
+    def loss(t):
+        etas, gammas = (jnp.full(steps, t[0]), None) if shared else _split_theta(t, steps)
+        return half_squared_error(gdpp_prediction(features, etas, gammas), target)
+    return jax.value_and_grad(loss)(theta)
+
+
+def _minimize(features, target, steps: int, shared: bool, theta0) -> tuple[np.ndarray, float]:
+    """BFGS (scipy) from theta0 on the reference loss; returns theta0 unless the result is better."""
+    from scipy.optimize import minimize
+
+    def f(t):
+        value, grad = _reference_loss(jnp.asarray(t, jnp.float32), features, target, steps, shared)
+        return float(value), np.asarray(grad, np.float64)
+    res = minimize(f, np.asarray(theta0, np.float64), jac=True, method="BFGS")
+    start = f(theta0)[0]
+    return (res.x, float(res.fun)) if res.fun <= start else (np.asarray(theta0, np.float64), start)
+
+
+def _fit_references(features, target, steps: int, eta_start: float):
+    """(η_GD, GD loss, GD++ θ, GD++ loss) fitted on (features, target); see `fit_references`."""
+    grid = eta_start * np.linspace(0.02, 2.0, 100)   # the paper's grid search, then a refinement
+    losses = [float(_reference_loss(jnp.array([e], jnp.float32), features, target, steps, True)[0]) for e in grid]
+    (eta,), gd = _minimize(features, target, steps, True, [grid[int(np.argmin(losses))]])
+    theta0 = np.concatenate([np.full(steps, eta), np.zeros(steps - 1)])   # = GD: GD++ can only improve on it
+    theta, pp = _minimize(features, target, steps, False, theta0)
+    return eta, gd, theta, pp
+
+
+FIT_SIZE = 10000     # sequences the references are fitted on (von Oswald et al. fit on 10k tasks too)
+FIT_SEED_OFFSET = 1  # numpy seed probe_seed + 1: a sample apart from the probe
+
+
+def fit_sample(task: "RegressionTask", n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(features (n, N+1, d+1), targets (n,)) drawn with numpy from the task's distribution (as
+    `RegressionTask.sample`, whose compilation for one more batch size costs more than the fit)."""
+    rng = np.random.default_rng(seed)
+    d, T = task.dim, task.seq_len
+    w = rng.standard_normal((n, d))
+    x = rng.uniform(-1, 1, (n, T, d)) if task.x_dist == "uniform" else rng.standard_normal((n, T, d))
+    y = np.einsum("ntd,nd->nt", x, w) + task.noise * rng.standard_normal((n, T))
+    features = np.concatenate([x, y[..., None]], -1).astype(np.float32)
+    features[:, -1, -1] = 0.0
+    return features, y[:, -1].astype(np.float32)
+
+
+class References(NamedTuple):
+    steps: int           # K
+    eta_gd: float        # the one rate of K plain GD steps (von Oswald et al.: one tuned lr for every step)
+    etas_gdpp: tuple     # GD++'s η_1..η_K
+    gammas_gdpp: tuple   # GD++'s γ_1..γ_K (γ_K = 0: it never reaches ŷ)
+    gd_fit_loss: float   # losses on the fitting sample
+    gdpp_fit_loss: float
+
+
+@functools.lru_cache(maxsize=16)
+def fit_references(task: "RegressionTask", steps: int) -> References:
+    """K = `steps` steps of GD (one rate η for every step, fitted by a grid search then BFGS, as von
+    Oswald et al. scan their lr) and of GD++ (per-step η_l, γ_l fitted by BFGS from that GD solution;
+    they fit theirs by Adam) on FIT_SIZE fresh sequences of the task's distribution. GD++ starts at
+    the GD solution (γ = 0), so its fitted loss is never above GD's. Concrete numbers, computed once
+    per (task, K), also when first asked for inside a jit trace."""
+    with jax.ensure_compile_time_eval():
+        features, target = fit_sample(task, FIT_SIZE, task.probe_seed + FIT_SEED_OFFSET)
+        eta, gd, theta, pp = _fit_references(jnp.asarray(features), jnp.asarray(target), steps, task.gd_lr)
+        etas, gammas = _split_theta(jnp.asarray(theta), steps)
+        return References(steps, float(eta), tuple(map(float, etas)), tuple(map(float, gammas)), float(gd), float(pp))
+
+
+def gdpp_sensitivity(features: jax.Array, etas, gammas) -> jax.Array:
+    """∂ŷ_GD++/∂x_q (B, d), by autodiff of `gdpp_prediction` (ŷ is linear in x_q; sequences do not
+    interact, so the gradient of the batch sum is each sequence's own)."""
+    def total(xq):
+        return gdpp_prediction(features.at[:, -1, :-1].set(xq), etas, gammas).sum()
+    return jax.grad(total)(features[:, -1, :-1])
+
+
 def gd_sensitivity(features: jax.Array) -> jax.Array:
     """∂ŷ_GD/∂x_q = η Σ_i y_i x_i, up to the positive factor η (cosines do not need it). Returns (B, d)."""
     x, y, _ = split_features(features)
@@ -170,6 +287,8 @@ def query_sensitivity(forward, batch: RegressionBatch) -> jax.Array:
 class RegressionTask(BaseTask):
     name = "regression"
     main_metric, main_accuracy, main_metric_label = "loss_query", "r2_query", "query loss"
+    baselines = {"gd_loss": "one GD step", "gd_steps_loss": "K GD steps (K = layers)",
+                 "gdpp_loss": "K GD++ steps"}
 
     seq_len: int
     dim: int
@@ -256,13 +375,22 @@ class RegressionTask(BaseTask):
         pred = self.prediction(logits)
         gd_pred = gd_prediction(probe.features, self.gd_lr)
         loss, r2 = self.main_scores(logits, probe)
+        ref = fit_references(self, model.n_layers)            # K = the model's depth
+        etas, gammas = jnp.asarray(ref.etas_gdpp), jnp.asarray(ref.gammas_gdpp)
+        gdk_pred = gdpp_prediction(probe.features, jnp.full(ref.steps, ref.eta_gd))
+        gdpp_pred = gdpp_prediction(probe.features, etas, gammas)
+        sens = query_sensitivity(forward, probe)
         return {
+            "gd_steps_loss": half_squared_error(gdk_pred, probe.target),
+            "gdpp_loss": half_squared_error(gdpp_pred, probe.target),
+            "pred_distance_gdpp": pred_distance(pred, gdpp_pred),
+            "sensitivity_cosine_gdpp": sensitivity_cosine(sens, gdpp_sensitivity(probe.features, etas, gammas)),
             "loss": loss,
             "loss_query": loss,
             "r2_query": r2,
             "gd_loss": half_squared_error(gd_pred, probe.target),
             "pred_distance": pred_distance(pred, gd_pred),
-            "sensitivity_cosine": sensitivity_cosine(query_sensitivity(forward, probe), gd_sensitivity(probe.features)),
+            "sensitivity_cosine": sensitivity_cosine(sens, gd_sensitivity(probe.features)),
             **heads,
         }
 
