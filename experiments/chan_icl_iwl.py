@@ -14,7 +14,7 @@ evaluation sets, as Chan et al. define them (their code, google-deepmind/emergen
        the 64 least frequent classes.
 
 Two questions:
-1. Zipf exponent (Chan et al. Sec. 4, Fig. 5): with uniform classes (α = 0) the network learns in
+1. Zipf exponent (Chan et al., their Zipf-exponent sweep): with uniform classes (α = 0) the network learns in
    context and not in weights; as α grows the common classes are learned in weights and in-context
    learning falls; near α = 1 both coexist in the same model. Here α in {0, 1, 2} (--full: 0, 0.5, 1,
    1.5, 2), K = 4096 training classes, 5 seeds each.
@@ -30,7 +30,7 @@ MLPs (4 heads, d_model 64), not a 12-layer one with a ResNet embedder; fixed Gau
 (D = 16, noise 0.5, 10 per class), not Omniglot images; 4096 / 1024 training classes, not 1600 /
 12 800 (512 for transience); bursts of 2 classes x 4 (Chan: 2 classes x 3 plus 2 random items); 32 labels shared by the
 classes (k mod 32), not one label per class; Adam at a constant 1e-3 without clipping (Chan: 3e-4 with
-4000 warmup steps, inverse-sqrt decay, clipping 0.25); thousands of steps, not 5e5 (Chan) or 10^7
+4000 warmup steps, inverse-sqrt decay, clipping 0.25); thousands of steps, not 5e5 (Chan) or millions
 (Singh): all to fit a 2-core CPU. Singh et al. found L2 regularisation makes ICL persist; no weight
 decay is used here, as in their transient runs.
 
@@ -43,7 +43,7 @@ for the event), not refuted. Coexistence at α = 1: per seed the
 smaller of the two normalised accuracies, (acc − chance) / (1 − chance), and its interval above 0.5.
 The α trends compare the conditions' means (unit=CONDITION, listed, not averaged as seeds).
 
-    python -m experiments.chan_icl_iwl            # 3 x 5 seeds x 1500 steps (α sweep) + 5 seeds x 4000 steps (transience)
+    python -m experiments.chan_icl_iwl            # 3 x 5 seeds x 1500 steps (α sweep) + 5 seeds x 8000 steps (transience)
     python -m experiments.chan_icl_iwl --full     # α in 0..2 by 0.5 at 20k steps, transience over 50k steps (GPU node)
 """
 from __future__ import annotations
@@ -145,7 +145,7 @@ def _figure_sweep(sweep, path):
     ax.set_xticks(alphas)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
-    return save_figure(fig, path, "Zipf exponent: in-context vs in-weights (Chan et al. 2022 Fig. 5 analogue)")
+    return save_figure(fig, path, "Zipf exponent: in-context vs in-weights (beside Chan et al. 2022's Zipf sweep)")
 
 
 def _figure_transience(run, rows, path):
@@ -187,7 +187,7 @@ def _sweep_claims(sweep) -> list[dict]:
     n_labels = sweep[alphas[0]].cfg.task.n_labels
     icl = {a: normalised(sweep[a].final(ICL_KEY), ICL_CHANCE) for a in alphas}
     iwl = {a: normalised(sweep[a].final(IWL_KEY), 1 / n_labels) for a in alphas}
-    paper = ("Chan et al. 2022 Sec. 4 / Fig. 5 (bursty training, Zipf-distributed classes): as the Zipf exponent "
+    paper = ("Chan et al. 2022, Zipf-exponent sweep (bursty training, Zipf-distributed classes): as the Zipf exponent "
              "rises, in-weights learning of the common classes rises and in-context learning on held-out classes "
              "falls; around α = 1 the model does both")
     if 1.0 in sweep:
@@ -245,7 +245,7 @@ def _transience_claims(run, rows, full_steps: int) -> list[dict]:
     else:
         why = ""
     paper = ("Singh et al. 2023 Fig. 1 (also Chan et al. 2022 appendix): ICL emerges, then disappears and gives way to "
-             "IWL with long training, all while the training loss decreases; they found it at 12 layers over ~10^7 "
+             "IWL with long training, all while the training loss decreases; they found it at 12 layers over millions of "
              "steps and that L2 regularisation makes ICL persist (no weight decay here)")
     idx = [int(np.flatnonzero(run.steps == r["peak_step"])[0]) for r in rows]
     per_seed = "; ".join(
@@ -272,7 +272,7 @@ def main(argv=None):
     seeds = exp.seeds(1, 5, 5)
     alphas = exp.pick((0.0, 1.0), (0.0, 1.0, 2.0), (0.0, 0.5, 1.0, 1.5, 2.0))
     sweep_steps = exp.pick(30, 1500, 20000)
-    trans_steps = exp.pick(None, 4000, FULL_TRANSIENCE_STEPS)
+    trans_steps = exp.pick(None, 8000, FULL_TRANSIENCE_STEPS)
     probe = exp.pick(32, 256, 512)
     common = [f"experiment={PRESET}", f"train.seeds={seeds}", f"task.probe_size={probe}"]
     sweep = {}
