@@ -43,7 +43,7 @@ for the event), not refuted. Coexistence at α = 1: per seed the
 smaller of the two normalised accuracies, (acc − chance) / (1 − chance), and its interval above 0.5.
 The α trends compare the conditions' means (unit=CONDITION, listed, not averaged as seeds).
 
-    python -m experiments.chan_icl_iwl            # 3 x 5 seeds x 1500 steps (α sweep) + 5 seeds x 8000 steps (transience)
+    python -m experiments.chan_icl_iwl            # 3 x 5 seeds x 3000 steps (α sweep) + 5 seeds x 8000 steps (transience)
     python -m experiments.chan_icl_iwl --full     # α in 0..2 by 0.5 at 20k steps, transience over 50k steps (GPU node)
 """
 from __future__ import annotations
@@ -167,13 +167,12 @@ def _figure_transience(run, rows, path):
     axes[0].set_ylabel("accuracy")
     axes[0].legend(fontsize=7)
     axes[1].axhline(math.log(run.cfg.task.n_labels), color="grey", lw=0.7, ls=":", label="chance ln 32")
-    axes[1].set_yscale("log")
     axes[1].set_title("training-distribution query loss (probe)", fontsize=10)
     axes[1].legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("training step")
-    return save_figure(fig, path, f"Transience: ICL rises, then gives way to IWL (α = 0, K = {run.cfg.task.n_classes}; "
-                                  "Singh et al. 2023 Fig. 1 analogue)")
+    return save_figure(fig, path, f"Transience: does ICL give way to IWL with long training? (α = 0, "
+                                  f"K = {run.cfg.task.n_classes}; beside Singh et al. 2023 Fig. 1)")
 
 
 def _trained_note(run) -> tuple[list[bool], str]:
@@ -266,23 +265,26 @@ def _transience_claims(run, rows, full_steps: int) -> list[dict]:
                   "95 % CI of the mean below 0", ci_beyond(fall, 0.0, "below"), paper=paper, not_measured=why)]
 
 
+def conditions(exp) -> tuple[dict, tuple]:
+    """{α: (label, overrides)} of the sweep and (label, overrides) of the transience run, for the mode."""
+    seeds = exp.seeds(1, 5, 5)
+    alphas = exp.pick((0.0, 1.0), (0.0, 1.0, 2.0), (0.0, 0.5, 1.0, 1.5, 2.0))
+    common = [f"experiment={PRESET}", f"train.seeds={seeds}", f"task.probe_size={exp.pick(32, 256, 512)}"]
+    sweep = {a: (f"alpha{a:g}", common + [f"task.zipf_alpha={a}", f"train.steps={exp.pick(30, 3000, 20000)}",
+                                          f"train.log_every={exp.pick(10, 100, 500)}"]) for a in alphas}
+    trans = (f"transient_K{TRANSIENCE_CLASSES}", common + [
+        "task.zipf_alpha=0", f"task.n_classes={TRANSIENCE_CLASSES}",
+        f"train.steps={exp.pick(30, 8000, FULL_TRANSIENCE_STEPS)}", f"train.log_every={exp.pick(10, 200, 500)}"])
+    return sweep, trans
+
+
 def main(argv=None):
     exp = Experiment("chan_icl_iwl", "In-context vs in-weights learning: Zipf exponent and transience",
                      "Chan et al. 2022; Singh et al. 2023", argv)
-    seeds = exp.seeds(1, 5, 5)
-    alphas = exp.pick((0.0, 1.0), (0.0, 1.0, 2.0), (0.0, 0.5, 1.0, 1.5, 2.0))
-    sweep_steps = exp.pick(30, 1500, 20000)
-    trans_steps = exp.pick(None, 8000, FULL_TRANSIENCE_STEPS)
-    probe = exp.pick(32, 256, 512)
-    common = [f"experiment={PRESET}", f"train.seeds={seeds}", f"task.probe_size={probe}"]
-    sweep = {}
-    for a in alphas:
-        sweep[a] = exp.run(f"alpha{a:g}", common + [f"task.zipf_alpha={a}", f"train.steps={sweep_steps}",
-                                                    f"train.log_every={exp.pick(10, 100, 500)}"])
+    sweep_conditions, trans_condition = conditions(exp)
+    sweep = {a: exp.run(label, overrides) for a, (label, overrides) in sweep_conditions.items()}
     # smoke: the α = 0 run stands in for the long one (one compile fewer; smoke verdicts mean nothing)
-    trans = sweep[0.0] if exp.smoke else exp.run(f"transient_K{TRANSIENCE_CLASSES}", common + [
-        "task.zipf_alpha=0", f"task.n_classes={TRANSIENCE_CLASSES}", f"train.steps={trans_steps}",
-        f"train.log_every={exp.pick(10, 200, 500)}"])
+    trans = sweep[0.0] if exp.smoke else exp.run(*trans_condition)
     rows = [transience(trans.steps, trans.curve(ICL_KEY)[:, s]) for s in range(trans.curve(ICL_KEY).shape[1])]
     claims = _sweep_claims(sweep) + _transience_claims(trans, rows, FULL_TRANSIENCE_STEPS)
     figs = [_figure_sweep(sweep, exp.figure_path("zipf_sweep.png")),
