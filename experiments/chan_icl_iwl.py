@@ -152,25 +152,26 @@ def _figure_transience(run, rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
-    icl, iwl, loss = run.curve(ICL_KEY), run.curve(IWL_KEY), run.curve("loss_query")
-    for s, r in enumerate(rows):
-        color = f"C{s}"
-        axes[0].plot(run.steps, icl[:, s], color=color, lw=1.1, label=f"seed {s}")
-        axes[0].plot(run.steps, iwl[:, s], color=color, lw=1.1, ls="--")
-        axes[0].scatter([r["peak_step"]], [r["peak"]], color=color, marker="v", s=30, zorder=3)
-        axes[1].plot(run.steps, loss[:, s], color=color, lw=1.1)
-    axes[0].axhline(ICL_CHANCE, color="grey", lw=0.7, ls=":")
-    axes[0].set_ylim(-0.02, 1.02)
-    axes[0].set_title("ICL (solid, held-out classes) and IWL (dashed, common classes)\n▼: smoothed ICL peak",
-                      fontsize=10)
-    axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=7)
-    axes[1].axhline(math.log(run.cfg.task.n_labels), color="grey", lw=0.7, ls=":", label="chance ln 32")
-    axes[1].set_title("training-distribution query loss (probe)", fontsize=10)
-    axes[1].legend(fontsize=7)
-    for ax in axes:
+    n_labels = run.cfg.task.n_labels
+    panels = ((ICL_KEY, "ICL, held-out classes: argmax over the\ncontext's 2 labels (Chan's; claims)", ICL_CHANCE),
+              ("acc_icl", "ICL, held-out classes: argmax over\nall 32 labels (shown, not claimed)", 1 / n_labels),
+              (IWL_KEY, "IWL, common classes absent\nfrom the context", 1 / n_labels),
+              ("loss_query", "query loss on the training\ndistribution (probe)", math.log(n_labels)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.9))
+    for ax, (key, title, chance) in zip(axes, panels):
+        curves = run.curve(key)
+        for s in range(curves.shape[1]):
+            ax.plot(run.steps, curves[:, s], color=f"C{s}", lw=0.9, alpha=0.75, label=f"seed {s}")
+        ax.plot(run.steps, curves.mean(1), color="black", lw=1.8, label="mean")
+        ax.axhline(chance, color="grey", lw=0.7, ls=":")
+        ax.set_title(title, fontsize=9.5)
         ax.set_xlabel("training step")
+        if key != "loss_query":
+            ax.set_ylim(-0.02, 1.02)
+    for s, r in enumerate(rows):
+        axes[0].scatter([r["peak_step"]], [r["peak"]], color=f"C{s}", marker="v", s=30, zorder=3)
+    axes[0].set_ylabel("accuracy (dotted: chance; ▼ smoothed ICL peak)")
+    axes[0].legend(fontsize=7, loc="lower right")
     return save_figure(fig, path, f"Transience: does ICL give way to IWL with long training? (α = 0, "
                                   f"K = {run.cfg.task.n_classes}; beside Singh et al. 2023 Fig. 1)")
 
@@ -227,7 +228,7 @@ def _transience_claims(run, rows, full_steps: int) -> list[dict]:
     """Transience claims over the seeds that trained, whose ICL rose and whose IWL took over by the end;
     not measured (with the reason) where no seed qualifies: the run was too short for the event."""
     ok, untrained = _trained_note(run)
-    iwl, loss = run.curve(IWL_KEY), run.curve("loss_query")
+    iwl, loss, open_icl = run.curve(IWL_KEY), run.curve("loss_query"), run.curve("acc_icl")
     iwl_final = normalised(iwl[-SMOOTH:].mean(0), 1 / run.cfg.task.n_labels)
     rose = [r["rose"] and t for r, t in zip(rows, ok)]
     took_over = [bool(v >= IWL_LEARNED) for v in iwl_final]
@@ -248,8 +249,8 @@ def _transience_claims(run, rows, full_steps: int) -> list[dict]:
              "steps and that L2 regularisation makes ICL persist (no weight decay here)")
     idx = [int(np.flatnonzero(run.steps == r["peak_step"])[0]) for r in rows]
     per_seed = "; ".join(
-        f"seed {s}: ICL peak {r['peak']:.2f} at step {r['peak_step']:.0f} -> {r['final']:.2f}, IWL {iwl[i, s]:.2f} -> "
-        f"{iwl[-SMOOTH:, s].mean():.2f}" + ("" if u else " (not counted: " + ("ICL never rose" if not ro else
+        f"seed {s}: ICL peak {r['peak']:.2f} at step {r['peak_step']:.0f} -> {r['final']:.2f} (over all labels "
+        f"{open_icl[i, s]:.2f} -> {open_icl[-SMOOTH:, s].mean():.2f}), IWL {iwl[i, s]:.2f} -> {iwl[-SMOOTH:, s].mean():.2f}" + ("" if u else " (not counted: " + ("ICL never rose" if not ro else
                                                                            "IWL never took over") + ")")
         for s, (r, i, ro, u) in enumerate(zip(rows, idx, rose, use)))
     drops = [r["drop"] if u else None for r, u in zip(rows, use)]
