@@ -16,7 +16,7 @@ PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 # The task each experiment script trains on.
 SCRIPT_TASK = {"olsson_layers": "induction", "singh_subcircuits": "singh", "reddy_data": "reddy",
                "bi_induct_copy": "copy", "von_oswald_gd": "regression", "edelman_markov": "markov",
-               "hoogland_stages": "regression"}
+               "hoogland_stages": "regression", "chan_icl_iwl": "chan"}
 # The override strings the scripts repeated before the presets existed (their condition overrides
 # aside): a preset composes exactly the config they did.
 RECIPES = {
@@ -33,7 +33,7 @@ RECIPES = {
                 "optim.b2=0.95", "optim.weight_decay=0.1", "optim.schedule=constant", "optim.warmup_steps=0",
                 "train.steps=2000"],
     "bietti": ["task=triggers"],
-    "chan": ["task=chan", "model=singh", "train.steps=3000"],
+    "chan": ["task=chan", "model=transformer_2l", "train.steps=3000", "train.batch_size=32"],
     "hoogland_lm": ["task=induction", "model=attn_only_2l", "measures.llc.every=75"],
     "hoogland_regression": ["task=regression", "model=transformer_2l", "task.dim=4", "task.n_context=15",
                             "task.seq_len=16", "train.steps=2000", "measures.llc.every=100"],
