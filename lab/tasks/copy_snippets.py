@@ -52,7 +52,7 @@ from lab.core import ConfigError, choice, positive
 from lab.measures.heads import (attention_measures, copying_scores, induction_recent_score, induction_score,
                                 pattern_sites, per_head)
 from lab.measures.losses import masked_mean, token_losses
-from lab.tasks.base import Task as BaseTask
+from lab.tasks.base import Task as BaseTask, TrainedCheck
 
 
 @dataclass
@@ -322,11 +322,10 @@ class CopyTask(BaseTask):
             return self.n_snippets
         return (self.seq_len - int(self.bos)) // (2 * self.max_len + 1)
 
-    def trained_check(self):
+    def trained_check(self) -> TrainedCheck:
         """A snippet-free stream (n_snippets = 0) is judged on its own next-token loss (loss_background,
         in-context predictable on a markov background); otherwise the default (loss_copy)."""
         if self.max_snippets == 0:
-            from lab.tasks.base import TrainedCheck
             return TrainedCheck("loss_background", self.chance_loss, self.chance_text, 0.95 * self.chance_loss)
         return super().trained_check()
 
