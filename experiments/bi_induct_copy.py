@@ -80,7 +80,14 @@ RANK_BY = {"baseline": ("induction",), "forward": ("induction",), "balanced": ("
 RANK_TEXT = {("induction",): "induction score", ("backward_match",): "backward_match",
              ("induction", "backward_match"): "max(induction, backward_match)"}
 TOP_PERCENT = 2.0          # the paper's "top 2 % per layer": rounds up to one head per layer
-EVAL_TASK = {"backward_frac": 0.5, "n_snippets": 3}   # the common ICL probe every model is ablated on
+# ICL probes (256 held-out sequences of the markov stream with 3 snippets each), by copy direction. Each model
+# is ablated on the directions it was trained to copy (the baseline on forward copies: its stream's repeats run
+# forward), and every model on the forward probe, the common probe whose relative drops are compared (the
+# paper's ICL probes are the same for every model).
+PROBES = {"forward": {"backward_frac": 0.0, "n_snippets": 3}, "balanced": {"backward_frac": 0.5, "n_snippets": 3},
+          "backward": {"backward_frac": 1.0, "n_snippets": 3}}
+OWN_PROBE = {"baseline": "forward", "forward": "forward", "balanced": "balanced", "backward": "backward"}
+COMMON_PROBE = "forward"
 DRAWS = 20                 # random head sets per seed
 # Thresholds fixed from the paper's wording before any result was seen:
 INDUCTION_THR = 0.4        # a head "forms" / exists to rank: the lab's head threshold (measures.phase)
@@ -88,19 +95,21 @@ NEAR_ZERO = 0.1            # "anti-induction scores remain near zero": strongest
 ASYMMETRY = 0.3            # "strong forward/backward asymmetry": induction beats anti-induction by >= 0.3
 
 
-def _ablate(exp, run, stream, draws, eval_size):
-    """lab.analysis.ablation.ablate on the run's checkpoint, ranked by RANK_BY[stream] and scored on
-    EVAL_TASK's probe; cached in the run directory as bi_induct_ablation.json."""
+def _ablate(exp, run, stream, probe, draws, eval_size):
+    """lab.analysis.ablation.ablate on the run's checkpoint, ranked by RANK_BY[stream] (on the balanced
+    probe, which has both directions' spans) and scored on PROBES[probe]; cached in the run directory as
+    bi_induct_ablation_<probe>.json."""
     from lab.analysis.ablation import ablate
-    path = run.run_dir / "bi_induct_ablation.json"
+    path = run.run_dir / f"bi_induct_ablation_{probe}.json"
     settings = {"kind": "mean", "top_percent": TOP_PERCENT, "draws": draws, "eval_size": eval_size}
-    wanted = {**settings, "rank_by": list(RANK_BY[stream]), "eval_task": EVAL_TASK, "step": int(run.steps[-1])}
+    wanted = {**settings, "rank_by": list(RANK_BY[stream]), "eval_task": PROBES[probe], "step": int(run.steps[-1])}
     if path.exists():
         cached = json.loads(path.read_text())
         if all(cached.get(k) == v for k, v in wanted.items()):
             return cached
-    exp.say(f"{run.label}: ablating the top head per layer by {RANK_TEXT[RANK_BY[stream]]} vs random, {draws} draws")
-    result = ablate(run.run_dir, seed=0, eval_seed=0, rank_by=RANK_BY[stream], eval_task=EVAL_TASK, **settings)
+    exp.say(f"{run.label}: ablating the top head per layer by {RANK_TEXT[RANK_BY[stream]]} vs random, {draws} draws, "
+            f"on {probe} copies")
+    result = ablate(run.run_dir, seed=0, eval_seed=0, rank_by=RANK_BY[stream], eval_task=PROBES[probe], **settings)
     path.write_text(json.dumps(result))
     return result
 
@@ -155,9 +164,10 @@ def _head_figure(runs, path):
     return save_figure(fig, path)
 
 
-def _ablation_figure(abl, path, heads_label, chance):
-    """Beside the paper's ablation figure: per training stream, the ICL measure unablated, with the
-    top heads and with as many random heads removed; and the relative drop in copy accuracy."""
+def _ablation_figure(abl, common, path, heads_label, chance):
+    """Beside the paper's ablation figure: per training stream, the ICL measure (copy loss on the
+    directions it was trained on) unablated, with the top heads and with as many random heads removed;
+    and the relative drop in copy accuracy on the common forward-copy probe."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -173,14 +183,17 @@ def _ablation_figure(abl, path, heads_label, chance):
         for x, s in zip(xs + off, streams):
             ax.scatter(np.full(len(abl[s][cond]), x), abl[s][cond], color="black", s=10, zorder=3)
     ax.axhline(chance, ls="--", color="0.3", lw=1, label=f"chance (ln V = {chance:.2f})")
-    ax.set_xticks(xs, [f"{s}\n(top by {RANK_TEXT[RANK_BY[s]]})" for s in streams], fontsize=8)
-    ax.set_ylabel("loss on copied tokens, balanced probe (nats)")
+    short = {("induction",): "induction", ("backward_match",): "backward_match", ("induction", "backward_match"): "max of both"}
+    ax.set_xticks(xs, [f"{s}\ntop by {short[RANK_BY[s]]}\non {OWN_PROBE[s]} copies" for s in streams], fontsize=7.5)
+    ax.set_ylabel("loss on copied tokens (nats)")
     ax.set_ylim(0, chance * 1.45)
     ax.set_title("ICL measure after mean ablation (bars: mean; dots: seeds)", fontsize=10)
     ax.legend(fontsize=7.5, frameon=False, loc="upper left", ncol=2)
     ax = axes[1]
+    streams = [s for s in streams if s != "backward"]   # it does not copy forward: nothing to lose on this probe
+    xs = np.arange(len(streams))
     for off, cond, colour, label in ((-0.18, "top", "tab:red", "top heads"), (0.18, "random", "tab:blue", "random heads")):
-        rel = [_relative_drop(abl[s], cond) for s in streams]
+        rel = [_relative_drop(common[s], cond) for s in streams]
         ax.bar(xs + off, [np.nanmean(r) if np.isfinite(r).any() else 0.0 for r in map(np.asarray, rel)], 0.36, color=colour, alpha=0.8, edgecolor="black", lw=0.6,
                label=label)
         for x, r in zip(xs + off, rel):
@@ -188,7 +201,8 @@ def _ablation_figure(abl, path, heads_label, chance):
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xticks(xs, streams)
     ax.set_ylabel("relative drop in copy accuracy\n(acc none − acc ablated) / acc none")
-    ax.set_title(f"Relative ICL drop per training stream ({heads_label})", fontsize=10)
+    ax.set_title(f"Relative drop in {COMMON_PROBE}-copy accuracy, every model on the same probe\n"
+                 "(the backward model, which does not copy forward, left out)", fontsize=9.5)
     ax.legend(fontsize=8, frameon=False)
     fig.suptitle("Ablating the top copy heads per layer vs as many random heads, per training stream (matched tokens)",
                  fontsize=11)
@@ -216,6 +230,7 @@ def _curve_figure(runs, path, bag_loss, chance):
         ax.axhline(chance, color="0.3", ls="--", lw=0.8, label=f"chance ln V = {chance:.2f}")
         ax.set_title(f"trained on {stream}", fontsize=10)
         ax.set_xlabel("training step")
+        ax.set_ylim(0, chance * 1.08)
     axes[0, 0].set_ylabel("loss on the balanced probe (nats)")
     axes[0, 0].legend(fontsize=7.5, frameon=False, loc="lower left")
     fig.suptitle("Copy loss per direction and the stream's own loss during training (one line per seed)", fontsize=11)
@@ -232,8 +247,10 @@ def main(argv=None):
     for stream in streams:
         runs[stream] = exp.run(stream, [f"experiment={PRESET}", *STREAMS[stream], f"train.seeds={seeds}",
                                         f"train.steps={steps}"])
-    raw = {s: _ablate(exp, run, s, draws, eval_size) for s, run in runs.items()}
-    abl = {s: _per_seed(r) for s, r in raw.items()}
+    raw = {s: _ablate(exp, run, s, OWN_PROBE[s], draws, eval_size) for s, run in runs.items()}
+    abl = {s: _per_seed(r) for s, r in raw.items()}                       # each model on its own directions
+    common = {s: _per_seed(_ablate(exp, run, s, COMMON_PROBE, draws, eval_size)) if OWN_PROBE[s] != COMMON_PROBE
+              else abl[s] for s, run in runs.items()}                     # every model on the forward probe
     chance = next(iter(raw.values()))["chance_loss"]
     first = next(iter(runs.values()))
     n_heads = first.cfg.model.n_heads
@@ -343,7 +360,8 @@ def main(argv=None):
         rank = RANK_TEXT[RANK_BY[stream]]
         text = (f"In the model trained on the {stream} stream, ablating the top head per layer by {rank} "
                 f"({heads_label}) raises the copy loss more than ablating as many random heads per layer.")
-        quantity = f"loss_copy(top) − mean loss_copy(random), {heads_label}, mean ablation, balanced probe, per seed"
+        quantity = (f"loss_copy(top) − mean loss_copy(random), {heads_label}, mean ablation, on {OWN_PROBE[stream]} "
+                    "copies, per seed")
         paper = ("removing the top 2 % induction heads per layer harms ICL more than matched random ablations "
                  "(at 0.13B: 1 of 12 heads per layer)")
         threshold = "95 % CI of the mean paired difference above 0 (seeds that trained, with a head to rank)"
@@ -358,7 +376,7 @@ def main(argv=None):
         usable[stream] = [s for s in range(len(diff)) if s not in weak]
         diff = [None if s in weak else d for s, d in enumerate(diff)]
         note = (f"top heads per seed: {'; '.join(a['top_heads'])} (by {rank}; strongest {fmt(score)}); loss_copy on the "
-                f"balanced probe per seed: none {fmt(a['none'])}, top {fmt(a['top'])}, random (mean of {draws} draws) "
+                f"{OWN_PROBE[stream]} probe per seed: none {fmt(a['none'])}, top {fmt(a['top'])}, random (mean of {draws} draws) "
                 f"{fmt(a['random'])}")
         if weak:
             note += (f". Seed(s) {weak} left out: not trained, or no head with {rank} >= {INDUCTION_THR} to rank "
@@ -368,14 +386,29 @@ def main(argv=None):
             not_measured="" if usable[stream] else "no seed trained with a head to rank", paper=paper, note=note))
     # 4. The relative drop is largest in the snippet-free (natural-only) model.
     for mix in MIXES:
-        if mix in abl and "baseline" in abl:
-            base_rel, mix_rel = _relative_drop(abl["baseline"], "top"), _relative_drop(abl[mix], "top")
+        if mix == "backward" and mix in common:   # it does not copy forward: no forward ICL to lose
+            claims.append(claim(
+                f"relative_drop_largest_in_baseline_vs_{mix}",
+                "Ablating the top heads per layer costs the snippet-free model a larger relative share of its copy "
+                f"accuracy than the model trained on the {mix} mix.",
+                f"relative acc_copy drop on {COMMON_PROBE} copies (baseline) − the same ({mix})", [None],
+                "95 % CI of the mean difference above 0", None,
+                not_measured=f"the backward-trained model does not copy forward (acc_copy on forward copies "
+                             f"{fmt(common[mix]['acc_none'])}, loss {fmt(common[mix]['none'])} nats), so it has no "
+                             "forward ICL to lose; its own direction's ablation is the claim above",
+                paper="the largest relative drop occurs in the natural-only models"))
+            continue
+        if mix in common and "baseline" in common:
+            base_rel, mix_rel = _relative_drop(common["baseline"], "top"), _relative_drop(common[mix], "top")
             diff = [b - m if s in usable["baseline"] and s in usable[mix] else None
                     for s, (b, m) in enumerate(zip(base_rel, mix_rel))]
-            note = (f"relative drop in acc_copy with the top heads ablated, per seed: baseline {fmt(base_rel)} "
-                    f"(acc none {fmt(abl['baseline']['acc_none'])}); {mix} {fmt(mix_rel)} (acc none "
-                    f"{fmt(abl[mix]['acc_none'])}); random heads: baseline {fmt(_relative_drop(abl['baseline'], 'random'))}, "
-                    f"{mix} {fmt(_relative_drop(abl[mix], 'random'))}. Independent trainings paired by seed index")
+            note = (f"on the common {COMMON_PROBE}-copy probe; relative drop in acc_copy with the top heads ablated, per "
+                    f"seed: baseline {fmt(base_rel)} (acc none {fmt(common['baseline']['acc_none'])}); {mix} "
+                    f"{fmt(mix_rel)} (acc none {fmt(common[mix]['acc_none'])}); random heads: baseline "
+                    f"{fmt(_relative_drop(common['baseline'], 'random'))}, {mix} "
+                    f"{fmt(_relative_drop(common[mix], 'random'))}. loss_copy on forward copies, none -> top: baseline "
+                    f"{fmt(common['baseline']['none'])} -> {fmt(common['baseline']['top'])}; {mix} {fmt(common[mix]['none'])} "
+                    f"-> {fmt(common[mix]['top'])}. Independent trainings paired by seed index")
             nm = "" if any(d is not None for d in diff) else "no seed pair where both models trained with a head to rank"
         else:
             diff, note, nm = [None], "stream not run in this mode", "stream not run in this mode"
@@ -383,7 +416,7 @@ def main(argv=None):
             f"relative_drop_largest_in_baseline_vs_{mix}",
             f"Ablating the top heads per layer costs the snippet-free model a larger relative share of its copy "
             f"accuracy than the model trained on the {mix} mix.",
-            f"relative acc_copy drop (baseline) − relative acc_copy drop ({mix}), top {heads_label}, per seed",
+            f"relative acc_copy drop on {COMMON_PROBE} copies (baseline) − the same ({mix}), top {heads_label}, per seed",
             diff, "95 % CI of the mean difference above 0", ci_beyond(diff, 0.0, "above"), not_measured=nm,
             paper="the largest relative drop occurs in the natural-only models: natural-only training makes the "
                   "induction circuitry centralized and load-bearing, Bi-Induct distributed and redundant", note=note))
@@ -395,7 +428,7 @@ def main(argv=None):
         note=f"streams {', '.join(runs)}: the configs differ only in the snippets (n_snippets, backward_frac)"))
 
     figs = [_head_figure(runs, exp.figure_path("head_scores.png")),
-            _ablation_figure(abl, exp.figure_path("ablation.png"), heads_label, chance),
+            _ablation_figure(abl, common, exp.figure_path("ablation.png"), heads_label, chance),
             _curve_figure(runs, exp.figure_path("copy_loss.png"), bag, chance)]
     extra = {"final": {s: {k: run.final(k).tolist() for k in
                            ("loss", "loss_copy", "acc_copy", "loss_copy_forward", "loss_copy_backward", "loss_background")}
@@ -404,7 +437,8 @@ def main(argv=None):
                               ("induction", "induction_recent", "anti_induction", "anti_induction_raw",
                                "backward_match", "prev_token_corrected")}
                           for s, run in runs.items()},
-             "ablation": abl, "rank_by": {s: list(RANK_BY[s]) for s in runs}, "eval_task": EVAL_TASK,
+             "ablation": abl, "ablation_common_probe": common, "rank_by": {s: list(RANK_BY[s]) for s in runs},
+             "own_probe": {s: OWN_PROBE[s] for s in runs}, "probes": PROBES,
              "heads_ablated": heads_label, "bag_loss": bag, "n_per_layer": n_layer, "steps": steps, "seeds": seeds,
              "lr": float(first.cfg.optim.lr)}
     exp.finish(claims, figs, extra=extra)
