@@ -89,6 +89,12 @@ PROBES = {"forward": {"backward_frac": 0.0, "n_snippets": 3}, "balanced": {"back
 OWN_PROBE = {"baseline": "forward", "forward": "forward", "balanced": "balanced", "backward": "backward"}
 COMMON_PROBE = "forward"
 DRAWS = 20                 # random head sets per seed
+DEVIATIONS = ("toy scale (2-layer x 4-head attention-only, 64-token sequences, 4-8-token snippets; the paper: 0.13B-1B "
+              "on the Pile, L = 20); a synthetic markov stream for natural text (none at this scale; a uniform stream "
+              "without snippets has nothing to learn); a constant snippet rate and Adam at a constant lr 3e-3 (the "
+              "paper: 50 % annealed to 0, AdamW 1e-3 with warmup and cosine), the lab's copy recipe that trains in the "
+              "CPU budget; copy loss/accuracy on held-out snippets for benchmark ICL; 1 of 4 heads per layer (25 %), "
+              "since 2 % of 4 heads rounds up to one head (the paper's 2 % was one head per layer too)")
 # Thresholds fixed from the paper's wording before any result was seen:
 INDUCTION_THR = 0.4        # a head "forms" / exists to rank: the lab's head threshold (measures.phase)
 NEAR_ZERO = 0.1            # "anti-induction scores remain near zero": strongest head below 0.1 (a perfect head scores 1)
@@ -300,7 +306,7 @@ def main(argv=None):
         if mix in runs:
             note = (f"strongest induction head per seed: {strongest(mix, 'induction')}; final loss_copy per seed "
                     f"{fmt(runs[mix].final('loss_copy'))} (order-blind plateau E[ln n] = {bag:.2f}, chance {chance:.2f})")
-            stuck = [s for s, x in enumerate(ind) if x < INDUCTION_THR]
+            stuck = [s for s, x in enumerate(ind) if x is not None and x < INDUCTION_THR]
             if stuck:
                 note += (f". Seed(s) {stuck} formed no induction head within {steps} steps: the plateau before the copy "
                          "circuit varies in length by seed; this is a statement about this many steps")
@@ -438,7 +444,7 @@ def main(argv=None):
                                "backward_match", "prev_token_corrected")}
                           for s, run in runs.items()},
              "ablation": abl, "ablation_common_probe": common, "rank_by": {s: list(RANK_BY[s]) for s in runs},
-             "own_probe": {s: OWN_PROBE[s] for s in runs}, "probes": PROBES,
+             "own_probe": {s: OWN_PROBE[s] for s in runs}, "probes": PROBES, "deviations": DEVIATIONS,
              "heads_ablated": heads_label, "bag_loss": bag, "n_per_layer": n_layer, "steps": steps, "seeds": seeds,
              "lr": float(first.cfg.optim.lr)}
     exp.finish(claims, figs, extra=extra)
