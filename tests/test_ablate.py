@@ -202,3 +202,30 @@ def test_cli_refuses_a_directory_without_config(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "config.yaml" in err and err.count("\n") == 1
+
+
+def test_rank_by_takes_each_heads_max_of_the_measures():
+    """head_stats ranks by the named per-head measures, each head's max of them: with induction
+    [[0.1, 0.9]] and backward_match [[0.7, 0.2]] (1 layer x 2 heads), ranking by induction picks H1,
+    by backward_match H0, by both max(0.1, 0.7) = 0.7 vs max(0.9, 0.2) = 0.9, so H1."""
+    from types import SimpleNamespace
+    from lab.analysis.ablation import head_stats, top_mask
+    z = jnp.ones((2, 3, 2, 4))                                        # (B, T, H, d_head)
+    model = SimpleNamespace(n_layers=1, apply=lambda params, batch, cache_names=(): (jnp.zeros((2, 3, 5)),
+                                                                                       {"blocks.0.attn.z": z}))
+    scores = {"induction": jnp.array([[0.1, 0.9]]), "backward_match": jnp.array([[0.7, 0.2]])}
+    task = SimpleNamespace(measures=lambda *a: scores, main_scores=lambda logits, batch: (0.0, 0.0))
+    picks = {}
+    for rank_by in (("induction",), ("backward_match",), ("induction", "backward_match")):
+        _, s, _, _ = head_stats(model, task, None, {}, None, rank_by=rank_by)
+        picks[rank_by] = int(np.flatnonzero(top_mask(np.asarray(s), 1)[0])[0])
+    np.testing.assert_allclose(head_stats(model, task, None, {}, None, rank_by=("induction", "backward_match"))[1],
+                               [[0.7, 0.9]])
+    assert picks == {("induction",): 1, ("backward_match",): 0, ("induction", "backward_match"): 1}
+
+
+def test_ablate_refuses_bad_rank_by_and_eval_task(run_dir):
+    with pytest.raises(ValueError, match="rank_by"):
+        ablate(run_dir, eval_size=1, draws=1, rank_by=())
+    with pytest.raises(ValueError, match="not_a_field"):
+        ablate(run_dir, eval_size=1, draws=1, eval_task={"not_a_field": 1})

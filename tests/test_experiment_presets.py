@@ -25,7 +25,7 @@ RECIPES = {
     "singh": ["task=singh", "model=singh", "optim.lr=3e-4", "train.batch_size=32", "train.log_every=10",
               "train.steps=6000", "task.n_exemplars=1", "task.n_heldout_exemplars=4", "clamp=one_l1_head"],
     "reddy": ["task=reddy", "model=reddy"],
-    "bi_induct": ["task=copy", "optim.lr=3e-3", "train.steps=2000"],
+    "bi_induct": ["task=copy", "task.background=markov", "optim.lr=3e-3", "train.steps=1500"],
     "von_oswald": ["task=regression", "model=linear_attn", "model.n_layers=2", "model.attn_mask=context",
                    "model.init_std=0.0095", "optim.lr=1e-3", "optim.b2=0.98", "optim.grad_clip=1e-3",
                    "optim.schedule=warmup_cosine", "optim.warmup_steps=0", "train.batch_size=256", "train.steps=4000"],

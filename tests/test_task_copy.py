@@ -12,7 +12,7 @@ from lab.core import ConfigError
 from lab.measures.heads import induction_score
 from lab.config.compose import load_config
 from lab.tasks.copy_snippets import (CopyBatch, CopyTask, anti_induction_score, backward_match_score, matched_control_keys,
-                                     copy_loss_and_accuracy, ideal_copy_attention, zipf_probs)
+                                     copy_loss_and_accuracy, ideal_copy_attention, markov_stream, zipf_probs)
 
 from conftest import CACHE
 
@@ -240,6 +240,10 @@ BASE = ["task=copy"]
     (["task.background=gauss"], "task.background='gauss'"),
     (["task.zipf_alpha=-1"], "task.zipf_alpha=-1"),
     (["task.vocab_size=0"], "task.vocab_size=0"),
+    (["task.background=markov", "task.n_snippets=-1"], "task.n_snippets=-1"),
+    (["task.background=markov", "task.markov_successors=0"], "task.markov_successors=0"),
+    (["task.background=markov", "task.markov_jump=1.0"], "task.markov_jump=1.0"),
+    (["task.background=markov", "task.markov_jump=-0.1"], "task.markov_jump=-0.1"),
 ])
 def test_config_errors_are_one_line(overrides, key):
     cfg = load_config(BASE + overrides)
@@ -285,3 +289,42 @@ def test_matched_control_keys_shuffle_the_offsets():
     assert sorted(offsets) == [1, 2, 3, 4, 9]
     assert not valid[0, :5].any() and not valid[0, 10:].any()
     assert valid[0, 5:10].sum() == 5 - sum(1 for q, d in zip(range(5, 10), offsets) if d > q)
+
+
+def test_markov_stream_by_hand():
+    """V = 3. b = 2, no jumps: u_table 0.4 0.9 | 0.1 0.2 | 0.7 0.5 gives succ = [[1, 2], [0, 0], [2, 1]]
+    (floor(3u)); x0 = floor(3 * 0.0) = 0, then choices floor(2u) for u = 0.6, 0.3, 0.9, 0.1 are 1, 0, 1, 0:
+    0 -> succ[0,1] = 2 -> succ[2,0] = 2 -> succ[2,1] = 1 -> succ[1,0] = 0.
+    b = 1, jump 0.5: succ = [1, 0, 2] from u_table 0.4 0.1 0.7; x0 = floor(3 * 0.9) = 2; u = 0.8 follows
+    the chain (2 -> 2); u = 0.2 < 0.5 jumps to floor(0.2 / 0.5 * 3) = 1; u = 0.6 follows (1 -> 0);
+    u = 0.45 jumps to floor(0.45 / 0.5 * 3) = 2."""
+    out = markov_stream(jnp.array([0.0, 0.6, 0.3, 0.9, 0.1]), jnp.array([0.4, 0.9, 0.1, 0.2, 0.7, 0.5]), 3, 2)
+    np.testing.assert_array_equal(out, [0, 2, 2, 1, 0])
+    out = markov_stream(jnp.array([0.9, 0.8, 0.2, 0.6, 0.45]), jnp.array([0.4, 0.1, 0.7]), 3, 1, jump=0.5)
+    np.testing.assert_array_equal(out, [2, 2, 1, 0, 2])
+
+
+def test_markov_background_follows_one_successor_per_token():
+    """b = 1: within a sequence, wherever the walk did not jump, a token is followed by the same token
+    each time; without jumps (jump 0) every repeat of a token is followed by the same successor, and
+    the tokens are uniform over [0, V) when pooled over chains."""
+    task = make(background="markov", markov_successors=1, markov_jump=0.0, n_snippets=0, vocab_size=10, seq_len=32)
+    b = draw(task, 256)
+    assert task.max_snippets == 0 and not b.copy_target.any() and (b.tokens[:, 0] == 11).all()
+    for seq in b.tokens[:, 1:]:
+        succ = {}
+        for a, nxt in zip(seq[:-1], seq[1:]):
+            assert succ.setdefault(int(a), int(nxt)) == int(nxt)
+    counts = np.bincount(b.tokens[:, 1:].ravel(), minlength=10) / b.tokens[:, 1:].size
+    assert np.abs(counts - 0.1).max() < 0.02                          # 256 * 31 tokens: sd about 0.003
+
+
+def test_snippet_free_stream_is_measured_on_a_snippet_probe():
+    """n_snippets = 0 (markov background only): the direction probe holds as many snippets as fit,
+    (48 - 1) // (2 * 6 + 1) = 3, half of them backward; the run is judged on its stream's own loss."""
+    task = make(background="markov", n_snippets=0)
+    probe = jax.device_get(task.direction_probe())
+    assert probe.snippet_start.shape[1] == 3 and probe.repeat_target.any() and probe.backward_target.any()
+    assert task.trained_check().metric == "loss_background"
+    assert make(background="markov").trained_check().metric == "loss_copy"
+    validate(load_config(BASE + ["task.background=markov", "task.n_snippets=0"]))

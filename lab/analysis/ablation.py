@@ -26,6 +26,7 @@ returns the same results as a dict.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from functools import partial
 from pathlib import Path
@@ -51,15 +52,17 @@ def csv_fields(result: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- pure functions
-def head_stats(model, task, measures_cfg, params: dict, batch):
+def head_stats(model, task, measures_cfg, params: dict, batch, rank_by=("induction",)):
     """The unablated pass of one seed: each head's z averaged over the batch, (L, 1, T, H, d_head),
-    its induction score (the task's `induction` measure), (L, H), and the task's main loss and accuracy."""
+    its ranking score, (L, H): the task's per-head measure `rank_by` (default its `induction` measure;
+    with several, each head's max of them), and the task's main loss and accuracy."""
     L = model.n_layers
     names = tuple(f"blocks.{l}.attn.z" for l in range(L))
     logits, cache = model.apply(params, batch, cache_names=names)
     means = jnp.stack([cache[f"blocks.{l}.attn.z"].mean(axis=0, keepdims=True) for l in range(L)])
     forward = lambda b, cache_names: model.apply(params, b, cache_names=cache_names)   # noqa: E731
-    scores = task.measures(model, params, batch, forward, measures_cfg, False)["induction"]
+    measured = task.measures(model, params, batch, forward, measures_cfg, False)
+    scores = jnp.max(jnp.stack([measured[k] for k in rank_by]), axis=0)
     loss, acc = task.main_scores(logits, batch)
     return means, scores, loss, acc
 
@@ -112,11 +115,15 @@ def _std(x) -> float:
 
 # ----------------------------------------------------------------------------- the analysis
 def ablate(run_dir, kind: str = "mean", top_percent: float = 2.0, draws: int = 20, eval_size: int = 256,
-           seed: int = 0, eval_seed: int = 0) -> dict:
+           seed: int = 0, eval_seed: int = 0, rank_by=("induction",), eval_task: dict | None = None) -> dict:
     """Ablate the heads of the run in `run_dir` (see the module docstring) and return the results:
     `rows` (one per seed and condition, as written to ablation.csv), `summary` (none / top / random
     over seeds and draws), per-head `single_delta_loss` (L, H; mean over seeds), `induction_scores`
-    (seeds, L, H), and the settings. `seed` drives the random head draws, `eval_seed` the batch."""
+    (seeds, L, H: the ranking scores), and the settings. `seed` drives the random head draws, `eval_seed`
+    the batch. `rank_by`: the per-head measures (keys of the task's measures) that pick `top`, each
+    head's max of them (e.g. ("backward_match",) for a model with no induction heads to rank);
+    `eval_task`: task fields replaced for the evaluation batch (e.g. {"backward_frac": 0.5}), so runs
+    trained on different streams are scored on the same batch."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; choose one of {', '.join(KINDS)}")
     if not 0 < top_percent <= 100:
@@ -126,10 +133,18 @@ def ablate(run_dir, kind: str = "mean", top_percent: float = 2.0, draws: int = 2
 
     run = load_run(run_dir)
     cfg, task, model, step, params = run.cfg, run.task, run.model, run.step, run.params
+    rank_by = tuple(rank_by)
+    if not rank_by:
+        raise ValueError("rank_by names no per-head measure; give at least one, e.g. ('induction',)")
+    if eval_task:
+        unknown = sorted(set(eval_task) - set(task.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"eval_task names {unknown}, which are not fields of task {task.name!r}")
+        task = dataclasses.replace(task, **eval_task)
     configure_compile_cache(cfg.train)
     L, H = model.n_layers, model.n_heads
     batch = jax.jit(task.sample, static_argnums=1)(jax.random.PRNGKey(eval_seed), eval_size)
-    stats_fn = jax.jit(partial(head_stats, model, task, cfg.measures))
+    stats_fn = jax.jit(partial(head_stats, model, task, cfg.measures, rank_by=rank_by))
     eval_fn = jax.jit(partial(evaluate_masks, model, task, measures_cfg=cfg.measures))
     has_icl = bool(task.logs_icl_score)
     lk, ak = task.main_metric, task.main_accuracy
@@ -201,7 +216,7 @@ def ablate(run_dir, kind: str = "mean", top_percent: float = 2.0, draws: int = 2
         "chance_loss": float(task.chance_loss), "icl": has_icl,
         "icl_positions": list(icl_positions(task.seq_len, cfg.measures.icl_early, cfg.measures.icl_late))
         if has_icl else None,
-        "induction_scores": scores_all,
+        "induction_scores": scores_all, "rank_by": list(rank_by), "eval_task": dict(eval_task or {}),
         "single_delta_loss": np.mean(single_delta, axis=0).tolist(),
         "single_delta_acc": np.mean(single_delta_acc, axis=0).tolist(),
         "top_heads": top_heads, "random_heads": random_heads,

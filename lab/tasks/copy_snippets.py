@@ -1,7 +1,12 @@
 """Directional copy snippets interleaved into a background stream (Bi-Induct, Sabry & Belz 2025).
 
-Each sequence is [BOS] + a background stream of i.i.d. tokens over [0, V) (uniform, or Zipf with
-P_k ∝ k^-α). K snippets are written into it as spans of width 2n+1 at random non-overlapping starts:
+Each sequence is [BOS] + a background stream over [0, V): i.i.d. tokens (uniform, or Zipf with
+P_k ∝ k^-α), or `markov`, a walk on the sequence's own sparse Markov chain (`markov_stream`: every
+token has `markov_successors` = b successors drawn uniformly from [0, V); with probability
+`markov_jump` the walk jumps to a fresh uniform token, else it moves to one of the b successors), a
+structured stream whose next token is partly predictable from the context (once a token has been
+seen, its successor is one of at most b), as natural text's repeats are; the jumps keep the walk off
+short cycles. K snippets are written into it as spans of width 2n+1 at random non-overlapping starts:
 
     forward copy  (induction):      [S, SEP, S]           S = s_0 .. s_{n-1}
     backward copy (anti-induction): [S, SEP, reverse(S)]
@@ -47,7 +52,7 @@ from lab.core import ConfigError, choice, positive
 from lab.measures.heads import (attention_measures, copying_scores, induction_recent_score, induction_score,
                                 pattern_sites, per_head)
 from lab.measures.losses import masked_mean, token_losses
-from lab.tasks.base import Task as BaseTask
+from lab.tasks.base import Task as BaseTask, TrainedCheck
 
 
 @dataclass
@@ -63,12 +68,24 @@ class Config(TaskConfig):
     rate: Optional[float] = None     # each of the (seq_len - BOS) // (2 max_len + 1) slots holds a snippet with this probability
     backward_frac: float = 0.5       # P(a snippet is a backward copy): 0 forward only (Induction), 1 backward only (Anti), 0.5 balanced
     bos: bool = True
+    # Bi-Induct's matched-token baseline (issue 23): a structured background, and snippet-free streams
+    markov_successors: int = 1       # markov background: successors per token in each sequence's chain (b)
+    markov_jump: float = 0.2         # markov background: P(the next token is a fresh uniform draw, not a successor)
+
+
+BACKGROUNDS = ("uniform", "zipf", "markov")
 
 
 def validate(cfg) -> None:
     t = cfg.task
     positive("task.vocab_size", t.vocab_size)
-    choice("task.background", t.background, ("uniform", "zipf"))
+    choice("task.background", t.background, BACKGROUNDS)
+    if t.markov_successors < 1:
+        raise ConfigError(f"task.markov_successors={t.markov_successors} must be >= 1 (successors per token of the "
+                          "markov background)")
+    if not 0.0 <= t.markov_jump < 1.0:
+        raise ConfigError(f"task.markov_jump={t.markov_jump} must lie in [0, 1) (the probability of a fresh token "
+                          "instead of a successor; 1 would be a uniform stream: use task.background=uniform)")
     if t.zipf_alpha < 0:
         raise ConfigError(f"task.zipf_alpha={t.zipf_alpha} must be >= 0 (0 is uniform)")
     if t.min_len < 2:
@@ -86,8 +103,10 @@ def validate(cfg) -> None:
                           "(the other to null)")
     width, room = 2 * t.max_len + 1, t.seq_len - int(t.bos)
     if t.n_snippets is not None:
-        if t.n_snippets < 1:
-            raise ConfigError(f"task.n_snippets={t.n_snippets} must be >= 1")
+        if t.n_snippets < 0 or (t.n_snippets == 0 and t.background != "markov"):
+            raise ConfigError(f"task.n_snippets={t.n_snippets} must be >= 1, or 0 (a snippet-free stream) with "
+                              f"task.background=markov: a {t.background} stream without snippets has nothing in "
+                              "context to learn")
         if t.n_snippets * width > room:
             raise ConfigError(f"task.seq_len={t.seq_len} cannot hold task.n_snippets={t.n_snippets} spans of up to "
                               f"2*max_len+1={width} tokens{' after BOS' if t.bos else ''}; raise seq_len to >= "
@@ -199,6 +218,33 @@ def zipf_probs(vocab_size: int, alpha: float) -> np.ndarray:
     return w / w.sum()
 
 
+def markov_stream(u_walk: jax.Array, u_table: jax.Array, vocab_size: int, successors: int,
+                  jump: float = 0.0) -> jax.Array:
+    """A walk on a sparse Markov chain drawn from uniforms in [0, 1): the chain's successor table is
+    succ[a, c] = floor(u_table[a b + c] V) (V x b: token a's b successors, with replacement); the walk
+    starts at x_0 = floor(u_walk[0] V) and, with u = u_walk[t+1], jumps to a fresh token
+    x_{t+1} = floor(u / jump V) when u < jump, else follows the chain, x_{t+1} = succ[x_t, c] with
+    c = floor((u - jump) / (1 - jump) b) (each successor with probability (1 - jump) / b). Every x_t is
+    uniform over [0, V) when averaged over chains, so a model that does not use the context scores
+    ln V; one that does predicts a token's successor once it has seen it. u_walk (T,), u_table (V b,);
+    returns (T,) int32."""
+    V, b = vocab_size, successors
+    succ = _below(u_table, V).reshape(V, b)
+    u = u_walk[1:]
+    jumped = u < jump
+    fresh = _below(u / max(jump, 1e-9), V)
+    choice = _below((u - jump) / (1.0 - jump), b)
+
+    def step(x, inputs):
+        is_jump, f, c = inputs
+        nxt = jnp.where(is_jump, f, succ[x, c])
+        return nxt, nxt
+
+    first = _below(u_walk[0], V)
+    _, rest = jax.lax.scan(step, first, (jumped, fresh, choice))
+    return jnp.concatenate([first[None], rest]).astype(jnp.int32)
+
+
 # ----------------------------------------------------------------------------- task
 
 def _below(u: jax.Array, m) -> jax.Array:
@@ -224,6 +270,13 @@ class CopyTask(BaseTask):
     bos: bool
     probe_size: int
     probe_seed: int
+    markov_successors: int = 1
+    markov_jump: float = 0.2
+
+    @property
+    def table_uniforms(self) -> int:
+        """Uniforms per sequence for the markov background's successor table (V b; 0 otherwise)."""
+        return self.vocab_size * self.markov_successors if self.background == "markov" else 0
 
     @property
     def sep_id(self) -> int:
@@ -236,15 +289,16 @@ class CopyTask(BaseTask):
     @property
     def chance_loss(self) -> float:
         """Entropy of the background unigram: the loss of a model that knows the token frequencies
-        but does not copy (ln V for a uniform background)."""
-        if self.background == "uniform":
+        but does not copy (ln V for a uniform background, and for a markov one, whose tokens are
+        uniform when averaged over chains)."""
+        if self.background in ("uniform", "markov"):
             return math.log(self.vocab_size)
         p = zipf_probs(self.vocab_size, self.zipf_alpha)
         return float(-(p * np.log(p)).sum())
 
     @property
     def chance_text(self) -> str:
-        if self.background == "uniform":
+        if self.background in ("uniform", "markov"):
             return f"ln {self.vocab_size}"
         return f"the entropy of the Zipf({self.zipf_alpha:g}) background over {self.vocab_size} tokens"
 
@@ -268,19 +322,28 @@ class CopyTask(BaseTask):
             return self.n_snippets
         return (self.seq_len - int(self.bos)) // (2 * self.max_len + 1)
 
-    def _background(self, u: jax.Array) -> jax.Array:
-        """Stream tokens from uniforms u ~ U[0, 1): floor(u V), or the Zipf inverse CDF."""
+    def trained_check(self) -> TrainedCheck:
+        """A snippet-free stream (n_snippets = 0) is judged on its own next-token loss (loss_background,
+        in-context predictable on a markov background); otherwise the default (loss_copy)."""
+        if self.max_snippets == 0:
+            return TrainedCheck("loss_background", self.chance_loss, self.chance_text, 0.95 * self.chance_loss)
+        return super().trained_check()
+
+    def _background(self, u: jax.Array, u_table: jax.Array) -> jax.Array:
+        """Stream tokens from uniforms u ~ U[0, 1): floor(u V), the Zipf inverse CDF, or markov_stream."""
         V = self.vocab_size
         if self.background == "uniform":
             return _below(u, V)
+        if self.background == "markov":
+            return markov_stream(u, u_table, V, self.markov_successors, self.markov_jump)
         cdf = jnp.asarray(np.cumsum(zipf_probs(V, self.zipf_alpha))[:-1], jnp.float32)
         return jnp.searchsorted(cdf, u, side="right").astype(jnp.int32)
 
     def _sample_one(self, u: jax.Array) -> CopyBatch:
-        """One sequence from T + 4K uniforms u ~ U[0, 1)."""
+        """One sequence from T + 4K (+ V b for a markov background) uniforms u ~ U[0, 1)."""
         T, K, first = self.seq_len, self.max_snippets, int(self.bos)
-        u_bg, u_len, u_dir, u_on, u_gap = jnp.split(u, [T, T + K, T + 2 * K, T + 3 * K])
-        bg = self._background(u_bg)
+        u_bg, u_len, u_dir, u_on, u_gap, u_table = jnp.split(u, [T, T + K, T + 2 * K, T + 3 * K, T + 4 * K])
+        bg = self._background(u_bg, u_table)
         n = self.min_len + _below(u_len, self.max_len - self.min_len + 1)
         backward = u_dir < self.backward_frac
         active = jnp.ones((K,), bool) if self.n_snippets is not None else u_on < self.rate
@@ -317,13 +380,16 @@ class CopyTask(BaseTask):
 
     def sample(self, key: jax.Array, batch_size: int) -> CopyBatch:
         # one PRNG call for the whole batch: it compiles several times faster on CPU than one per field
-        u = jax.random.uniform(key, (batch_size, self.seq_len + 4 * self.max_snippets))
+        u = jax.random.uniform(key, (batch_size, self.seq_len + 4 * self.max_snippets + self.table_uniforms))
         return jax.vmap(self._sample_one)(u)
 
     def direction_probe(self) -> CopyBatch:
         """The probe the direction measures use: the same draws with backward_frac = 0.5, so that
-        forward-only and backward-only runs are scored on the same balanced spans."""
+        forward-only and backward-only runs are scored on the same balanced spans; a snippet-free run
+        (n_snippets = 0) on as many snippets as fit, (seq_len - BOS) // (2 max_len + 1)."""
         balanced = dataclasses.replace(self, backward_frac=0.5)
+        if self.n_snippets == 0:
+            balanced = dataclasses.replace(balanced, n_snippets=(self.seq_len - int(self.bos)) // (2 * self.max_len + 1))
         return jax.jit(balanced.sample, static_argnums=1)(jax.random.PRNGKey(self.probe_seed), self.probe_size)
 
     def main_scores(self, logits, batch: CopyBatch):
@@ -338,17 +404,20 @@ class CopyTask(BaseTask):
 
     def measures(self, model, params, probe: CopyBatch, forward, measures_cfg, snapshot: bool) -> dict:
         """Losses on the run's probe; the per-direction losses and scores on the balanced direction
-        probe (the run's probe itself when backward_frac = 0.5)."""
+        probe (the run's probe itself when backward_frac = 0.5). A snippet-free run's loss_copy is its
+        copy loss on the direction probe: how well a model that never saw snippets copies them."""
         logits, patterns, heads = attention_measures(forward, probe, model.n_layers, snapshot)
         losses = token_losses(logits, probe.tokens)
-        if self.backward_frac == 0.5:
+        has_snippets = self.max_snippets > 0
+        if self.backward_frac == 0.5 and has_snippets:
             dprobe, dlogits, dpatterns = probe, logits, patterns
         else:
             dprobe = self.direction_probe()
             sites = pattern_sites(model.n_layers)
             dlogits, dcache = forward(dprobe, sites)
             dpatterns = [dcache[s] for s in sites]
-        loss_copy, acc_copy = copy_loss_and_accuracy(logits, probe.tokens, probe.copy_target)
+        cprobe, clogits = (probe, logits) if has_snippets else (dprobe, dlogits)
+        loss_copy, acc_copy = copy_loss_and_accuracy(clogits, cprobe.tokens, cprobe.copy_target)
         loss_fwd, acc_fwd = copy_loss_and_accuracy(dlogits, dprobe.tokens, dprobe.repeat_target)
         loss_bwd, acc_bwd = copy_loss_and_accuracy(dlogits, dprobe.tokens, dprobe.backward_target)
         loss_bg, _ = copy_loss_and_accuracy(logits, probe.tokens, probe.background_target)
