@@ -270,6 +270,8 @@ def grid_figures(grid_dir, out_dir) -> list:
     from lab.plots.style import STYLE
     from lab.plots.sweep import SWEEP_FIGURES
     sweep = scan(grid_dir)
+    # a run killed before it finished has no overrides.yaml yet: not a cell of the grid
+    sweep.rows = [r for r in sweep.rows if all(r.get(k) is not None for k in sweep.swept)]
     paths = []
     with plt.rc_context(STYLE):
         for name in ("accuracy_grid", "phase_grid"):
