@@ -45,11 +45,14 @@ B in {0, 1, 2, 4}, ε = 0.1, α = 0, p_B = 1, no_repeats; six seeds. The lab's d
     concatenated with a one-hot position code); labels are learned embeddings (Reddy: fixed random vectors).
   - the layer-2 query of Reddy's code also receives the layer-1 query (a quirk of transformer_v2.py); not here.
 
-    python -m experiments.reddy_data            # 8 conditions x 6 seeds x 1000 steps, ~35 min on an idle 2-core CPU (estimate below)
+    python -m experiments.reddy_data            # 8 conditions x 6 seeds x 1000 steps, ~28 min on an idle 2-core CPU (estimate below)
     python -m experiments.reddy_data --full     # the paper's grid, sweeps and step count: a GPU node
     python -m experiments.reddy_data --parts grid --cells 2048:4,512:0    # a subset (claims needing other cells are left out)
 
-Default-mode budget: estimated from the runs of 2026-12-04 (see experiments/README.md, Reddy section).
+Default-mode budget, measured 2026-12-04 on this VM (shared with other work, so from CPU time, not wall
+time): one 6-seed, 1000-step run took 195-214 s of user+sys CPU (/usr/bin/time -v; compile included) on
+one core (XLA single-threaded, seeds mapped), and the script runs one run at a time, so 8 runs are
+~8 x 205 s = ~27 min of idle wall time plus ~15 s of analysis. `--full` runs 31 conditions x 150000 steps.
 Six seeds per condition, as Reddy ran. Per-condition claims (over B, K, ε, α) list each condition's mean
 over its seeds; they are not averaged across conditions as if the conditions were seeds.
 """
@@ -164,13 +167,16 @@ def _figure_accuracy(runs, ks, bs, path, l_eq_n_runs):
     fig, axes = plt.subplots(1, 3 if l_eq_n else 2, figsize=(15 if l_eq_n else 10.5, 4.3))
     for i, K in enumerate(ks):
         color = f"C{i}"
+        bs_k = [B for B in bs if (K, L_DEFAULT, B) in runs]         # a --cells subset may lack some
+        if not bs_k:
+            continue
         for ax, key, ls, name in ((axes[0], "acc_ic", "-", "IC (novel classes)"),
                                   (axes[0], "acc_ic2", ":", "IC2 (swapped labels)"),
                                   (axes[1], "acc_iw", "-", "IW")):
-            finals = np.array([runs[(K, L_DEFAULT, B)].final(key) for B in bs])     # (B, seeds)
-            ax.plot(bs, finals.mean(1), ls=ls, color=color, marker="o", label=f"{name}, K = {K}")
+            finals = np.array([runs[(K, L_DEFAULT, B)].final(key) for B in bs_k])     # (B, seeds)
+            ax.plot(bs_k, finals.mean(1), ls=ls, color=color, marker="o", label=f"{name}, K = {K}")
             for j in range(finals.shape[1]):
-                ax.scatter(bs, finals[:, j], color=color, s=12, alpha=0.5)
+                ax.scatter(bs_k, finals[:, j], color=color, s=12, alpha=0.5)
     for ax, title in ((axes[0], "in-context accuracy"), (axes[1], "in-weights accuracy")):
         ax.axhline(1 / L_DEFAULT, color="grey", lw=0.7, ls="--", label=f"chance 1/L = 1/{L_DEFAULT}")
         ax.set_xticks(bs)
