@@ -527,7 +527,8 @@ ACCURACY_GRID_METRICS = {"acc_ic": "IC accuracy (novel classes)", "acc_ic2": "IC
 def accuracy_grid_cells(sweep: Sweep, metric: str, p: str, q: str) -> tuple[list, list, np.ndarray, np.ndarray]:
     """(x values of p, y values of q, mean, completed-seed count), each (len(ys), len(xs)): the mean over the
     completed seeds of each (p, q) cell of `final_<metric>` (NaN where none), other parameters pooled."""
-    rows, key = sweep.rows, f"final_{metric}"
+    key = f"final_{metric}"
+    rows = [r for r in sweep.rows if r[p] is not None and r[q] is not None]   # not jobs lacking either (unstarted)
     xs, ys = _value_order([r[p] for r in rows], p), _value_order([r[q] for r in rows], q)
     mean, count = np.full((len(ys), len(xs)), np.nan), np.zeros((len(ys), len(xs)), int)
     for iy, y in enumerate(ys):
@@ -566,7 +567,7 @@ def _plot_accuracy_grid(sweep: Sweep, path: Path) -> Path | None:
             for ix, x in enumerate(xs):
                 vals = [r[f"final_{m}"] for r in sweep.rows if r[p] == x and r[q] == y
                         and r["_category"] == COMPLETED and r.get(f"final_{m}") is not None]
-                sd[iy, ix] = stats.sample_std(vals) if len(vals) > 1 else np.nan
+                sd[iy, ix] = stats.sample_std(vals) if len(vals) > 1 else np.nan   # sample std over seeds
         im = ax.imshow(mean, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", origin="lower")
         for iy in range(len(ys)):
             for ix in range(len(xs)):
