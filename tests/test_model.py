@@ -321,3 +321,54 @@ def test_relative_positions_validate():
     validate(load_config(["model.pos_embed=relative"]))
     with pytest.raises(Exception, match="model.pos_embed"):
         validate(load_config(["model.pos_embed=shaw"]))
+
+
+def test_readout_layers_by_hand():
+    """model.readout_layers stacks ReLU layers in the readout (Reddy's classifier has three); logits
+    checked by hand on x = [1, 1] with d = hidden = 2 and one output:
+      h1 = relu([1, 1] W_1 + b_1) = relu([1 + 2, -1 + 0] + [0, 1]) = [3, 0]
+      h2 = relu(h1 I + [-1, 2]) = [2, 2]
+      h3 = relu(h2 [[1, 1], [-1, 0]] + [0.5, -1]) = relu([0 + 0.5, 2 - 1]) = [0.5, 1]
+      logit = h3 [2, 3] + 1 = 1 + 3 + 1 = 5;  with one layer: h1 [2, 3] + 1 = 6 + 0 + 1 = 7."""
+    from flax import nnx
+
+    from lab.model.hooks import Hooks
+    from lab.model.transformer import Readout
+    x = jnp.array([[1.0, 1.0]])
+    weights = dict(W_1=[[1.0, -1.0], [2.0, 0.0]], b_1=[0.0, 1.0], W_2=[[2.0], [3.0]], b_2=[1.0],
+                   W_mid=[[[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [-1.0, 0.0]]], b_mid=[[-1.0, 2.0], [0.5, -1.0]])
+    for layers, expected, post in ((3, 5.0, [0.5, 1.0]), (1, 7.0, [3.0, 0.0])):
+        r = Readout(2, 2, 1, 1.0, nnx.Rngs(0), layers=layers)
+        for name, w in weights.items():
+            if hasattr(r, name):
+                getattr(r, name)[...] = jnp.asarray(w)
+        hooks = Hooks(cache_names=["readout.post"])
+        np.testing.assert_allclose(r(x, hooks), [[expected]])
+        np.testing.assert_allclose(hooks.cache["readout.post"], [post])
+    assert not hasattr(Readout(2, 2, 1, 1.0, nnx.Rngs(0)), "W_mid")   # the default: the original readout
+
+
+def test_readout_layers_in_the_model_and_bad_values():
+    """readout_layers = 3 adds two (hidden, hidden) layers to the model's params; bad values are ConfigErrors."""
+    from lab.config.compose import load_config, validate
+    from lab.core import ConfigError
+    cfg = OmegaConf.structured(ModelConfig(n_layers=1, n_heads=1, d_model=8, readout_hidden=5, readout_layers=3))
+    params = Model(cfg, vocab_size=3, seq_len=4, n_outputs=2).init(jax.random.key(0))
+    assert params["readout"]["W_mid"].shape == (2, 5, 5) and params["readout"]["b_mid"].shape == (2, 5)
+    for overrides, words in ((["model.readout_layers=0"], "positive integer"),
+                             (["model.readout_hidden=null", "model.readout_layers=3"], "readout_hidden"),
+                             (["model.readout_init=xavier"], "readout_init")):
+        with pytest.raises(ConfigError, match=words):
+            validate(load_config(["experiment=reddy"] + overrides))
+
+
+def test_readout_he_init():
+    """readout_init=he (Reddy's code): ReLU layers N(0, 2/fan_in), output N(0, 1/fan_in), whatever init_std:
+    here fan_in 64 -> std sqrt(2/64) = 0.177; 256 -> sqrt(2/256) = 0.0884; output sqrt(1/256) = 0.0625."""
+    from flax import nnx
+
+    from lab.model.transformer import Readout
+    r = Readout(64, 256, 200, 0.02, nnx.Rngs(0), layers=2, init="he")
+    for w, std in ((r.W_1, 0.177), (r.W_mid, 0.0884), (r.W_2, 0.0625)):
+        assert abs(float(jnp.std(w[...])) - std) < 0.05 * std
+    assert abs(float(jnp.std(Readout(64, 256, 200, 0.02, nnx.Rngs(0)).W_1[...])) - 0.02) < 0.001

@@ -166,6 +166,18 @@ def normalize_clamps(cfg) -> None:
             cfg.clamps = typed
 
 
+def _check_readout_layers(m) -> None:
+    """model.readout_layers: a positive count, and only meaningful with a readout MLP."""
+    layers = m.get("readout_layers", 1)
+    if not isinstance(layers, int) or layers < 1:
+        raise ConfigError(f"model.readout_layers={layers!r} must be a positive integer (ReLU layers of the "
+                          "readout MLP; 1 is the lab's original readout, Reddy's classifier has 3)")
+    choice("model.readout_init", m.get("readout_init", "normal"), ("normal", "he"))
+    if layers != 1 and m.readout_hidden is None:
+        raise ConfigError(f"model.readout_layers={layers} has no effect without a readout MLP: set "
+                          "model.readout_hidden (its width, e.g. 128) or leave readout_layers at 1")
+
+
 def validate(cfg) -> None:
     """Cross-key checks Hydra's schema cannot express; raises ConfigError with one line."""
     normalize_clamps(cfg)
@@ -185,6 +197,7 @@ def validate(cfg) -> None:
                           "is for model.attention=linear; set model.attention=linear or model.attn_mask=causal")
     if m.readout_hidden is not None:
         positive("model.readout_hidden", m.readout_hidden)
+    _check_readout_layers(m)
     if m.pos_embed == "rope" and (m.d_head or m.d_model // m.n_heads) % 2:
         raise ConfigError("model.pos_embed=rope needs an even head dimension (d_head)")
     choice("optim.name", o.name, ("adam", "adamw", "sgd"))

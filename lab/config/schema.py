@@ -36,6 +36,8 @@ class ModelConfig:
     fused_attention: bool = True      # softmax attention with a hand-written backward when no hook reads the pattern
     smeared_keys: bool = False        # Olsson et al. 2022: each key mixed with the previous position's by a learned per-head sigma(alpha_h)
     attn_mask: str = "causal"         # causal | context: every position attends to the context (all but the last position), not itself if last; von Oswald et al.'s linear self-attention
+    readout_layers: int = 1           # ReLU layers of the readout MLP (with readout_hidden); Reddy's classifier has 3
+    readout_init: str = "normal"      # normal: N(0, init_std²) | he: ReLU layers N(0, 2/fan_in), output N(0, 1/fan_in) (Reddy's code)
 
 
 @dataclass

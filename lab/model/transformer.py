@@ -193,14 +193,32 @@ class Block(nnx.Module):
 
 
 class Readout(nnx.Module):
-    """Reddy (2024)'s classifier after the attention layers: a ReLU MLP from the residual stream."""
+    """Reddy (2024)'s classifier after the attention layers: a ReLU MLP from the residual stream.
+    `layers` ReLU layers of width `hidden`, then a linear map to the logits:
+        h_1 = relu(x W_1 + b_1),  h_j = relu(h_{j-1} W_mid[j-2] + b_mid[j-2])  (j = 2..layers),
+        logits = h_layers W_2 + b_2.
+    layers = 1 is the lab's original readout (W_1, W_2 only); Reddy's code has layers = 3. The hook
+    `readout.post` is the last ReLU layer's output (the one the logits read)."""
 
-    def __init__(self, d: int, hidden: int, n_out: int, s: float, rngs: nnx.Rngs):
-        self.W_1, self.b_1 = _normal(rngs, (d, hidden), s), nnx.Param(jnp.zeros(hidden))
-        self.W_2, self.b_2 = _normal(rngs, (hidden, n_out), s), nnx.Param(jnp.zeros(n_out))
+    def __init__(self, d: int, hidden: int, n_out: int, s: float, rngs: nnx.Rngs, layers: int = 1,
+                 init: str = "normal"):
+        # init "normal": every weight N(0, s²) (the model's init_std); "he", as Reddy's code: the ReLU
+        # layers N(0, 2/fan_in), the output layer N(0, 1/fan_in), so the signal neither dies nor grows
+        # through the stack (with s = 0.02 three layers shrink it ~100-fold and plain SGD stalls).
+        he = init == "he"
+        self.W_1 = _normal(rngs, (d, hidden), math.sqrt(2 / d) if he else s)
+        self.b_1 = nnx.Param(jnp.zeros(hidden))
+        if layers > 1:
+            self.W_mid = _normal(rngs, (layers - 1, hidden, hidden), math.sqrt(2 / hidden) if he else s)
+            self.b_mid = nnx.Param(jnp.zeros((layers - 1, hidden)))
+        self.W_2, self.b_2 = _normal(rngs, (hidden, n_out), math.sqrt(1 / hidden) if he else s), nnx.Param(jnp.zeros(n_out))
+        self.layers = layers
 
     def __call__(self, x, hooks: Hooks):
-        h = hooks("readout.post", jax.nn.relu(dense(x, self.W_1[...]) + self.b_1[...]))
+        h = jax.nn.relu(dense(x, self.W_1[...]) + self.b_1[...])
+        for j in range(self.layers - 1):
+            h = jax.nn.relu(dense(h, self.W_mid[...][j]) + self.b_mid[...][j])
+        h = hooks("readout.post", h)
         return dense(h, self.W_2[...]) + self.b_2[...]
 
 
@@ -219,7 +237,8 @@ class Transformer(nnx.Module):
         self.blocks = nnx.List([Block(cfg, d_head, rngs, seq_len) for _ in range(cfg.n_layers)])
         self.ln_final = _norm(D, cfg.layer_norm, rngs)
         if cfg.readout_hidden:
-            self.readout = Readout(D, cfg.readout_hidden, n_outputs, s, rngs)
+            self.readout = Readout(D, cfg.readout_hidden, n_outputs, s, rngs, cfg.get("readout_layers", 1),
+                                  cfg.get("readout_init", "normal"))
         else:
             self.W_U = _normal(rngs, (D, n_outputs), s)
 

@@ -518,6 +518,78 @@ def _plot_stage_boundaries(sweep: Sweep, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+# In-context / in-weights accuracies of the classification tasks (lab/tasks/reddy.py): drawn as heatmaps
+# over the first two swept parameters when a sweep logged them (Reddy 2024's (B, K) phase diagram).
+ACCURACY_GRID_METRICS = {"acc_ic": "IC accuracy (novel classes)", "acc_ic2": "IC2 accuracy (labels swapped)",
+                         "acc_iw": "IW accuracy (known classes)"}
+
+
+def accuracy_grid_cells(sweep: Sweep, metric: str, p: str, q: str) -> tuple[list, list, np.ndarray, np.ndarray]:
+    """(x values of p, y values of q, mean, completed-seed count), each (len(ys), len(xs)): the mean over the
+    completed seeds of each (p, q) cell of `final_<metric>` (NaN where none), other parameters pooled."""
+    key = f"final_{metric}"
+    rows = [r for r in sweep.rows if r[p] is not None and r[q] is not None]   # not jobs lacking either (unstarted)
+    xs, ys = _value_order([r[p] for r in rows], p), _value_order([r[q] for r in rows], q)
+    mean, count = np.full((len(ys), len(xs)), np.nan), np.zeros((len(ys), len(xs)), int)
+    for iy, y in enumerate(ys):
+        for ix, x in enumerate(xs):
+            vals = [r[key] for r in rows if r[p] == x and r[q] == y and r["_category"] == COMPLETED
+                    and r.get(key) is not None]
+            count[iy, ix] = len(vals)
+            if vals:
+                mean[iy, ix] = float(np.mean(vals))
+    return xs, ys, mean, count
+
+
+@sweep_figure("accuracy_grid",
+              caption="Final in-context (IC, novel classes), IC2 (known classes, labels swapped) and in-weights (IW) "
+                      "accuracy over the first two swept parameters (Reddy 2024's phase diagram): each cell is the "
+                      "mean over its completed seeds ± their sample std, with the number of seeds.")
+def _plot_accuracy_grid(sweep: Sweep, path: Path) -> Path | None:
+    """One heatmap per logged metric of ACCURACY_GRID_METRICS over the first two swept parameters
+    (x: the first, y: the second; others pooled), colour scale 0..1; None without two swept
+    parameters or without those metrics."""
+    if len(sweep.swept) < 2:
+        return None
+    metrics = [m for m in ACCURACY_GRID_METRICS if any(r.get(f"final_{m}") is not None for r in sweep.rows)]
+    if not metrics:
+        return None
+    p, q = sweep.swept[0], sweep.swept[1]
+    cmap = plt.get_cmap(SCORE_CMAP).with_extremes(bad="0.92")
+    cells = [accuracy_grid_cells(sweep, m, p, q) for m in metrics]
+    nx, ny = len(cells[0][0]), len(cells[0][1])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(nx * 1.25 + 1.6, 4.2) * len(metrics) + 1.0, ny * 0.9 + 2.0),
+                             squeeze=False, layout="constrained")
+    im = None
+    for ax, m, (xs, ys, mean, count) in zip(axes[0], metrics, cells):
+        sd = np.full_like(mean, np.nan)
+        for iy, y in enumerate(ys):
+            for ix, x in enumerate(xs):
+                vals = [r[f"final_{m}"] for r in sweep.rows if r[p] == x and r[q] == y
+                        and r["_category"] == COMPLETED and r.get(f"final_{m}") is not None]
+                sd[iy, ix] = stats.sample_std(vals) if len(vals) > 1 else np.nan   # sample std over seeds
+        im = ax.imshow(mean, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", origin="lower")
+        for iy in range(len(ys)):
+            for ix in range(len(xs)):
+                if count[iy, ix] == 0:
+                    ax.text(ix, iy, "no runs", ha="center", va="center", fontsize=8.5, color="0.45")
+                    continue
+                spread = "" if np.isnan(sd[iy, ix]) else f" ± {sd[iy, ix]:.2f}"
+                ax.text(ix, iy, f"{mean[iy, ix]:.2f}{spread}\n({count[iy, ix]} seeds)", ha="center", va="center",
+                        fontsize=8.5, color="white" if mean[iy, ix] < 0.6 else "black")
+        ax.set_xticks(range(len(xs)), [fmt_value(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [fmt_value(v) for v in ys])
+        ax.set_xticks(np.arange(len(xs) + 1) - 0.5, minor=True)
+        ax.set_yticks(np.arange(len(ys) + 1) - 0.5, minor=True)
+        ax.grid(which="minor", color="white", lw=2)
+        ax.tick_params(which="both", length=0)
+        ax.set_xlabel(p)
+        ax.set_ylabel(q)
+        ax.set_title(ACCURACY_GRID_METRICS[m] + (" (others pooled)" if len(sweep.swept) > 2 else ""), fontsize=11)
+    fig.colorbar(im, ax=axes, shrink=0.9, label="final accuracy (mean over seeds)")
+    return save_figure(fig, path)
+
+
 def plot_sweep(sweep: Sweep, out_dir: Path) -> dict[str, Path]:
     """Draw the sweep's figures into out_dir as {name: path}, in SWEEP_FIGURES order; figures without
     data (no swept parameter, fewer than two, no completed job) are skipped, and a stale copy from an
