@@ -33,6 +33,8 @@ SMOKE_TRAIN = ["train.steps=30", "train.log_every=10", "train.batch_size=8", "tr
                "train.tensorboard=false", "measures.attention_snapshots=false"]
 
 WALL_FILE = "experiment_wall_seconds.txt"   # written into each run dir: its training wall time
+CPU_FILE = "experiment_cpu_seconds.txt"     # and its CPU time (user + system, every thread): unlike the wall
+#                                             time it does not grow when other work shares the CPU
 log = logging.getLogger("experiments")
 
 
@@ -213,6 +215,9 @@ class Experiment:
         self.runs: dict[str, list[str]] = {}
         self.train_seconds = 0.0    # wall time of this experiment's runs, cached ones included
         self.new_seconds = 0.0
+        self.cpu_started = time.process_time()
+        self.train_cpu = 0.0        # CPU time of the runs, cached ones included (where recorded)
+        self.new_cpu = 0.0
         self.out.mkdir(parents=True, exist_ok=True)
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         for noisy in ("absl", "jax", "orbax", "lab"):
@@ -256,19 +261,24 @@ class Experiment:
                     and not self._source_newer(cfg, summary_path)):
                 self.say(f"{label}: reusing the finished run in {run_dir}")
                 self.train_seconds += self._wall_seconds(run_dir)
+                self.train_cpu += self._wall_seconds(run_dir, CPU_FILE)
                 metrics = load_metrics(run_dir)
                 return Run(label, cfg, self._resummarize(cfg, summary, metrics, summary_path), metrics, run_dir)
         if run_dir.exists() and (self.retrain or not self._unfinished_same(run_dir, wanted)):
             shutil.rmtree(run_dir)   # an outdated run of this experiment: its config changed
         self.say(f"{label}: training ({' '.join(overrides)})")
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         result = lab.run(cfg, run_dir, plots=not self.smoke)
         if result.summary.get("status") != "completed":
             raise RuntimeError(f"run {label} ended with status {result.summary.get('status')}; see {run_dir}")
         seconds = time.time() - t0
+        cpu = time.process_time() - cpu0
         (run_dir / WALL_FILE).write_text(f"{seconds:.1f}\n")
+        (run_dir / CPU_FILE).write_text(f"{cpu:.1f}\n")
         self.train_seconds += seconds
         self.new_seconds += seconds
+        self.train_cpu += cpu
+        self.new_cpu += cpu
         self.say(f"{label}: done in {seconds:.0f}s — {result.summary.get('verdict', '')}")
         return Run(label, cfg, result.summary, load_metrics(run_dir), run_dir)
 
@@ -299,9 +309,9 @@ class Experiment:
         return False
 
     @staticmethod
-    def _wall_seconds(run_dir: Path) -> float:
+    def _wall_seconds(run_dir: Path, name: str = WALL_FILE) -> float:
         try:
-            return float((run_dir / WALL_FILE).read_text())
+            return float((run_dir / name).read_text())
         except (OSError, ValueError):
             return 0.0
 
@@ -325,6 +335,8 @@ class Experiment:
                                                                        "full": " --full"}[self.mode],
                    # training time of every run (cached ones as recorded when they ran) plus this analysis
                    "seconds": round(self.train_seconds + time.time() - self.started - self.new_seconds, 1),
+                   # the same in CPU time (user + system): what the experiment costs whatever else ran
+                   "cpu_seconds": round(self.train_cpu + time.process_time() - self.cpu_started - self.new_cpu, 1),
                    "claims": claims, "figures": [str(Path(f).relative_to(self.out)) for f in figures],
                    "runs": self.runs, **(extra or {})}
         path = self.out / "verdict.json"
