@@ -37,7 +37,8 @@ B in {0, 1, 2, 4}, ε = 0.1, α = 0, p_B = 1, no_repeats; six seeds. The lab's d
     2048, B = 4 comes after ~600 steps (measured on one seed). Plain SGD (no momentum) was tried only with
     the lab's former init (N(0, 0.02²) everywhere), where the three ReLU layers shrink the signal ~100-fold
     and the loss had not left ln L after 400 steps; with Reddy's init it needs his tens of thousands of
-    steps. Default: 1000 steps; `--full`: 150000 (Reddy's count) with the same recipe.
+    steps. Default: 1000 steps; `--full`: 150000 (Reddy's count) with Reddy's own optimiser, plain SGD
+    with his weight decay of 1e-6 per step (optim.momentum=0, optim.weight_decay=1e-6; not run here: no GPU).
   - the grid and sweeps are cut to fit a 2-core CPU: B in {0, 1, 4} x K in {512, 2048}; ε in {0.1, 1.0}
     and α in {0, 1} at (B, K) = (1, 512); no L = N runs. `--full`: B in {0, 1, 2, 4} x K in {128, 256,
     512, 1024, 2048}, ε in {0, 0.1, 0.25, 0.5, 0.75, 1}, α in {0, 0.5, 1, 1.5, 2}, L = N.
@@ -77,7 +78,9 @@ BS = (0, 1, 2, 4)
 # Default scale (sized for a 2-core CPU; see the module docstring) and --full (the paper's scale, a GPU node).
 STEPS_DEFAULT, STEPS_FULL = 1000, 150_000
 LOG_DEFAULT = ["train.log_every=50"]                 # 30 measure passes per run
-LOG_FULL = ["train.log_every=1000", "train.checkpoint_every=10000"]
+LOG_FULL = ["train.log_every=1000", "train.checkpoint_every=10000",
+            # Reddy's own optimiser at his step count: plain SGD with his 1e-6 per-step weight decay
+            "optim.momentum=0", "optim.weight_decay=1e-6"]
 SWEEP_POINT = (1, 512)      # (B, K) of the ε and α sweeps: where IC and IW compete at the default scale
 # An IC accuracy this high at the end of training counts as "ICL learned" (Reddy's IC accuracy goes
 # to ~1 after the transition); monotone trends may wobble by this much between neighbouring B.

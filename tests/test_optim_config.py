@@ -74,3 +74,35 @@ def test_non_finite_learning_rates_are_refused_at_startup():
                         ("-1e-3", "optim.lr=-0.001 must be positive")):
         with pytest.raises(ConfigError, match=message):
             validate(load_config([f"optim.lr={lr}"]))
+
+
+def test_sgd_weight_decay_is_reddys_per_step_decay_by_hand():
+    """optim=sgd with weight_decay: w <- (1 - wd) w - lr g each step, whatever the lr (Reddy's code).
+    w = 2, g = 0.5, lr 0.1, wd 0.01: 0.99 * 2 - 0.1 * 0.5 = 1.93; again with w = 1.93, g = 0.5:
+    0.99 * 1.93 - 0.05 = 1.8607. Without decay: 2 - 0.05 = 1.95."""
+    import jax.numpy as jnp
+    import optax
+    from lab.train.optim import make_optimizer
+
+    def steps(n, **kw):
+        opt, _ = make_optimizer(OmegaConf.structured(OptimConfig(name="sgd", lr=0.1, **kw)), total_steps=10)
+        w = jnp.array(2.0)
+        state = opt.init(w)
+        for _ in range(n):
+            updates, state = opt.update(jnp.array(0.5), state, w)
+            w = optax.apply_updates(w, updates)
+        return float(w)
+
+    assert steps(1, weight_decay=0.01) == pytest.approx(1.93)
+    assert steps(2, weight_decay=0.01) == pytest.approx(1.8607)
+    assert steps(1) == pytest.approx(1.95)
+
+
+def test_weight_decay_with_plain_adam_is_refused():
+    from lab.config.compose import load_config
+    with pytest.raises(ConfigError, match="does nothing with optim=adam: use optim=adamw"):
+        validate(load_config(["optim.weight_decay=0.1"]))
+    with pytest.raises(ConfigError, match=r"optim.weight_decay=1.5 must be in \[0, 1\)"):
+        validate(load_config(["optim=sgd", "optim.weight_decay=1.5"]))
+    validate(load_config(["optim=sgd", "optim.weight_decay=1e-6"]))
+    validate(load_config(["optim=adamw", "optim.weight_decay=0.1"]))

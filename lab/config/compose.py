@@ -207,6 +207,11 @@ def validate(cfg) -> None:
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
     if o.grad_clip is not None:
         positive("optim.grad_clip", o.grad_clip)
+    if not 0 <= o.weight_decay < 1:
+        raise ConfigError(f"optim.weight_decay={o.weight_decay} must be in [0, 1)")
+    if o.weight_decay and o.name == "adam":
+        raise ConfigError(f"optim.weight_decay={o.weight_decay} does nothing with optim=adam: use optim=adamw "
+                          "(decoupled weight decay) or set optim.weight_decay=0")
     for key in ("steps", "batch_size", "seeds", "log_every"):
         positive(f"train.{key}", tr[key])
     if tr.checkpoint_every < 0:

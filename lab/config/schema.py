@@ -44,7 +44,7 @@ class ModelConfig:
 class OptimConfig:
     name: str = "adam"                # adam | adamw | sgd
     lr: float = 1e-3
-    weight_decay: float = 0.0         # adamw only
+    weight_decay: float = 0.0         # adamw: decoupled, times the lr (optax.adamw); sgd: w <- (1 - wd) w - lr g each step (Reddy's code); not for adam
     b1: float = 0.9
     b2: float = 0.999
     momentum: float = 0.0             # sgd only

@@ -28,6 +28,9 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
         opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
     elif cfg.name == "sgd":
         opt = optax.sgd(schedule, momentum=cfg.momentum or None)
+        if cfg.weight_decay:
+            # Reddy's per-step decay w <- (1 - wd) w - lr g, whatever the lr: added after sgd's -lr scaling
+            opt = optax.chain(opt, optax.add_decayed_weights(-cfg.weight_decay))
     else:
         raise ValueError(f"optim.name={cfg.name!r} is not known")
     if cfg.grad_clip is not None:
