@@ -234,3 +234,28 @@ def test_html_links_each_jobs_plots(tmp_path):
         assert (written["html"].parent / href).resolve().is_file()
     assert '<a href="../0/plots/loss.png">0</a>' in page      # the job's cell in the table links to its loss figure
     assert f"lab-plot {root / '1'}" in page
+
+
+def test_accuracy_grid_cells_by_hand(tmp_path):
+    """Reddy's (B, K) phase diagram cells: the mean of final_acc_ic over each cell's completed seeds.
+    (B=0, K=512): seeds 0.1, 0.3 -> 0.2 (2); (B=4, K=512): 0.9 and a failed seed's 0.0, left out -> 0.9 (1);
+    (B=0, K=2048): only a failed seed -> NaN (0); (B=4, K=2048): 0.5, 0.7, 0.6 -> 0.6 (3), each with its
+    sample std. A job that has not
+    logged K yet (None) gives no row or column. Then the figure itself is drawn."""
+    from lab.analysis.sweep import COMPLETED, FAILED, Sweep
+    from lab.plots.sweep import SWEEP_FIGURES, accuracy_grid_cells
+
+    def row(B, K, acc, category=COMPLETED):
+        return {"task.burstiness": B, "task.n_classes": K, "final_acc_ic": acc, "final_acc_iw": 1 - acc,
+                "_category": category}
+    rows = [row(0, 512, 0.1), row(0, 512, 0.3), row(4, 512, 0.9), row(4, 512, 0.0, FAILED), row(0, 2048, 0.4, FAILED),
+            row(4, 2048, 0.5), row(4, 2048, 0.7), row(4, 2048, 0.6), row(2, None, 0.8)]
+    sweep = Sweep(dir=tmp_path, jobs=[], swept=["task.burstiness", "task.n_classes"], common=[], command=None, rows=rows)
+    xs, ys, mean, sd, count = accuracy_grid_cells(sweep, "acc_ic", "task.burstiness", "task.n_classes")
+    assert xs == [0, 4] and ys == [512, 2048]
+    np.testing.assert_allclose(mean, [[0.2, 0.9], [np.nan, 0.6]])
+    # sample std: (0.1, 0.3) -> sqrt(0.02 / 1) = 0.1414; (0.5, 0.7, 0.6) -> sqrt(0.02 / 2) = 0.1; one seed: NaN
+    np.testing.assert_allclose(sd, [[0.141421, np.nan], [np.nan, 0.1]], rtol=1e-5)
+    assert count.tolist() == [[2, 1], [0, 3]]
+    path = SWEEP_FIGURES["accuracy_grid"].draw(sweep, tmp_path / "accuracy_grid.png")
+    assert path is not None and path.stat().st_size > 0

@@ -524,13 +524,16 @@ ACCURACY_GRID_METRICS = {"acc_ic": "IC accuracy (novel classes)", "acc_ic2": "IC
                          "acc_iw": "IW accuracy (known classes)"}
 
 
-def accuracy_grid_cells(sweep: Sweep, metric: str, p: str, q: str) -> tuple[list, list, np.ndarray, np.ndarray]:
-    """(x values of p, y values of q, mean, completed-seed count), each (len(ys), len(xs)): the mean over the
-    completed seeds of each (p, q) cell of `final_<metric>` (NaN where none), other parameters pooled."""
+def accuracy_grid_cells(sweep: Sweep, metric: str, p: str, q: str) -> tuple[list, list, np.ndarray, np.ndarray,
+                                                                             np.ndarray]:
+    """(x values of p, y values of q, mean, sample std, completed-seed count), each (len(ys), len(xs)): the
+    mean and sample std (ddof 1) over the completed seeds of each (p, q) cell of `final_<metric>` (NaN
+    where there are none, or for the std fewer than two), other parameters pooled."""
     key = f"final_{metric}"
     rows = [r for r in sweep.rows if r[p] is not None and r[q] is not None]   # not jobs lacking either (unstarted)
     xs, ys = _value_order([r[p] for r in rows], p), _value_order([r[q] for r in rows], q)
-    mean, count = np.full((len(ys), len(xs)), np.nan), np.zeros((len(ys), len(xs)), int)
+    mean, sd = np.full((len(ys), len(xs)), np.nan), np.full((len(ys), len(xs)), np.nan)
+    count = np.zeros((len(ys), len(xs)), int)
     for iy, y in enumerate(ys):
         for ix, x in enumerate(xs):
             vals = [r[key] for r in rows if r[p] == x and r[q] == y and r["_category"] == COMPLETED
@@ -538,7 +541,9 @@ def accuracy_grid_cells(sweep: Sweep, metric: str, p: str, q: str) -> tuple[list
             count[iy, ix] = len(vals)
             if vals:
                 mean[iy, ix] = float(np.mean(vals))
-    return xs, ys, mean, count
+            if len(vals) > 1:
+                sd[iy, ix] = stats.sample_std(vals)
+    return xs, ys, mean, sd, count
 
 
 @sweep_figure("accuracy_grid",
@@ -561,13 +566,7 @@ def _plot_accuracy_grid(sweep: Sweep, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(metrics), figsize=(max(nx * 1.25 + 1.6, 4.2) * len(metrics) + 1.0, ny * 0.9 + 2.0),
                              squeeze=False, layout="constrained")
     im = None
-    for ax, m, (xs, ys, mean, count) in zip(axes[0], metrics, cells):
-        sd = np.full_like(mean, np.nan)
-        for iy, y in enumerate(ys):
-            for ix, x in enumerate(xs):
-                vals = [r[f"final_{m}"] for r in sweep.rows if r[p] == x and r[q] == y
-                        and r["_category"] == COMPLETED and r.get(f"final_{m}") is not None]
-                sd[iy, ix] = stats.sample_std(vals) if len(vals) > 1 else np.nan   # sample std over seeds
+    for ax, m, (xs, ys, mean, sd, count) in zip(axes[0], metrics, cells):
         im = ax.imshow(mean, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", origin="lower")
         for iy in range(len(ys)):
             for ix in range(len(xs)):
