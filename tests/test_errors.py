@@ -12,7 +12,7 @@ from conftest import HANG_S, TINY
 CASES = [
     (["model.n_layer=1"], 2, "error: unknown config key 'model.n_layer'; did you mean 'model.n_layers'?"),
     (["model.n_layers=two"], 2, "error: Error merging override model.n_layers=two: Value 'two' of type 'str' could not be converted to Integer"),
-    (["model=attn_only_3l"], 2, "error: In 'config': Could not find 'model/attn_only_3l'; available: attn_only_1l, attn_only_2l, linear_attn, reddy, singh, smeared_1l, transformer_2l"),
+    (["model=attn_only_3l"], 2, "error: In 'config': Could not find 'model/attn_only_3l'; available: attn_only_1l, attn_only_2l, edelman, linear_attn, reddy, singh, smeared_1l, transformer_2l"),
     (["optim.name=adamm"], 2, "error: config error: optim.name='adamm' is not allowed; choose one of adam, adamw, sgd"),
     (["model.d_model=0"], 2, "error: config error: model.d_model=0 must be positive"),
     (["optim.lr=nan"], 2, "error: config error: optim.lr=nan must be a finite number"),
