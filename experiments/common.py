@@ -6,8 +6,9 @@ finished with the same config), measures its claims with `claim(...)`, draws its
 `exp.finish(claims, figures)`, which writes `<out>/verdict.json` and prints the claims.
 
 Modes: `--smoke` (a few steps of tiny runs: checks the script end to end, in seconds; its verdicts
-mean nothing and are marked so), the default (the finding at reduced scale, <= 15 min on 2 CPU
-cores), `--full` (the paper's scale where it differs).
+mean nothing and are marked so), the default (the finding at reduced scale, sized for an idle 2-core
+CPU: 5-15 min for most, about 30 min for Reddy's grid and 40-70 min for Olsson's and Singh's; each
+script's docstring says its own), `--full` (the paper's scale where it differs: a GPU node).
 """
 from __future__ import annotations
 
