@@ -261,8 +261,8 @@ class Experiment:
             if (self._unfinished_same(run_dir, wanted) and summary.get("status") == "completed"
                     and not self._source_newer(cfg, summary_path)):
                 self.say(f"{label}: reusing the finished run in {run_dir}")
-                self.train_seconds += self._wall_seconds(run_dir)
-                self.train_cpu += self._wall_seconds(run_dir, CPU_FILE)
+                self.train_seconds += self._recorded_seconds(run_dir, WALL_FILE)
+                self.train_cpu += self._recorded_seconds(run_dir, CPU_FILE)
                 metrics = load_metrics(run_dir)
                 return Run(label, cfg, self._resummarize(cfg, summary, metrics, summary_path), metrics, run_dir)
         if run_dir.exists() and (self.retrain or not self._unfinished_same(run_dir, wanted)):
@@ -310,7 +310,8 @@ class Experiment:
         return False
 
     @staticmethod
-    def _wall_seconds(run_dir: Path, name: str = WALL_FILE) -> float:
+    def _recorded_seconds(run_dir: Path, name: str) -> float:
+        """A run's recorded wall or CPU seconds (WALL_FILE, CPU_FILE); 0 where none was recorded."""
         try:
             return float((run_dir / name).read_text())
         except (OSError, ValueError):

@@ -77,10 +77,10 @@ K_DEFAULT = 2048
 BS = (0, 1, 2, 4)
 # Default scale (sized for a 2-core CPU; see the module docstring) and --full (the paper's scale, a GPU node).
 STEPS_DEFAULT, STEPS_FULL = 1000, 150_000
-LOG_DEFAULT = ["train.log_every=50"]                 # 30 measure passes per run
-LOG_FULL = ["train.log_every=1000", "train.checkpoint_every=10000",
-            # Reddy's own optimiser at his step count: plain SGD with his 1e-6 per-step weight decay
-            "optim.momentum=0", "optim.weight_decay=1e-6"]
+DEFAULT_EXTRA = ["train.log_every=50"]               # 30 measure passes per run
+FULL_EXTRA = ["train.log_every=1000", "train.checkpoint_every=10000",
+              # Reddy's own optimiser at his step count: plain SGD with his 1e-6 per-step weight decay
+              "optim.momentum=0", "optim.weight_decay=1e-6"]
 SWEEP_POINT = (1, 512)      # (B, K) of the ε and α sweeps: where IC and IW compete at the default scale
 # An IC accuracy this high at the end of training counts as "ICL learned" (Reddy's IC accuracy goes
 # to ~1 after the transition); monotone trends may wobble by this much between neighbouring B.
@@ -387,7 +387,7 @@ def main(argv=None):
     todo = (set(exp.pick(("grid", "eps", "alpha"), ("grid", "eps", "alpha"), PARTS))
             if parts is None else parts)
     base = [f"experiment={PRESET}", f"task.n_labels={L_DEFAULT}", f"task.probe_size={probe}",
-            f"train.seeds={seeds}", f"train.steps={steps}"] + exp.pick([], LOG_DEFAULT, LOG_FULL)
+            f"train.seeds={seeds}", f"train.steps={steps}"] + exp.pick([], DEFAULT_EXTRA, FULL_EXTRA)
 
     def cell(tag, K, B, eps=0.1, alpha=0.0, extra=()):
         """One condition; the grid's own cells serve the sweeps at their point (same overrides)."""
@@ -516,7 +516,7 @@ def main(argv=None):
             variants["distinct"][(K_DEFAULT, L, 1)] = exp.run(f"l_eq_n/{label(K_DEFAULT, L, 1)}_distinct", [
                 f"experiment={PRESET}", f"task.n_classes={K_DEFAULT}", f"task.n_labels={L}", "task.burstiness=1",
                 "task.distinct_labels=true", f"task.probe_size={probe}", f"train.seeds={seeds}",
-                f"train.steps={steps}"] + exp.pick([], LOG_DEFAULT, LOG_FULL))
+                f"train.steps={steps}"] + exp.pick([], DEFAULT_EXTRA, FULL_EXTRA))
         eq, gt = variants["distinct"].get((K_DEFAULT, N_CONTEXT, 1)), variants["distinct"].get((K_DEFAULT, L_DEFAULT, 1))
         n_distinct = distinct[eq.label] = mean_distinct_labels(eq.cfg.task)
         claims.append(claim(

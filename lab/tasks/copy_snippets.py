@@ -233,7 +233,7 @@ def markov_stream(u_walk: jax.Array, u_table: jax.Array, vocab_size: int, succes
     u = u_walk[1:]
     jumped = u < jump
     fresh = _below(u / max(jump, 1e-9), V)
-    choice = _below((u - jump) / (1.0 - jump), b)
+    successor = _below((u - jump) / (1.0 - jump), b)
 
     def step(x, inputs):
         is_jump, f, c = inputs
@@ -241,7 +241,7 @@ def markov_stream(u_walk: jax.Array, u_table: jax.Array, vocab_size: int, succes
         return nxt, nxt
 
     first = _below(u_walk[0], V)
-    _, rest = jax.lax.scan(step, first, (jumped, fresh, choice))
+    _, rest = jax.lax.scan(step, first, (jumped, fresh, successor))
     return jnp.concatenate([first[None], rest]).astype(jnp.int32)
 
 
