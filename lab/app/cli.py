@@ -90,7 +90,7 @@ def _train_app(cfg) -> dict | None:
 
     run_dir = Path(hc.runtime.output_dir)
     try:
-        result = run(cfg, run_dir, before_training=lambda d: _started(cfg, hc, d))
+        result = run(cfg, run_dir, before_training=lambda d: _started(cfg, hc, d), reuse_programs=True)
     except (ConfigError, TrainingDiverged) as e:
         kind = "config error" if isinstance(e, ConfigError) else "training failed"
         msg = f"{kind}: {e}"

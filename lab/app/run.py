@@ -19,6 +19,7 @@ from lab.rundir import (RunDirBusy, checkpoint_steps, load_summary, lock_run_dir
 from lab.train.callbacks import (AttentionSnapshots, Callback, Checkpointer, LLCFile, LogLines, MetricsFile,
                                  OutputTrajectory, ProgressBar, TensorBoard, WandbLogger, check_wandb)
 from lab.train.checkpoint import Checkpoints
+from lab.train.programs import ProgramCache
 from lab.train.runtime import configure_compile_cache
 from lab.train.schedule import grid_steps
 from lab.train.trainer import RunResult, Trainer
@@ -179,15 +180,16 @@ class AfterTraining(Callback):
 
 
 def run(cfg, run_dir: Optional[str | Path] = None, plots: bool = True, extra_callbacks: Sequence = (),
-        before_training: Optional[Callable[[Path], None]] = None) -> RunResult:
+        before_training: Optional[Callable[[Path], None]] = None, reuse_programs: bool = False) -> RunResult:
     """Train `cfg`. With `run_dir`, write every output there (and resume from it if train.resume, or if
     it holds an unfinished run). The directory is locked for this process (lab.rundir.lock_run_dir);
     every check that can refuse the run comes before the first write; `before_training(run_dir)` then
     runs (lab-train writes Hydra's .hydra/ files there). `extra_callbacks` (lab.train.callbacks.Callback)
-    run between compiled chunks after the built-in ones."""
+    run between compiled chunks after the built-in ones. `reuse_programs`: load and save the compiled
+    programs whole (lab-train's; lab/train/programs.py says why only there)."""
     check_wandb(cfg.train)
     configure_compile_cache(cfg.train)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, programs=ProgramCache.for_config(cfg) if reuse_programs else None)
     if run_dir is None:
         return _train(cfg, trainer, None, None, plots, extra_callbacks)
     run_dir = Path(run_dir)

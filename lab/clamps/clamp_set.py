@@ -112,13 +112,19 @@ def _parse_head(name: str, value: str, text, n_layers: int, n_heads: int) -> tup
 class Clamps:
     """Every clamp of a run: validated specs, their traced arrays, and the clamped forward pass."""
 
+    @property
+    def probe(self):
+        return self._probe() if callable(self._probe) else self._probe
+
     def __init__(self, cfgs, model, task, train_cfg, probe, measures_enabled: bool = True, load_run=None):
         """`load_run(run_dir, step) -> (task, model, params)` reads the runs that `graft` and
-        `heads: auto` clamps take from (lab/train/restore.py); it raises RunLoadError."""
-        self.model, self.task, self.probe = model, task, probe
+        `heads: auto` clamps take from (lab/train/restore.py); it raises RunLoadError. `probe`: the probe
+        batch, or a function returning it (the trainer's, made on first use while the first chunk compiles)."""
+        self.model, self.task, self._probe = model, task, probe
         self.load_run = load_run
         self.T, self.H = task.seq_len, model.n_heads
-        self.n_batch = max(train_cfg.batch_size, probe.tokens.shape[0])   # every task's batch has tokens
+        n_probe = task.probe_size if callable(probe) else probe.tokens.shape[0]   # every task's batch has tokens
+        self.n_batch = max(train_cfg.batch_size, n_probe)
         self.steps = train_cfg.steps
         self.batch_size = train_cfg.batch_size
         self.cfgs = {name: c for name, c in (cfgs or {}).items()}

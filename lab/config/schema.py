@@ -77,7 +77,7 @@ class TrainConfig:
     on_nonfinite: str = "stop"        # stop: a NaN/inf loss or gradient fails the run | skip: drop that update, count it
     xla_cpu_threads: str = "single"   # single | multi: XLA's CPU threading (tiny models run faster single)
     gpus_per_job: Optional[int] = None  # on a multi-GPU node: GPUs each job claims; null: 1 per multirun job, all for a single run (CUDA_VISIBLE_DEVICES, e.g. SLURM's, wins)
-    compile_cache: Optional[str] = "~/.cache/induction-lab/jax"  # persistent compile cache; null disables
+    compile_cache: Optional[str] = "~/.cache/induction-lab/jax"  # persistent compile cache (XLA's, and lab-train's whole programs in programs/: lab/train/programs.py); null disables both
 
 
 @dataclass

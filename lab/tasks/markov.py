@@ -293,12 +293,12 @@ class MarkovTask(BaseTask):
     def sample(self, key: jax.Array, batch_size: int) -> MarkovBatch:
         return jax.vmap(self._sample_one)(jax.random.split(key, batch_size))
 
-    def probe(self) -> MarkovBatch:
+    def probe(self, compiled=None) -> MarkovBatch:
         """The fixed probe, of `probe_transitions` chains when set (e.g. a model trained on doubly-stochastic
         chains measured on Dirichlet ones, as Edelman et al. test it), else of the training chains."""
         if self.probe_transitions in (None, self.transitions):
-            return super().probe()
-        return replace(self, transitions=self.probe_transitions, probe_transitions=None).probe()
+            return super().probe(compiled)
+        return replace(self, transitions=self.probe_transitions, probe_transitions=None).probe(compiled)
 
     def scored(self) -> jax.Array:
         """(T-1,) bool: the predictions (from positions t >= burn_in) the main metric averages."""

@@ -28,10 +28,12 @@ def init_one(model, optimizer, seed_key: jax.Array) -> dict:
     return {"params": params, "opt_state": optimizer.init(params), "key": k_data}
 
 
-def init_state(model, optimizer, seeds: list[int]) -> dict:
-    """The state of every seed, stacked on a leading seed axis."""
+def init_state(model, optimizer, seeds: list[int], compiled=None) -> dict:
+    """The state of every seed, stacked on a leading seed axis. `compiled(name, jitted)`: how its
+    program is compiled (lab-train's program cache, lab/train/programs.py)."""
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    return jax.jit(jax.vmap(lambda k: init_one(model, optimizer, k)))(keys)
+    fn = jax.jit(jax.vmap(lambda k: init_one(model, optimizer, k)))
+    return (compiled("init", fn) if compiled else fn)(keys)
 
 
 def seed_range(train_cfg) -> list[int]:

@@ -30,6 +30,7 @@ from lab.model import Model
 from lab.rundir import records_to_arrays
 from lab.train import llc_chains
 from lab.train.callbacks import AutoHeads
+from lab.train.programs import ProgramCache
 from lab.train.restore import load_run
 from lab.train.runtime import batch_axis_mode, cache_sized_microbatch, fast_compiling_threefry, largest_divisor
 from lab.train.state import build, init_state, seed_range
@@ -55,18 +56,20 @@ def auto_microbatch(cfg, task, model) -> int:
 
 
 class Trainer:
-    def __init__(self, cfg, callbacks: Optional[list] = None):
+    def __init__(self, cfg, callbacks: Optional[list] = None, programs: Optional[ProgramCache] = None):
+        """`programs`: where compiled programs are loaded from and saved (lab-train's; None: compile them)."""
         fast_compiling_threefry()   # before anything is lowered; the same random bits
         self.task, self.model, self.optimizer, self.schedule = build(cfg)
         self.cfg = cfg
+        self.programs = programs
         self.seeds = seed_range(cfg.train)
-        self.probe = self.task.probe()
+        self._probe, self._probe_lock = None, threading.Lock()
         self.microbatch = cfg.train.microbatch or auto_microbatch(cfg, self.task, self.model)
         self.mesh = self.device_mesh()
         self.callbacks = list(callbacks or [])
         # site -> Intervention, shared by all seeds; a traced argument, so changing values never recompiles
         self.interventions: dict = {}
-        self.clamps = Clamps(cfg.get("clamps"), self.model, self.task, cfg.train, self.probe, cfg.measures.enabled,
+        self.clamps = Clamps(cfg.get("clamps"), self.model, self.task, cfg.train, lambda: self.probe, cfg.measures.enabled,
                              load_run=_clamp_source)
         # the clamps' traced arrays (windows, strengths, head masks), one row per seed; callbacks may
         # replace them between chunks (e.g. heads chosen mid-run) without recompiling
@@ -87,7 +90,24 @@ class Trainer:
         self.status = "running"
         self._chunk_fns: dict[int, callable] = {}
         self._measure_fn = None
+        self._programs_reported = False
         self._t0 = time.perf_counter()
+        if programs is not None:
+            self._prepare_programs()
+        self._make_probe()   # here, while the first chunk compiles
+
+    @property
+    def probe(self):
+        """The task's probe batch (`_make_probe`)."""
+        return self._make_probe()
+
+    def _make_probe(self):
+        """The probe, made once: at the end of __init__, or first by a thread tracing the first chunk
+        (clamps that run a pass on the probe): a concrete batch even then (`Task.probe`)."""
+        with self._probe_lock:
+            if self._probe is None:
+                self._probe = self.task.probe(self._compiled)
+            return self._probe
 
     # ---- pure functions (one seed; vmapped over seeds) ----
     def loss_fn(self, params, batch, clamp_args, interventions, t, batch_offset=0):
@@ -261,7 +281,8 @@ class Trainer:
             mesh = self.mesh
             if mesh is not None:   # check_vma=False: scan carries start device-invariant (zeros)
                 fn = jax.shard_map(fn, mesh=mesh, in_specs=(P("seeds"), P()), out_specs=P("seeds"), check_vma=False)
-            jitted = jax.jit(lambda state, args, shared: fn((state, args), shared), donate_argnums=0)
+            jitted = self._compiled(f"chunk{n_steps}",
+                                    jax.jit(lambda state, args, shared: fn((state, args), shared), donate_argnums=0))
             self._chunk_fns[n_steps] = jitted if mesh is None else self._placed(jitted, mesh)
         return self._chunk_fns[n_steps]
 
@@ -274,7 +295,7 @@ class Trainer:
             mesh = self.mesh
             if mesh is not None:
                 fn = jax.shard_map(fn, mesh=mesh, in_specs=(P("seeds"), P()), out_specs=P("seeds"), check_vma=False)
-            jitted = jax.jit(lambda params, args, t: fn((params, args), t))
+            jitted = self._compiled("measures", jax.jit(lambda params, args, t: fn((params, args), t)))
             self._measure_fn = jitted if mesh is None else self._placed(jitted, mesh)
         return self._measure_fn
 
@@ -286,10 +307,16 @@ class Trainer:
             state, args = jax.device_put((state, args), NamedSharding(mesh, P("seeds")))
             return jitted(state, args, shared)
         run._cache_size = jitted._cache_size   # compile count, for tests
+        if hasattr(jitted, "prepare"):
+            run.prepare = jitted.prepare
         return run
 
+    def _compiled(self, name: str, jitted):
+        """`jitted`, or its program through the program cache (lab/train/programs.py) when there is one."""
+        return jitted if self.programs is None else self.programs.compiled(name, jitted)
+
     def init_state(self) -> dict:
-        return init_state(self.model, self.optimizer, self.seeds)
+        return init_state(self.model, self.optimizer, self.seeds, self._compiled)
 
     # ---- the loop ----
     @contextmanager
@@ -359,6 +386,9 @@ class Trainer:
                     out.update(self.estimate_llc())
                 self._log(self.step, out)
                 self.state_logged = True
+                if self.programs is not None and not self._programs_reported:
+                    log.info("%s", self.programs.report())
+                    self._programs_reported = True
             if self.stop_signal is not None:   # asked to stop during the last chunk: it finished anyway
                 log.info("the stop signal came during the last chunk; the run is complete")
             self.status = "completed"
@@ -374,6 +404,19 @@ class Trainer:
             for cb in self.all_callbacks:
                 cb.on_end(self)
         return self
+
+    def _prepare_programs(self) -> None:
+        """lab-train's start-up: the first chunk's program is loaded or compiled on a thread, from the shapes
+        of its arguments, while this thread makes the probe's, the init's and the measures' (XLA compiles
+        without the GIL). The chunk's takes the longest to compile, and needs the init's output. Measured
+        on 2 cores with an empty cache, the first chunk was logged later when this thread made the measures'
+        program before the init's, or when a third thread made it."""
+        sharding = {} if self.mesh is None else {"sharding": NamedSharding(self.mesh, P("seeds"))}
+        state, args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=x.weak_type, **sharding),
+                                   (jax.eval_shape(self.init_state), self.clamp_args))
+        if self.cfg.train.steps > 0:
+            self.chunk_fn(min(self.cfg.train.log_every, self.cfg.train.steps)).prepare(
+                state, args, (self.interventions, jax.ShapeDtypeStruct((), jnp.int32)))
 
     def _first_chunk_in_background(self) -> "_FirstChunk":
         """The first chunk, compiled and run on a thread while the step-0 measures compile in this one:
@@ -440,7 +483,11 @@ class _FirstChunk:
         self.inputs = (trainer.clamp_args, trainer.interventions)
         self.leaves = jax.tree.leaves(self.inputs)
         self.tree = jax.tree.structure(self.inputs)
-        state, fn = jax.tree.map(jnp.copy, trainer.state), trainer.chunk_fn(n_steps)
+        # a copy through the host (copying on the device compiles a program per array shape), placed as the
+        # state is: an array left to the program (not committed) stays so, or the program would not match
+        state = jax.tree.map(lambda h, x: jax.device_put(h, x.sharding if x.committed else None),
+                             jax.device_get(trainer.state), trainer.state)
+        fn = trainer.chunk_fn(n_steps)
         args = (state, trainer.clamp_args, (trainer.interventions, jnp.int32(0)))
         self._value, self._error = None, None
         self._thread = threading.Thread(target=self._run, args=(fn, args), name="lab-first-chunk", daemon=True)
