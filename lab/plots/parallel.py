@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import queue
 import time
@@ -98,7 +99,8 @@ def draw_run_figures(run_dir, out_dir=None, figures: Optional[Sequence[str]] = N
                 p.kill()
             finished = False
             break
-        time.sleep(POLL_S)
+        # back at once when a worker ends (the ended ones left out: their sentinels stay ready)
+        multiprocessing.connection.wait([p.sentinel for p in procs if p.is_alive()], timeout=POLL_S)
     for p in procs:
         p.join()
     _warn_again(warned, seen)

@@ -29,6 +29,9 @@ STYLE = {
     "ytick.labelsize": 9.5,
     "legend.fontsize": 9,
     "figure.titlesize": 13,
+    # titles at the top of their axes: matplotlib otherwise measures every axis's ticks at each draw to
+    # lift a title over top tick labels, which no figure here has (a tenth of a run's drawing time)
+    "axes.titley": 1.0,
 }
 STEP_LABEL = "training step"
 SCORE_CMAP = "viridis"
@@ -73,9 +76,14 @@ def seed_mean(a: np.ndarray) -> np.ndarray:
         return np.nanmean(a, axis=1)
 
 
+# zlib level 3, not Pillow's 6: the run's PNGs encode in 0.22 s instead of 0.30 s, 9 % larger
+PNG_OPTIONS = {"compress_level": 3}
+
+
 def save_figure(fig, path: Path) -> Path:
     """Write `fig` to `path` at DPI, close it and return the path."""
-    fig.savefig(path, dpi=DPI)  # the layout already trims; "tight" would draw twice
+    # the layout already trims; "tight" would draw twice
+    fig.savefig(path, dpi=DPI, **({"pil_kwargs": PNG_OPTIONS} if str(path).endswith(".png") else {}))
     plt.close(fig)
     return path
 
