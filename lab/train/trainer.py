@@ -9,6 +9,7 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -103,10 +104,12 @@ class Trainer:
 
     def _make_probe(self):
         """The probe, made once: at the end of __init__, or first by a thread tracing the first chunk
-        (clamps that run a pass on the probe): a concrete batch even then (`Task.probe`)."""
+        (clamps that run a pass on the probe). It is made on a thread of its own, where nothing is being
+        traced: a batch of its own program even then, a constant of the chunk's, not a part of it."""
         with self._probe_lock:
             if self._probe is None:
-                self._probe = self.task.probe(self._compiled)
+                with ThreadPoolExecutor(1, thread_name_prefix="lab-probe") as pool:
+                    self._probe = pool.submit(self.task.probe, self._compiled).result()
             return self._probe
 
     # ---- pure functions (one seed; vmapped over seeds) ----
