@@ -81,6 +81,8 @@ def _join_saves(timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     for t in _saves:
         t.join(max(deadline - time.monotonic(), 0))
+
+
 _LAB_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -178,7 +180,7 @@ class ProgramCache:
     @classmethod
     def for_config(cls, cfg) -> Optional["ProgramCache"]:
         """The cache of a run of `cfg`, or None: no compile cache, a clamp reading another run, or a
-        directory that cannot be made private."""
+        directory that cannot be created."""
         if not cfg.train.compile_cache:
             return None
         if any(c.get("source") for c in (cfg.get("clamps") or {}).values() if c is not None):
@@ -207,8 +209,8 @@ class ProgramCache:
     def compiled(self, name: str, jitted) -> Callable:
         """A callable running `jitted`: on its first call with each argument signature, the program is
         loaded from this cache, or compiled (lowered from those arguments) and saved. Its `prepare(*shapes)`
-        does that from the arguments' shapes (jax.ShapeDtypeStruct, with their shardings), on a thread
-        unless `background=False`, so that the first call finds the program made or being made."""
+        does that on a thread from the arguments' shapes (jax.ShapeDtypeStruct, with their shardings), so
+        that the first call finds the program made or being made."""
         programs: dict[str, Future] = {}
         lock = threading.Lock()
 
@@ -230,12 +232,9 @@ class ProgramCache:
             future = programs.get(sig) or made(args, sig)
             return future.result()(*args)
 
-        def prepare(*shapes, background: bool = True) -> None:
-            if background:
-                threading.Thread(target=made, args=(shapes, signature(shapes)), name=f"lab-compile-{name}",
-                                 daemon=True).start()
-            else:
-                made(shapes, signature(shapes))
+        def prepare(*shapes) -> None:
+            threading.Thread(target=made, args=(shapes, signature(shapes)), name=f"lab-compile-{name}",
+                             daemon=True).start()
 
         call.prepare = prepare
         call._cache_size = lambda: len(programs)   # compile count, for tests (as jitted._cache_size)
