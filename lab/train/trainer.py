@@ -95,7 +95,8 @@ class Trainer:
         self._t0 = time.perf_counter()
         if programs is not None:
             self._prepare_programs()
-        self._make_probe()   # here, while the first chunk compiles
+        else:
+            self._make_probe()
 
     @property
     def probe(self):
@@ -410,16 +411,23 @@ class Trainer:
 
     def _prepare_programs(self) -> None:
         """lab-train's start-up: the first chunk's program is loaded or compiled on a thread, from the shapes
-        of its arguments, while this thread makes the probe's, the init's and the measures' (XLA compiles
-        without the GIL). The chunk's takes the longest to compile, and needs the init's output. Measured
-        on 2 cores with an empty cache, the first chunk was logged later when this thread made the measures'
-        program before the init's, or when a third thread made it."""
+        of its arguments, and the probe's on another, while this thread makes the init's and then the
+        measures' (XLA compiles without the GIL). The chunk's takes the longest to compile, and needs the
+        init's output. Measured on 2 cores with an empty cache, the first chunk was logged later when this
+        thread made the measures' program before the init's, or when a third thread made it."""
         sharding = {} if self.mesh is None else {"sharding": NamedSharding(self.mesh, P("seeds"))}
         state, args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=x.weak_type, **sharding),
                                    (jax.eval_shape(self.init_state), self.clamp_args))
         if self.cfg.train.steps > 0:
             self.chunk_fn(min(self.cfg.train.log_every, self.cfg.train.steps)).prepare(
                 state, args, (self.interventions, jax.ShapeDtypeStruct((), jnp.int32)))
+        threading.Thread(target=self._make_probe_early, name="lab-probe", daemon=True).start()
+
+    def _make_probe_early(self) -> None:
+        try:
+            self._make_probe()
+        except Exception:   # made again, and raised, where the probe is first used
+            pass
 
     def _first_chunk_in_background(self) -> "_FirstChunk":
         """The first chunk, compiled and run on a thread while the step-0 measures compile in this one:
