@@ -10,6 +10,7 @@ never JAX, so forking a process whose JAX threads are running is safe here. Wher
 from __future__ import annotations
 
 import builtins
+import gc
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -89,8 +90,12 @@ def draw_run_figures(run_dir, out_dir=None, figures: Optional[Sequence[str]] = N
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
         procs = [ctx.Process(target=_worker, args=(run_dir, out_dir, todo, warned), daemon=True)
                  for _ in range(workers)]
+        # the workers' garbage collector leaves this process's objects alone: scanning lab-train's (JAX's,
+        # Flax's) copied each page it touched, and the drawing took 1.15 s instead of 0.9 s
+        gc.freeze()
         for p in procs:
             p.start()
+        gc.unfreeze()
     finished = True
     while any(p.is_alive() for p in procs):
         _warn_again(warned, seen)
