@@ -258,6 +258,17 @@ def load_summary(run_dir, strict: bool = False) -> dict:
     return {}
 
 
+def flat_config(d: dict, prefix: str = "") -> dict:
+    """{"model": {"n_layers": 2}} -> {"model.n_layers": 2}; an empty group stays one value ({})."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def load_run_config(run_dir, strict: bool = False) -> dict:
     """The run's resolved config.yaml as a dict; {} when absent. An unusable one (not text, not YAML,
     not a mapping, or cut: lab-train writes it whole, ending in a newline) is {} with a warning, or with

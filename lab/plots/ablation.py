@@ -15,6 +15,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from lab.analysis.ablation import CONDITIONS  # noqa: E402
+from lab.plots.style import save_figure  # noqa: E402
 
 ACC_TOP = 1.04       # the accuracy axis: [0, 1] with a margin of 0.04
 ACC_INSIDE = 0.8     # bars (mean + std) above this carry their numbers inside, under the axis top
@@ -28,10 +29,7 @@ def _condition_labels(result: dict) -> list[str]:
 def plot(result: dict, path: Path) -> Path:
     """Left: loss increase when each head alone is ablated (mean over seeds), annotated with its
     induction score; right: loss and accuracy for none / top / random (mean ± std). Writes `path`."""
-    fig = figure(result)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(figure(result), path)
 
 
 def figure(result: dict):

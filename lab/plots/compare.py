@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 # lab.plots.style first: it selects the headless Agg backend before pyplot loads
-from lab.plots.style import DPI, STEP_LABEL, STYLE, condition_colours, condition_sort_key, metric_label, seed_mean
+from lab.plots.style import (STEP_LABEL, STYLE, condition_colours, condition_sort_key, metric_label, save_figure,
+                             seed_mean)
 from lab.plots.clamp_windows import ClampWindow, clamp_windows, shade_clamps
 from lab.plots.transition import Transition, phase_transition
 from lab.analysis.sweep import SEED_KEYS, parse_overrides
@@ -319,8 +320,7 @@ def plot_compare(run_dirs, out_path, metric: str | None = None, labels=None, qui
         title = f"{metric_label(metric)}: {len(runs)} runs compared (thick: mean over seeds)"
         (ax_t if timeline else ax).set_title(title)
         fig.legend(handles=handles, loc="outside lower center", ncols=1, fontsize=9, frameon=False)
-        fig.savefig(out_path, dpi=DPI)
-        plt.close(fig)
+        save_figure(fig, out_path)
 
     table = {"metric": metric, "runs": rows}
     out_path.with_suffix(".json").write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n")

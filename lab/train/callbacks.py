@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from lab.core import ConfigError
-from lab.rundir import load_overrides, save_llc, save_outputs
+from lab.rundir import flat_config, load_overrides, save_llc, save_outputs
 from lab.train.schedule import ONSET_FRAC, TransitionDetector, TransitionPlan, due, load_state_array, state_array
 
 log = logging.getLogger(__name__)
@@ -134,16 +134,6 @@ def check_wandb(train_cfg) -> None:
         raise ConfigError(WANDB_MISSING) from None
 
 
-def _flat_config(d, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 class WandbLogger(Callback):
     """Weights & Biases, beside TensorBoard (train.wandb=true): one W&B run per lab run, offline by default
     (train.wandb_mode; `wandb sync <dir>/wandb/offline-run-*` uploads it later), its config the run's
@@ -158,7 +148,7 @@ class WandbLogger(Callback):
         import wandb
         directory = None if os.environ.get("WANDB_DIR") else str(self.run_dir)
         self.run = wandb.init(project=self.project, name=self.run_dir.name, mode=self.mode, dir=directory,
-                              config=_flat_config(self.config), settings=wandb.Settings(console="off", silent=True),
+                              config=flat_config(self.config), settings=wandb.Settings(console="off", silent=True),
                               reinit="create_new")
 
     def on_log(self, trainer, record, outputs):

@@ -49,6 +49,8 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
+from lab.rundir import flat_config
+
 log = logging.getLogger(__name__)
 
 # JAX's persistent cache hits, counted per thread (jax.monitoring calls listeners in the compiling thread).
@@ -86,15 +88,6 @@ def _join_saves(timeout_s: float = 30) -> None:
 _LAB_DIR = Path(__file__).resolve().parents[1]
 
 
-def _drop(tree: dict, dotted: str) -> None:
-    *path, last = dotted.split(".")
-    for k in path:
-        tree = tree.get(k) if isinstance(tree, dict) else None
-        if not isinstance(tree, dict):
-            return
-    tree.pop(last, None)
-
-
 def _source_digest() -> str:
     h = hashlib.sha256()
     for path in sorted(_LAB_DIR.rglob("*.py")):
@@ -124,9 +117,8 @@ def _versions() -> dict:
 def fingerprint(cfg) -> str:
     """What a run's programs are made of, known before tracing them (see the module docstring)."""
     from omegaconf import OmegaConf
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for key in HOST_ONLY_KEYS:
-        _drop(config, key)
+    config = {k: v for k, v in flat_config(OmegaConf.to_container(cfg, resolve=True)).items()
+              if k not in HOST_ONLY_KEYS}
     devices = jax.devices()
     backend = devices[0].client
     settings = {name: getattr(jax.config, name, None) for name in
